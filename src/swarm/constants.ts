@@ -1,0 +1,71 @@
+// Limits and defaults of the swarm data plane, in one place (TigerBeetle's constants.zig habit):
+// every bound a peer's input is checked against, and every timing the dispatcher starts from before
+// it has measured anything. Units are last in names. Relations between limits are asserted below,
+// once, at load.
+
+import { invariant } from "../common/assert.ts";
+
+/** Wire protocol version; a frame with another version gets an UNSUPPORTED_VERSION error reply. */
+export const wireVersion = 1;
+/** "MOEW" as four ASCII bytes read as a little-endian u32. */
+export const wireMagic = 0x57454f4d;
+
+/** Largest frame (after the 4-byte length prefix) a node or client accepts. */
+export const frameBytesMax = 64 * 1024 * 1024;
+/** Bytes of the fixed header after the length prefix (magic .. region). */
+export const frameHeaderBytes = 24;
+/** Most dimensions of one tensor. */
+export const tensorDimsMax = 4;
+/** Most tensors in one frame (backward carries x and dy). */
+export const frameTensorsMax = 4;
+/** Most tokens (rows) in one request. */
+export const requestTokensMax = 65_536;
+/** Largest model width (columns) a node accepts. */
+export const modelWidthMax = 65_536;
+/** Most expert ids in one frame (gradSquaredNorm / applyUpdate name many). */
+export const frameExpertIdsMax = 4096;
+/** Most f64 scalars in one frame. */
+export const frameScalarsMax = 32;
+/** Longest W3C traceparent we carry (version 00 is 55 characters). */
+export const traceparentBytesMax = 128;
+/** Longest text (error message) in one frame. */
+export const frameTextBytesMax = 4096;
+
+/** Tokens a node merges into one expert call when concurrent requests for the same expert queue. */
+export const batchTokensMax = 8192;
+/** Requests a node queues across all experts before answering OVERLOADED. */
+export const nodeQueueRequestsMax = 4096;
+/** Concurrent requests one client connection may have in flight. */
+export const clientInflightMax = 4096;
+
+/** TCP connect timeout to a node. Petals added a 5 s connect timeout for faster retries; ours is
+ * loopback or a regional link, so a second is already generous. */
+export const connectTimeoutMs = 1000;
+/** Latency samples kept per node for the p95 / p99 estimates. */
+export const latencyWindowSamples = 64;
+/** Samples needed before the p95 is trusted for hedging and deadlines. */
+export const latencySamplesMin = 8;
+/** Per-attempt deadline = this × recent p99, clamped to the bounds below. */
+export const deadlineP99Multiplier = 4;
+export const attemptDeadlineMsMin = 50;
+export const attemptDeadlineMsMax = 30_000;
+/** Before any sample: the attempt deadline is the emulated RTT plus this much compute time. */
+export const computeBudgetMsPrior = 2000;
+/** Hedge after max(recent p95, this floor) so that a fast link does not hedge every request. */
+export const hedgeDelayMsMin = 2;
+/** Unhealthy nodes are probed again after this, doubling per failure up to the max. */
+export const probeIntervalMsMin = 100;
+export const probeIntervalMsMax = 5000;
+/** Consecutive failures (errors or deadlines) that mark a node unhealthy. */
+export const failuresToMarkUnhealthy = 1;
+/** Total attempts of one call across replicas before it fails. */
+export const callAttemptsMax = 6;
+
+invariant(
+  frameHeaderBytes + traceparentBytesMax + frameTextBytesMax < frameBytesMax,
+  "header fits",
+);
+invariant(batchTokensMax <= requestTokensMax, "a merged batch is a legal request");
+invariant(attemptDeadlineMsMin < attemptDeadlineMsMax, "deadline bounds are ordered");
+invariant(probeIntervalMsMin <= probeIntervalMsMax, "probe bounds are ordered");
+invariant(latencySamplesMin <= latencyWindowSamples, "the window holds the minimum sample count");
