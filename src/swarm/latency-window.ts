@@ -1,0 +1,39 @@
+// Recent call latencies of one node, for the dispatcher's choices: which replica is fastest (p50),
+// when to hedge (p95, "The Tail at Scale", Dean & Barroso 2013) and how long to wait before giving
+// up (a multiple of p99). A fixed-size ring, so old conditions age out and a link that got slower
+// or faster is followed within latencyWindowSamples calls — fixed timeouts (Petals, hivemind) are
+// wrong on slow links and too lax on fast ones.
+
+import { invariant } from "../common/assert.ts";
+import { latencySamplesMin, latencyWindowSamples } from "./constants.ts";
+
+export class LatencyWindow {
+  readonly #samples = new Float64Array(latencyWindowSamples);
+  #count = 0;
+  #next = 0;
+
+  record(ms: number): void {
+    invariant(ms >= 0 && Number.isFinite(ms), `latency sample ${ms}`);
+    this.#samples[this.#next] = ms;
+    this.#next = (this.#next + 1) % latencyWindowSamples;
+    this.#count = Math.min(this.#count + 1, latencyWindowSamples);
+  }
+
+  get count(): number {
+    return this.#count;
+  }
+
+  /** True once enough samples are in for quantiles to be used. */
+  get trusted(): boolean {
+    return this.#count >= latencySamplesMin;
+  }
+
+  /** The q-quantile (nearest rank) of the window; undefined when empty. */
+  quantile(q: number): number | undefined {
+    invariant(q >= 0 && q <= 1, `quantile ${q}`);
+    if (this.#count === 0) return undefined;
+    const sorted = Array.from(this.#samples.subarray(0, this.#count)).sort((a, b) => a - b);
+    const rank = Math.max(0, Math.ceil(q * sorted.length) - 1);
+    return sorted[Math.min(sorted.length - 1, rank)];
+  }
+}

@@ -1,0 +1,541 @@
+// The dispatcher: an `ExpertHost` whose experts live on remote expert nodes, so the model runs
+// unchanged with its experts in the swarm (hivemind's RemoteExpert idea, one level up).
+//
+// Reads (forward) go to one replica: the healthy one with the lowest recent median latency (before
+// any sample: the lowest emulated RTT). If it has not answered after its own recent p95, the same
+// request is hedged to the next replica and the first answer wins ("The Tail at Scale"). On an
+// error, a closed connection or a missed deadline the next replica is tried at once (failover) and
+// the node is marked unhealthy; a background probe with exponential backoff marks it healthy again.
+// Attempt deadlines adapt: a multiple of the node's recent p99, clamped, never more than what is
+// left of the caller's deadline.
+//
+// Writes keep replicas identical: backward (which accumulates parameter gradients on the host) and
+// applyUpdate go to every replica of the expert, and need one success. A replica that missed a
+// write, or answers with an older weight version than the others, is stale and no longer read from.
+// Experts are deterministic given weights and input, so replicas that saw the same writes agree
+// bit for bit.
+
+import { invariant } from "../common/assert.ts";
+import {
+  type ExpertCallContext,
+  type ExpertHost,
+  type ExpertId,
+  type ExpertUpdate,
+  expertKey,
+} from "../model/expert.ts";
+import {
+  attemptDeadlineMsMax,
+  attemptDeadlineMsMin,
+  callAttemptsMax,
+  computeBudgetMsPrior,
+  deadlineP99Multiplier,
+  hedgeDelayMsMin,
+  probeIntervalMsMax,
+  probeIntervalMsMin,
+} from "./constants.ts";
+import {
+  DeadlineError,
+  NodeUnavailableError,
+  NoReplicaError,
+  RemoteCallError,
+  WireErrorCode,
+} from "./errors.ts";
+import { type Frame, Op } from "./frame.ts";
+import { LatencyWindow } from "./latency-window.ts";
+import { type NodeAddress, NodeClient } from "./node-client.ts";
+import type { PlacementRegistry } from "./placement.ts";
+import { directLinks, type RegionLinks } from "./region-links.ts";
+import { DispatchCounters, type NodeStats } from "./swarm-stats.ts";
+
+export interface RemoteExpertHostInit {
+  readonly registry: PlacementRegistry;
+  /** Region of the caller (the gateway), for the emulated links and the latency prior. */
+  readonly region: string;
+  readonly dModel: number;
+  readonly links?: RegionLinks;
+  /** Hedge slow reads to a second replica (default true). */
+  readonly hedging?: boolean;
+  readonly nowMs?: () => number;
+}
+
+interface NodeState {
+  readonly address: NodeAddress;
+  readonly client: NodeClient;
+  readonly latency: LatencyWindow;
+  healthy: boolean;
+  failures: number;
+  lastError: string | undefined;
+  probeBackoffMs: number;
+  probeTimer: NodeJS.Timeout | undefined;
+  /** Expert key → weight version this node last reported. */
+  readonly versions: Map<string, number>;
+  /** Expert keys whose replica on this node missed a write. */
+  readonly stale: Set<string>;
+}
+
+type Attempt = (client: NodeClient, timeoutMs: number, signal: AbortSignal) => Promise<Frame>;
+
+export class RemoteExpertHost implements ExpertHost {
+  readonly counters = new DispatchCounters();
+  readonly #init: RemoteExpertHostInit;
+  readonly #links: RegionLinks;
+  readonly #nodes = new Map<string, NodeState>();
+  /** Expert key → newest weight version any replica reported. */
+  readonly #versions = new Map<string, number>();
+  readonly #now: () => number;
+  #closed = false;
+
+  constructor(init: RemoteExpertHostInit) {
+    this.#init = init;
+    this.#links = init.links ?? directLinks;
+    this.#now = init.nowMs ?? (() => performance.now());
+  }
+
+  // ---- ExpertHost ------------------------------------------------------------------------------
+
+  async forward(
+    id: ExpertId,
+    x: Float32Array,
+    tokens: number,
+    ctx?: ExpertCallContext,
+  ): Promise<Float32Array> {
+    this.#checkRows(x, tokens, "x");
+    const frame = await this.#read(id, ctx, (client, timeoutMs, signal) =>
+      client.call({
+        op: Op.forward,
+        ids: [id],
+        tensors: [{ dims: [tokens, this.#init.dModel], data: x }],
+        timeoutMs,
+        ctx: { ...ctx, signal },
+      }),
+    );
+    return this.#rows(frame, tokens);
+  }
+
+  async backward(
+    id: ExpertId,
+    x: Float32Array,
+    dy: Float32Array,
+    tokens: number,
+    ctx?: ExpertCallContext,
+  ): Promise<Float32Array> {
+    this.#checkRows(x, tokens, "x");
+    this.#checkRows(dy, tokens, "dy");
+    const dims = [tokens, this.#init.dModel];
+    const frames = await this.#writeAll([id], ctx, (client, ids, timeoutMs) =>
+      client.call({
+        op: Op.backward,
+        ids,
+        tensors: [
+          { dims, data: x },
+          { dims, data: dy },
+        ],
+        timeoutMs,
+        ctx,
+      }),
+    );
+    return this.#rows(frames[0] as Frame, tokens);
+  }
+
+  async gradSquaredNorm(ids: readonly ExpertId[]): Promise<number> {
+    // One replica per expert is enough (replicas hold the same gradients); group per node.
+    const groups = new Map<string, ExpertId[]>();
+    for (const id of ids) {
+      const [best] = this.#candidates(id);
+      if (!best) throw new NoReplicaError(expertKey(id), []);
+      const list = groups.get(best.address.nodeId) ?? [];
+      list.push(id);
+      groups.set(best.address.nodeId, list);
+    }
+    const parts = await Promise.all(
+      [...groups].map(async ([nodeId, group]) => {
+        const node = this.#nodes.get(nodeId) as NodeState;
+        try {
+          const f = await this.#timed(node, (t) =>
+            node.client.call({ op: Op.gradSquaredNorm, ids: group, timeoutMs: t }),
+          );
+          return f.scalars[0] ?? Number.NaN;
+        } catch (err) {
+          this.#markFailure(node, err);
+          // Fall back to one read per expert, each with failover.
+          let sum = 0;
+          for (const id of group) {
+            const f = await this.#read(
+              id,
+              undefined,
+              (client, timeoutMs, signal) =>
+                client.call({ op: Op.gradSquaredNorm, ids: [id], timeoutMs, ctx: { signal } }),
+              false,
+            );
+            sum += f.scalars[0] ?? Number.NaN;
+          }
+          return sum;
+        }
+      }),
+    );
+    return parts.reduce((a, b) => a + b, 0);
+  }
+
+  async applyUpdate(ids: readonly ExpertId[], update: ExpertUpdate): Promise<void> {
+    await this.#writeAll(ids, undefined, (client, group, timeoutMs) =>
+      client.call({
+        op: Op.applyUpdate,
+        ids: group,
+        scalars: [update.step, update.learningRate, update.gradScale],
+        timeoutMs,
+      }),
+    );
+  }
+
+  // ---- health and stats ------------------------------------------------------------------------
+
+  nodeStats(): NodeStats[] {
+    this.#syncNodes();
+    return [...this.#nodes.values()].map((n) => ({
+      nodeId: n.address.nodeId,
+      region: n.address.region,
+      healthy: n.healthy,
+      latencyMsP50: n.latency.quantile(0.5),
+      latencyMsP95: n.latency.quantile(0.95),
+      latencyMsP99: n.latency.quantile(0.99),
+      samples: n.latency.count,
+      failures: n.failures,
+      inflight: n.client.inflight,
+      lastError: n.lastError,
+    }));
+  }
+
+  /** Pings every node once (marks health); resolves with the number of healthy nodes. */
+  async probeAll(timeoutMs = 1000): Promise<number> {
+    this.#syncNodes();
+    const results = await Promise.all(
+      [...this.#nodes.values()].map(async (n) => {
+        try {
+          await this.#timed(n, () => n.client.call({ op: Op.ping, ids: [], timeoutMs }));
+          this.#markHealthy(n);
+          return 1;
+        } catch (err) {
+          this.#markFailure(n, err);
+          return 0;
+        }
+      }),
+    );
+    return results.reduce<number>((a, b) => a + b, 0);
+  }
+
+  close(): void {
+    this.#closed = true;
+    for (const n of this.#nodes.values()) {
+      if (n.probeTimer) clearTimeout(n.probeTimer);
+      n.client.close();
+    }
+  }
+
+  // ---- internals ------------------------------------------------------------------------------
+
+  #checkRows(a: Float32Array, tokens: number, what: string): void {
+    invariant(
+      a.length === tokens * this.#init.dModel,
+      () => `${what} has ${a.length} values; want ${tokens}×${this.#init.dModel}`,
+    );
+  }
+
+  #rows(frame: Frame, tokens: number): Float32Array {
+    const t = frame.tensors[0];
+    if (!t || t.dims[0] !== tokens || t.dims[1] !== this.#init.dModel)
+      throw new RemoteCallError(
+        WireErrorCode.badShape,
+        `answer has shape [${t?.dims ?? []}]; want [${tokens}, ${this.#init.dModel}]`,
+        "?",
+      );
+    return t.data;
+  }
+
+  #syncNodes(): void {
+    for (const address of this.#init.registry.nodes()) this.#node(address);
+  }
+
+  #node(address: NodeAddress): NodeState {
+    let n = this.#nodes.get(address.nodeId);
+    if (!n || n.address.port !== address.port || n.address.host !== address.host) {
+      n?.client.close();
+      n = {
+        address,
+        client: new NodeClient(address, this.#init.region, this.#links),
+        latency: new LatencyWindow(),
+        healthy: true,
+        failures: 0,
+        lastError: undefined,
+        probeBackoffMs: probeIntervalMsMin,
+        probeTimer: undefined,
+        versions: new Map(),
+        stale: new Set(),
+      };
+      this.#nodes.set(address.nodeId, n);
+    }
+    return n;
+  }
+
+  /** Emulated RTT to a node: what a call costs before we have measured it. */
+  #priorMs(n: NodeState): number {
+    return 2 * this.#links.oneWayMs(this.#init.region, n.address.region);
+  }
+
+  /**
+   * Expected latency of a call: the node's recent median; for a node not measured yet, its
+   * emulated RTT plus the largest compute overhead measured elsewhere, so that an unmeasured node
+   * never looks faster than an equally far measured one (no flapping between equal replicas).
+   */
+  #expectedMs(n: NodeState): number {
+    if (n.latency.count > 0) return n.latency.quantile(0.5) as number;
+    let overhead = 0;
+    for (const m of this.#nodes.values())
+      if (m.latency.count > 0)
+        overhead = Math.max(overhead, (m.latency.quantile(0.5) as number) - this.#priorMs(m));
+    return this.#priorMs(n) + overhead;
+  }
+
+  #attemptTimeoutMs(n: NodeState, ctx: ExpertCallContext | undefined): number {
+    const adaptive = n.latency.trusted
+      ? deadlineP99Multiplier * (n.latency.quantile(0.99) as number)
+      : this.#priorMs(n) + computeBudgetMsPrior;
+    let t = Math.min(attemptDeadlineMsMax, Math.max(attemptDeadlineMsMin, adaptive));
+    if (ctx?.deadlineMs !== undefined) t = Math.min(t, Math.max(1, ctx.deadlineMs - Date.now()));
+    return t;
+  }
+
+  #hedgeDelayMs(n: NodeState, timeoutMs: number): number {
+    if (!n.latency.trusted) return timeoutMs / 2;
+    return Math.max(hedgeDelayMsMin, n.latency.quantile(0.95) as number);
+  }
+
+  /** Replicas in the order to try: fresh and healthy first, then by expected latency. */
+  #candidates(id: ExpertId): NodeState[] {
+    const k = expertKey(id);
+    const replicas = this.#init.registry.replicas(id).map((a) => this.#node(a));
+    const fresh = replicas.filter((n) => !n.stale.has(k));
+    const score = (n: NodeState) => (n.healthy ? 0 : 1e9) + this.#expectedMs(n);
+    return fresh.sort(
+      (a, b) => score(a) - score(b) || a.address.nodeId.localeCompare(b.address.nodeId),
+    );
+  }
+
+  async #timed(
+    n: NodeState,
+    call: (timeoutMs: number) => Promise<Frame>,
+    ctx?: ExpertCallContext,
+  ): Promise<Frame> {
+    const t0 = this.#now();
+    const f = await call(this.#attemptTimeoutMs(n, ctx));
+    n.latency.record(this.#now() - t0);
+    return f;
+  }
+
+  /** Checks an answer's weight version against the newest known; refuses stale replicas. */
+  #acceptVersion(n: NodeState, id: ExpertId, version: number | undefined): boolean {
+    if (version === undefined) return true;
+    const k = expertKey(id);
+    n.versions.set(k, version);
+    const newest = this.#versions.get(k) ?? 0;
+    if (version > newest) {
+      this.#versions.set(k, version);
+      return true;
+    }
+    if (version < newest) {
+      n.stale.add(k);
+      this.counters.staleReplicas++;
+      return false;
+    }
+    return true;
+  }
+
+  /** One replica answers (with hedging and failover). `versioned`: scalars[0] is a weight version. */
+  #read(
+    id: ExpertId,
+    ctx: ExpertCallContext | undefined,
+    attempt: Attempt,
+    versioned = true,
+  ): Promise<Frame> {
+    this.counters.calls++;
+    const queue = this.#candidates(id);
+    const key = expertKey(id);
+    const hedging = this.#init.hedging ?? true;
+    return new Promise<Frame>((resolve, reject) => {
+      const errors: string[] = [];
+      const controllers: AbortController[] = [];
+      let running = 0;
+      let started = 0;
+      let done = false;
+      let hedgeTimer: NodeJS.Timeout | undefined;
+      const finish = () => {
+        done = true;
+        if (hedgeTimer) clearTimeout(hedgeTimer);
+        for (const c of controllers) c.abort(new Error("another replica answered"));
+      };
+      const giveUp = () => {
+        finish();
+        this.counters.failedCalls++;
+        reject(new NoReplicaError(key, errors));
+      };
+      const launch = (kind: "first" | "hedge" | "failover"): boolean => {
+        if (this.#closed) return false;
+        const n = queue.shift();
+        if (!n || started >= callAttemptsMax) return false;
+        started++;
+        running++;
+        if (kind === "hedge") this.counters.hedges++;
+        if (kind === "failover") {
+          this.counters.failovers++;
+          this.counters.lastFailoverAtMs = this.#now();
+        }
+        const controller = new AbortController();
+        controllers.push(controller);
+        const timeoutMs = this.#attemptTimeoutMs(n, ctx);
+        const t0 = this.#now();
+        attempt(n.client, timeoutMs, controller.signal).then(
+          (frame) => {
+            running--;
+            if (done) return;
+            n.latency.record(this.#now() - t0);
+            this.#markHealthy(n);
+            if (versioned && !this.#acceptVersion(n, id, frame.scalars[0])) {
+              errors.push(`${n.address.nodeId}: stale weights (version ${frame.scalars[0]})`);
+              if (!launch("failover") && running === 0) giveUp();
+              return;
+            }
+            if (kind === "hedge") this.counters.hedgeWins++;
+            finish();
+            resolve(frame);
+          },
+          (err: unknown) => {
+            running--;
+            if (done) return;
+            errors.push(`${n.address.nodeId}: ${(err as Error).message}`);
+            this.#markFailure(n, err);
+            if (!launch("failover") && running === 0) giveUp();
+          },
+        );
+        if (kind !== "hedge" && hedging && queue.length > 0) {
+          if (hedgeTimer) clearTimeout(hedgeTimer);
+          hedgeTimer = setTimeout(
+            () => {
+              if (!done) launch("hedge");
+            },
+            this.#hedgeDelayMs(n, timeoutMs),
+          );
+        }
+        return true;
+      };
+      if (!launch("first")) giveUp();
+    });
+  }
+
+  /**
+   * Sends a write to every fresh replica of each expert (grouped per node) and waits for all;
+   * resolves with one answer per node that succeeded, needs at least one success per expert.
+   */
+  async #writeAll(
+    ids: readonly ExpertId[],
+    ctx: ExpertCallContext | undefined,
+    call: (client: NodeClient, ids: readonly ExpertId[], timeoutMs: number) => Promise<Frame>,
+  ): Promise<Frame[]> {
+    this.counters.calls++;
+    const groups = new Map<string, { node: NodeState; ids: ExpertId[] }>();
+    for (const id of ids) {
+      const replicas = this.#candidates(id);
+      if (replicas.length === 0) throw new NoReplicaError(expertKey(id), []);
+      for (const n of replicas) {
+        const g = groups.get(n.address.nodeId) ?? { node: n, ids: [] };
+        g.ids.push(id);
+        groups.set(n.address.nodeId, g);
+      }
+    }
+    const ordered = [...groups.values()].sort(
+      (a, b) => this.#expectedMs(a.node) - this.#expectedMs(b.node),
+    );
+    const results = await Promise.allSettled(
+      ordered.map(({ node, ids: group }) =>
+        this.#timed(node, (t) => call(node.client, group, t), ctx),
+      ),
+    );
+    const answers: Frame[] = [];
+    const ok = new Set<string>();
+    const errors: string[] = [];
+    results.forEach((r, i) => {
+      const { node, ids: group } = ordered[i] as { node: NodeState; ids: ExpertId[] };
+      if (r.status === "fulfilled") {
+        this.#markHealthy(node);
+        answers.push(r.value);
+        const versions = r.value.op === Op.applyUpdate ? r.value.scalars : [r.value.scalars[0]];
+        group.forEach((id, j) => {
+          if (this.#acceptVersion(node, id, versions[j])) ok.add(expertKey(id));
+        });
+      } else {
+        errors.push(`${node.address.nodeId}: ${(r.reason as Error).message}`);
+        this.#markFailure(node, r.reason);
+        // The replica missed a write: its accumulated gradients or weights now differ.
+        for (const id of group) node.stale.add(expertKey(id));
+      }
+    });
+    for (const id of ids) {
+      if (!ok.has(expertKey(id))) {
+        this.counters.failedCalls++;
+        throw new NoReplicaError(expertKey(id), errors);
+      }
+    }
+    if (errors.length > 0) {
+      this.counters.failovers += errors.length;
+      this.counters.lastFailoverAtMs = this.#now();
+    }
+    return answers;
+  }
+
+  #markHealthy(n: NodeState): void {
+    if (!n.healthy) {
+      n.healthy = true;
+      this.counters.nodesRecovered++;
+    }
+    n.probeBackoffMs = probeIntervalMsMin;
+    if (n.probeTimer) {
+      clearTimeout(n.probeTimer);
+      n.probeTimer = undefined;
+    }
+  }
+
+  #markFailure(n: NodeState, err: unknown): void {
+    n.failures++;
+    n.lastError = (err as Error)?.message ?? String(err);
+    // A request-level error (bad shape, unknown expert) says nothing about the node's health.
+    const nodeLevel =
+      err instanceof NodeUnavailableError ||
+      err instanceof DeadlineError ||
+      (err instanceof RemoteCallError &&
+        (err.code === WireErrorCode.overloaded ||
+          err.code === WireErrorCode.shuttingDown ||
+          err.code === WireErrorCode.hostFailure ||
+          err.code === WireErrorCode.deadlineExceeded));
+    if (!nodeLevel || !n.healthy) return;
+    n.healthy = false;
+    this.counters.nodesMarkedDown++;
+    this.#scheduleProbe(n);
+  }
+
+  #scheduleProbe(n: NodeState): void {
+    if (this.#closed || n.probeTimer) return;
+    n.probeTimer = setTimeout(async () => {
+      n.probeTimer = undefined;
+      try {
+        await n.client.call({
+          op: Op.ping,
+          ids: [],
+          timeoutMs: Math.max(attemptDeadlineMsMin, this.#priorMs(n) + 500),
+        });
+        this.#markHealthy(n);
+      } catch {
+        n.probeBackoffMs = Math.min(probeIntervalMsMax, n.probeBackoffMs * 2);
+        this.#scheduleProbe(n);
+      }
+    }, n.probeBackoffMs);
+    n.probeTimer.unref();
+  }
+}

@@ -1,0 +1,36 @@
+// Counters of the data plane, kept in one plain object that the gateway exposes (GET /v1/swarm and
+// the /healthz body) so that issue #8's Prometheus metrics can read them without a redesign.
+// Counters only grow; per-node figures are computed on demand by the dispatcher.
+
+export interface NodeStats {
+  readonly nodeId: string;
+  readonly region: string;
+  readonly healthy: boolean;
+  readonly latencyMsP50: number | undefined;
+  readonly latencyMsP95: number | undefined;
+  readonly latencyMsP99: number | undefined;
+  readonly samples: number;
+  readonly failures: number;
+  readonly inflight: number;
+  readonly lastError: string | undefined;
+}
+
+export class DispatchCounters {
+  /** Expert calls made by the model (forward + backward + norm + update). */
+  calls = 0;
+  /** Calls that failed after every replica was tried. */
+  failedCalls = 0;
+  /** Attempts started on another replica after one failed (error, deadline, closed connection). */
+  failovers = 0;
+  /** Second attempts started because the first was slower than its node's recent p95. */
+  hedges = 0;
+  /** Hedged attempts that answered first. */
+  hedgeWins = 0;
+  /** Answers refused because the replica's expert weights were behind the others. */
+  staleReplicas = 0;
+  /** Nodes marked unhealthy / healthy again. */
+  nodesMarkedDown = 0;
+  nodesRecovered = 0;
+  /** performance.now() of the last failover (for recovery-time measurements). */
+  lastFailoverAtMs: number | undefined;
+}

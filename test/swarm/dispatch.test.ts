@@ -1,0 +1,212 @@
+import assert from "node:assert/strict";
+import { afterEach, describe, it } from "node:test";
+import { Prng } from "../../src/common/prng.ts";
+import type { ExpertId } from "../../src/model/expert.ts";
+import { NoReplicaError } from "../../src/swarm/errors.ts";
+import { LatencyWindow } from "../../src/swarm/latency-window.ts";
+import { placementFromJson, planPlacement } from "../../src/swarm/placement.ts";
+import type { RegionLinks } from "../../src/swarm/region-links.ts";
+import { RemoteExpertHost } from "../../src/swarm/remote-expert-host.ts";
+import { LocalSwarm } from "./fixtures/local-swarm.ts";
+import { TinyFfnHost } from "./fixtures/tiny-ffn.ts";
+
+const d = 8;
+const h = 8;
+const regions = ["ORD", "IAD", "SJC", "AMS", "SYD"];
+const experts: ExpertId[] = Array.from({ length: 5 }, (_, e) => ({ layer: 0, expert: e }));
+const noDelay: RegionLinks = { oneWayMs: () => 0, bitsPerSecond: undefined };
+
+function randn(seed: number, n: number): Float32Array {
+  const rng = new Prng(seed);
+  return Float32Array.from({ length: n }, () => rng.normal());
+}
+
+let swarm: LocalSwarm | undefined;
+let dispatcher: RemoteExpertHost | undefined;
+afterEach(async () => {
+  dispatcher?.close();
+  await swarm?.close();
+  swarm = undefined;
+  dispatcher = undefined;
+});
+
+async function setup(links: RegionLinks = noDelay, hedging = true) {
+  swarm = new LocalSwarm(d, h, 5, links);
+  const placement = await swarm.start(planPlacement(experts, regions, 1, 3));
+  dispatcher = new RemoteExpertHost({
+    registry: placement,
+    region: "ORD",
+    dModel: d,
+    links,
+    hedging,
+  });
+  return { swarm, dispatcher, reference: new TinyFfnHost(d, h, experts, 5) };
+}
+
+describe("placement", () => {
+  it("puts each expert on 3 nodes in distinct regions, evenly", () => {
+    const plan = planPlacement(
+      Array.from({ length: 20 }, (_, e) => ({ layer: 1, expert: e })),
+      regions,
+      2,
+      3,
+    );
+    const byExpert = new Map<number, string[]>();
+    for (const n of plan)
+      for (const id of n.experts)
+        byExpert.set(id.expert, [...(byExpert.get(id.expert) ?? []), n.region]);
+    for (const [e, rs] of byExpert) {
+      assert.equal(rs.length, 3, `expert ${e}`);
+      assert.equal(new Set(rs).size, 3, `expert ${e} regions ${rs}`);
+    }
+    const loads = plan.map((n) => n.experts.length);
+    assert.ok(Math.max(...loads) - Math.min(...loads) <= 1, `loads ${loads}`);
+    assert.throws(() => planPlacement(experts, ["ORD", "IAD"], 1, 3), /entanglement_pairs \(3\)/);
+  });
+
+  it("a placement file is validated and errors name the entry", () => {
+    assert.throws(
+      () =>
+        placementFromJson({
+          nodes: [{ nodeId: "a", region: "ord", host: "h", port: 1, experts: [] }],
+        }),
+      /nodes\.0\.region/,
+    );
+    assert.throws(
+      () =>
+        placementFromJson({
+          nodes: [{ nodeId: "a", region: "ORD", host: "h", port: 1, experts: ["E1"] }],
+        }),
+      /nodes\.0\.experts\.0/,
+    );
+    const p = placementFromJson({
+      nodes: [{ nodeId: "a", region: "ORD", host: "h", port: 9, experts: ["L2.E3"] }],
+    });
+    assert.equal(p.replicas({ layer: 2, expert: 3 })[0]?.port, 9);
+  });
+});
+
+describe("latency window", () => {
+  it("quantiles by nearest rank over the last samples", () => {
+    const w = new LatencyWindow();
+    for (let i = 1; i <= 100; i++) w.record(i);
+    assert.equal(w.count, 64);
+    assert.equal(w.quantile(0.5), 68); // samples 37..100
+    assert.equal(w.quantile(1), 100);
+    assert.equal(w.quantile(0), 37);
+  });
+});
+
+describe("RemoteExpertHost", () => {
+  it("forward through the swarm equals the expert computed in-process", async () => {
+    const { dispatcher, reference } = await setup();
+    for (const id of experts) {
+      const x = randn(id.expert, 4 * d);
+      assert.deepEqual(await dispatcher.forward(id, x, 4), await reference.forward(id, x, 4));
+    }
+  });
+
+  it("prefers the lowest-latency replica (emulated RTT before any sample)", async () => {
+    const links: RegionLinks = {
+      oneWayMs: (a, b) =>
+        a === b ? 0 : a === "ORD" || b === "ORD" ? (a === "SYD" || b === "SYD" ? 40 : 10) : 20,
+      bitsPerSecond: undefined,
+    };
+    const { dispatcher, swarm } = await setup(links, false);
+    // expert 2 lives in SJC, AMS, SYD; from ORD, SJC and AMS cost 10 ms each way, SYD 40
+    await dispatcher.forward({ layer: 0, expert: 2 }, randn(1, d), 1);
+    const served = swarm.nodes.filter((n) => n.host.forwardCalls > 0).map((n) => n.plan.region);
+    assert.equal(served.length, 1);
+    assert.ok(["SJC", "AMS"].includes(served[0] as string), `served by ${served}`);
+  });
+
+  it("fails over when a node is stopped, marks it down, and recovers it when it is back", async () => {
+    const { dispatcher, swarm, reference } = await setup();
+    const id = { layer: 0, expert: 0 }; // ORD-0, IAD-0, SJC-0
+    const x = randn(9, 2 * d);
+    await dispatcher.forward(id, x, 2);
+    const first = swarm.nodes.find((n) => n.host.forwardCalls > 0)?.plan.nodeId as string;
+    await swarm.stop(first);
+    assert.deepEqual(await dispatcher.forward(id, x, 2), await reference.forward(id, x, 2));
+    assert.ok(dispatcher.counters.failovers >= 1);
+    assert.equal(dispatcher.nodeStats().find((s) => s.nodeId === first)?.healthy, false);
+    await swarm.restart(first);
+    for (
+      let i = 0;
+      i < 100 && !dispatcher.nodeStats().find((s) => s.nodeId === first)?.healthy;
+      i++
+    )
+      await new Promise((r) => setTimeout(r, 20));
+    assert.equal(dispatcher.nodeStats().find((s) => s.nodeId === first)?.healthy, true);
+    assert.ok(dispatcher.counters.nodesRecovered >= 1);
+  });
+
+  it("with every replica down the call fails with a clear error", async () => {
+    const { dispatcher, swarm } = await setup();
+    for (const n of ["ORD-0", "IAD-0", "SJC-0"]) await swarm.stop(n);
+    await assert.rejects(
+      dispatcher.forward({ layer: 0, expert: 0 }, randn(1, d), 1),
+      (e: NoReplicaError) => /expert L0\.E0: no replica answered \(3 attempts/.test(e.message),
+    );
+  });
+
+  it("hedges a slow replica to a second one and the hedge wins", async () => {
+    const { dispatcher, swarm, reference } = await setup();
+    const id = { layer: 0, expert: 1 };
+    const x = randn(3, d);
+    for (let i = 0; i < 12; i++) await dispatcher.forward(id, x, 1); // learn latencies
+    const primary = swarm.nodes.filter((n) => n.host.forwardCalls > 0);
+    assert.equal(primary.length, 1, "without slowness one replica serves everything");
+    (primary[0] as (typeof primary)[0]).host.delayMs = 300; // it becomes slow, not dead
+    const y = await dispatcher.forward(id, x, 1);
+    assert.deepEqual(y, await reference.forward(id, x, 1));
+    assert.equal(dispatcher.counters.hedges, 1);
+    assert.equal(dispatcher.counters.hedgeWins, 1);
+  });
+
+  it("training through replicas: same gradients, norm and updated weights as in-process; replicas stay identical", async () => {
+    const { dispatcher, swarm, reference } = await setup();
+    const ids = experts.slice(0, 3);
+    for (let step = 1; step <= 2; step++) {
+      for (const id of ids) {
+        const x = randn(step * 10 + id.expert, 3 * d);
+        const dy = randn(step * 20 + id.expert, 3 * d);
+        assert.deepEqual(
+          await dispatcher.backward(id, x, dy, 3),
+          await reference.backward(id, x, dy, 3),
+        );
+      }
+      const norm = await dispatcher.gradSquaredNorm(ids);
+      const want = await reference.gradSquaredNorm(ids);
+      assert.ok(Math.abs(norm - want) <= 1e-12 * want, `norm ${norm} vs ${want}`); // summed per node
+      const update = { step, learningRate: 0.05, gradScale: 0.5 };
+      await dispatcher.applyUpdate(ids, update);
+      await reference.applyUpdate(ids, update);
+    }
+    const x = randn(99, 2 * d);
+    for (const id of ids) {
+      const want = await reference.forward(id, x, 2);
+      for (const n of swarm.nodes.filter((n) => n.plan.experts.some((e) => e.expert === id.expert)))
+        assert.deepEqual(await n.host.forward(id, x, 2), want, `${n.plan.nodeId} L0.E${id.expert}`);
+    }
+  });
+
+  it("a replica that missed an update is stale and never read again", async () => {
+    const { dispatcher, swarm, reference } = await setup();
+    const id = { layer: 0, expert: 0 }; // ORD-0, IAD-0, SJC-0
+    const x = randn(5, d);
+    await swarm.stop("SJC-0");
+    await dispatcher.backward(id, x, randn(6, d), 1);
+    await dispatcher.applyUpdate([id], { step: 1, learningRate: 0.1, gradScale: 1 });
+    await reference.backward(id, x, randn(6, d), 1);
+    await reference.applyUpdate([id], { step: 1, learningRate: 0.1, gradScale: 1 });
+    await swarm.restart("SJC-0"); // back with its initial weights
+    await swarm.stop("ORD-0");
+    await swarm.stop("IAD-0");
+    await assert.rejects(dispatcher.forward(id, x, 1), NoReplicaError);
+    await swarm.restart("IAD-0"); // also initial weights: version 0 < 1
+    await assert.rejects(dispatcher.forward(id, x, 1), /stale|no replica/);
+    assert.ok(dispatcher.counters.staleReplicas >= 1);
+    void reference;
+  });
+});
