@@ -1,0 +1,328 @@
+// The on-disk form of one block in a tier: a small header, then the block's bytes after the tier's
+// transforms (optional XOR delta against base blocks, optional byte-plane grouping), compression
+// (none, zstd level 9, brotli level 11) and, in the cold tier, AES-256-GCM under the checkpoint's
+// data key. The block's identity stays the CID of its plaintext, so dedup works across encodings
+// and a reader always checks the decoded bytes against the CID.
+//
+// Layout (integers little-endian):
+//   0  "MSB1"                       magic
+//   4  u8 compression               0 none · 1 zstd · 2 brotli
+//   5  u8 flags                     bit0 byte planes · bit1 XOR delta · bit2 encrypted
+//   6  u8 delta depth               0 for a whole block; base depth + 1 for a delta
+//   7  u8 phase                     shard offset of the first byte, mod 4
+//   8  u32 plaintext length
+//   [delta]  u16 n, n × (u16 len, CID bytes), u32 offset into the concatenated bases
+//   [encrypted] u8 len, key id (ASCII), 12-byte nonce
+//   payload (encrypted: ciphertext ‖ tag; associated data = header ‖ CID bytes)
+// Every field is validated on read; a malformed record is reported as a corrupt block.
+
+import { brotliCompressSync, brotliDecompressSync, constants as zc } from "node:zlib";
+import * as zstd from "zstd-napi";
+import { invariant } from "../common/assert.ts";
+import { nonceBytes, openBlock, sealBlock } from "../crypto/envelope.ts";
+import { CID } from "./cid.ts";
+import { chunkBytesMax, deltaBasesMax, deltaChainMax } from "./constants.ts";
+import { fromBytePlanes, toBytePlanes, xorBytes } from "./float-transform.ts";
+
+const magic = [0x4d, 0x53, 0x42, 0x31]; // "MSB1"
+const headerBytes = 12;
+const flagPlanes = 1;
+const flagDelta = 2;
+const flagEncrypted = 4;
+/** Bytes of a block compressed two ways (planes or not) to pick the layout before the real pass. */
+const layoutProbeBytes = 64 * 1024;
+/** zstd level of the layout probe (fast; only the ranking matters). */
+const probeLevel = 3;
+
+export type Compression = "none" | "zstd" | "brotli";
+const compressionIds: Record<Compression, number> = { none: 0, zstd: 1, brotli: 2 };
+const compressionNames: Compression[] = ["none", "zstd", "brotli"];
+
+export const zstdLevel = 9;
+export const brotliQuality = 11;
+
+export interface DeltaRef {
+  /** Base blocks whose concatenation, from `offset`, lines up with this block. */
+  readonly bases: readonly CID[];
+  readonly offset: number;
+  /** Delta depth of the deepest base. */
+  readonly baseDepth: number;
+}
+
+export interface RecordInit {
+  readonly cid: CID;
+  readonly plaintext: Uint8Array;
+  readonly phase: number;
+  readonly compression: Compression;
+  /** The base range's bytes (already resolved) and where they come from. */
+  readonly delta?: { readonly ref: DeltaRef; readonly baseBytes: Uint8Array };
+  readonly seal?: { readonly keyId: string; readonly dataKey: Uint8Array };
+}
+
+export interface RecordHeader {
+  readonly compression: Compression;
+  readonly planes: boolean;
+  readonly depth: number;
+  readonly phase: number;
+  readonly length: number;
+  readonly delta: { readonly bases: CID[]; readonly offset: number } | undefined;
+  readonly keyId: string | undefined;
+  readonly nonce: Uint8Array | undefined;
+  readonly payloadOffset: number;
+}
+
+export class RecordFormatError extends Error {}
+
+export function compress(kind: Compression, data: Uint8Array, level?: number): Uint8Array {
+  switch (kind) {
+    case "none":
+      return data;
+    case "zstd":
+      return zstd.compress(data, { compressionLevel: level ?? zstdLevel });
+    case "brotli":
+      return brotliCompressSync(data, {
+        params: {
+          [zc.BROTLI_PARAM_QUALITY]: level ?? brotliQuality,
+          [zc.BROTLI_PARAM_SIZE_HINT]: data.length,
+          [zc.BROTLI_PARAM_MODE]: zc.BROTLI_MODE_GENERIC,
+        },
+      });
+  }
+}
+
+function decompress(kind: Compression, data: Uint8Array, length: number): Uint8Array {
+  switch (kind) {
+    case "none":
+      return data;
+    case "zstd":
+      return zstd.decompress(data);
+    case "brotli":
+      return brotliDecompressSync(data, { maxOutputLength: Math.max(1, length) });
+  }
+}
+
+/** Compressed size of the layout probe (first 64 KiB) of `body`, with or without byte planes. */
+function probeSize(body: Uint8Array, phase: number, planes: boolean): number {
+  const probe = body.subarray(0, Math.min(layoutProbeBytes, body.length));
+  return zstd.compress(planes ? toBytePlanes(probe, phase) : probe, {
+    compressionLevel: probeLevel,
+  }).length;
+}
+
+export interface EncodedRecord {
+  readonly bytes: Uint8Array;
+  /** Whether the record is an XOR delta (the probe found it smaller than the whole block). */
+  readonly delta: boolean;
+}
+
+/**
+ * Encodes a block. With compression, the layout is chosen by compressing a probe of each
+ * candidate (whole or XOR delta, × plain or byte planes) at a fast zstd level; the smallest wins.
+ */
+export function encodeRecord(init: RecordInit): EncodedRecord {
+  const { plaintext, phase } = init;
+  invariant(plaintext.length <= chunkBytesMax, "block within chunkBytesMax");
+  invariant(phase >= 0 && phase < 4, "phase in 0..3");
+  let body = plaintext;
+  let depth = 0;
+  let compression = init.compression;
+  let planes = false;
+  let useDelta = false;
+  if (compression !== "none" && plaintext.length >= 64) {
+    const candidates: { delta: boolean; planes: boolean; body: Uint8Array }[] = [
+      { delta: false, planes: false, body: plaintext },
+      { delta: false, planes: true, body: plaintext },
+    ];
+    if (init.delta !== undefined) {
+      const xored = xorBytes(plaintext, init.delta.baseBytes);
+      candidates.push(
+        { delta: true, planes: false, body: xored },
+        { delta: true, planes: true, body: xored },
+      );
+    }
+    let best = candidates[0] as (typeof candidates)[number];
+    let bestSize = Number.POSITIVE_INFINITY;
+    for (const c of candidates) {
+      const size = probeSize(c.body, phase, c.planes);
+      if (size < bestSize) {
+        best = c;
+        bestSize = size;
+      }
+    }
+    planes = best.planes;
+    useDelta = best.delta;
+    body = best.body;
+  }
+  if (useDelta && init.delta !== undefined) {
+    invariant(
+      init.delta.ref.bases.length >= 1 && init.delta.ref.bases.length <= deltaBasesMax,
+      "delta bases count",
+    );
+    depth = init.delta.ref.baseDepth + 1;
+    invariant(depth <= deltaChainMax, "delta chain within deltaChainMax");
+  }
+  if (compression !== "none") {
+    const packed = compress(compression, planes ? toBytePlanes(body, phase) : body);
+    if (packed.length < body.length) body = packed;
+    else {
+      compression = "none";
+      planes = false;
+      if (useDelta) {
+        useDelta = false;
+        depth = 0;
+        body = plaintext;
+      }
+    }
+  }
+  const parts: number[] = [...magic, compressionIds[compression], 0, depth, phase, 0, 0, 0, 0];
+  let flags = planes ? flagPlanes : 0;
+  const u16 = (v: number) => parts.push(v & 0xff, (v >>> 8) & 0xff);
+  const u32 = (v: number) =>
+    parts.push(v & 0xff, (v >>> 8) & 0xff, (v >>> 16) & 0xff, (v >>> 24) & 0xff);
+  parts[8] = plaintext.length & 0xff;
+  parts[9] = (plaintext.length >>> 8) & 0xff;
+  parts[10] = (plaintext.length >>> 16) & 0xff;
+  parts[11] = (plaintext.length >>> 24) & 0xff;
+  if (useDelta && init.delta !== undefined) {
+    flags |= flagDelta;
+    u16(init.delta.ref.bases.length);
+    for (const base of init.delta.ref.bases) {
+      u16(base.bytes.length);
+      parts.push(...base.bytes);
+    }
+    u32(init.delta.ref.offset);
+  }
+  let nonce: Uint8Array | undefined;
+  if (init.seal !== undefined) {
+    flags |= flagEncrypted;
+    const id = new TextEncoder().encode(init.seal.keyId);
+    invariant(id.length >= 1 && id.length <= 255, "key id length");
+    parts.push(id.length, ...id);
+  }
+  parts[5] = flags;
+  let header: Uint8Array = Uint8Array.from(parts);
+  if (init.seal !== undefined) {
+    // The nonce is part of the header; the associated data is the header without it plus the CID.
+    const sealed = sealBlock(init.seal.dataKey, body, associatedData(header, init.cid));
+    nonce = sealed.nonce;
+    body = sealed.ciphertext;
+    header = concat(header, nonce);
+  }
+  return { bytes: concat(header, body), delta: useDelta };
+}
+
+function associatedData(headerWithoutNonce: Uint8Array, cid: CID): Uint8Array {
+  return concat(headerWithoutNonce, cid.bytes);
+}
+
+function concat(a: Uint8Array, b: Uint8Array): Uint8Array {
+  const out = new Uint8Array(a.length + b.length);
+  out.set(a, 0);
+  out.set(b, a.length);
+  return out;
+}
+
+/** Parses and validates a record's header (no decompression); throws RecordFormatError. */
+export function parseRecordHeader(bytes: Uint8Array): RecordHeader {
+  const fail = (why: string): never => {
+    throw new RecordFormatError(why);
+  };
+  if (bytes.length < headerBytes) fail(`record of ${bytes.length} B is shorter than its header`);
+  for (let i = 0; i < 4; i++)
+    if (bytes[i] !== magic[i]) fail("bad magic (not a moe-swarm block record)");
+  const compression =
+    compressionNames[bytes[4] as number] ?? fail(`unknown compression id ${bytes[4]}`);
+  const flags = bytes[5] as number;
+  if (flags & ~(flagPlanes | flagDelta | flagEncrypted))
+    fail(`unknown flags 0x${flags.toString(16)}`);
+  const depth = bytes[6] as number;
+  const phase = bytes[7] as number;
+  if (phase > 3) fail(`phase ${phase} out of range`);
+  const dv = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+  const length = dv.getUint32(8, true);
+  if (length > chunkBytesMax) fail(`plaintext length ${length} above ${chunkBytesMax}`);
+  let at = headerBytes;
+  const need = (n: number) => {
+    if (at + n > bytes.length) fail("record truncated inside its header");
+  };
+  let delta: RecordHeader["delta"];
+  if (flags & flagDelta) {
+    if (depth < 1 || depth > deltaChainMax) fail(`delta depth ${depth} out of range`);
+    need(2);
+    const n = dv.getUint16(at, true);
+    at += 2;
+    if (n < 1 || n > deltaBasesMax) fail(`delta with ${n} bases`);
+    const bases: CID[] = [];
+    for (let k = 0; k < n; k++) {
+      need(2);
+      const len = dv.getUint16(at, true);
+      at += 2;
+      need(len);
+      try {
+        bases.push(CID.decode(bytes.slice(at, at + len)));
+      } catch {
+        fail(`delta base ${k} is not a CID`);
+      }
+      at += len;
+    }
+    need(4);
+    const offset = dv.getUint32(at, true);
+    at += 4;
+    delta = { bases, offset };
+  } else if (depth !== 0) fail(`depth ${depth} on a whole block`);
+  let keyId: string | undefined;
+  let nonce: Uint8Array | undefined;
+  if (flags & flagEncrypted) {
+    need(1);
+    const len = bytes[at] as number;
+    at += 1;
+    need(len);
+    keyId = new TextDecoder().decode(bytes.subarray(at, at + len));
+    if (!/^[A-Za-z0-9._-]+$/.test(keyId)) fail("bad key id");
+    at += len;
+    need(nonceBytes);
+    nonce = bytes.slice(at, at + nonceBytes);
+    at += nonceBytes;
+  }
+  return {
+    compression,
+    planes: (flags & flagPlanes) !== 0,
+    depth,
+    phase,
+    length,
+    delta,
+    keyId,
+    nonce,
+    payloadOffset: at,
+  };
+}
+
+export interface RecordContext {
+  /** Concatenated plaintext of `bases` from `offset`, `length` bytes (zero past the end). */
+  readonly baseRange: (bases: readonly CID[], offset: number, length: number) => Uint8Array;
+  readonly dataKey: (keyId: string) => Uint8Array;
+}
+
+/** Decodes a record to the block's plaintext. The caller checks it against the CID. */
+export function decodeRecord(cid: CID, bytes: Uint8Array, ctx: RecordContext): Uint8Array {
+  const h = parseRecordHeader(bytes);
+  let body = bytes.subarray(h.payloadOffset);
+  if (h.keyId !== undefined && h.nonce !== undefined) {
+    const aad = associatedData(bytes.subarray(0, h.payloadOffset - nonceBytes), cid);
+    body = openBlock(ctx.dataKey(h.keyId), h.nonce, body, aad);
+  }
+  let plain: Uint8Array;
+  try {
+    plain = decompress(h.compression, body, h.length);
+  } catch (err) {
+    throw new RecordFormatError(
+      `${h.compression} payload does not decompress: ${(err as Error).message}`,
+    );
+  }
+  if (plain.length !== h.length)
+    throw new RecordFormatError(`payload decodes to ${plain.length} B, header says ${h.length}`);
+  if (h.planes) plain = fromBytePlanes(plain, h.phase);
+  if (h.delta !== undefined)
+    plain = xorBytes(plain, ctx.baseRange(h.delta.bases, h.delta.offset, h.length));
+  return plain;
+}
