@@ -11,6 +11,7 @@ import { readFileSync } from "node:fs";
 import { z } from "zod";
 import { invariant } from "../common/assert.ts";
 import type { SwarmConfig } from "../config/schema.ts";
+import { allExpertIds, modelConfigFrom } from "../model/config.ts";
 import { type ExpertId, expertKey } from "../model/expert.ts";
 import type { NodeAddress } from "./node-client.ts";
 
@@ -25,17 +26,6 @@ export interface NodePlan {
   readonly nodeId: string;
   readonly region: string;
   readonly experts: readonly ExpertId[];
-}
-
-/** Every expert of the config's MoE layers, layer by layer (global layer index over all tiers). */
-export function expertIdsOf(cfg: SwarmConfig): ExpertId[] {
-  const ids: ExpertId[] = [];
-  let layer = 0;
-  for (const tier of cfg.expert_topology.hierarchical_layers) {
-    for (let b = 0; b < tier.blocks; b++, layer++)
-      for (let e = 0; e < tier.experts_per_region; e++) ids.push({ layer, expert: e });
-  }
-  return ids;
 }
 
 /** The node ids of a region: "ORD-0", "ORD-1", ... */
@@ -75,7 +65,7 @@ export function planFromConfig(
   nodesPerRegion?: number,
 ): NodePlan[] {
   return planPlacement(
-    expertIdsOf(cfg),
+    allExpertIds(modelConfigFrom(cfg)),
     regions ?? cfg.regions.map((r) => r.code),
     nodesPerRegion ?? cfg.swarm.nodes_per_region,
     cfg.expert_topology.routing_strategy.entanglement_pairs,

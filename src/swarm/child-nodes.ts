@@ -1,0 +1,134 @@
+// Starts expert nodes as child processes (`moe-swarm node`) and reads their "listening" line, for
+// `moe-swarm up`, the end-to-end tests and the benchmarks. Every child is killed when the parent
+// exits, and `stop()` ends them with SIGTERM (SIGKILL after a grace period).
+
+import { type ChildProcess, spawn } from "node:child_process";
+import { createInterface } from "node:readline";
+import { fileURLToPath } from "node:url";
+import type { NodeAddress } from "./node-client.ts";
+
+export const binPath = fileURLToPath(new URL("../../bin/moe-swarm.js", import.meta.url));
+/** Time a child gets to print its listening line. */
+export const childStartTimeoutMs = 60_000;
+/** Time a child gets to exit after SIGTERM before SIGKILL. */
+export const childStopGraceMs = 5000;
+
+export interface ChildNode extends NodeAddress {
+  readonly child: ChildProcess;
+  readonly experts: number;
+}
+
+const live = new Set<ChildProcess>();
+let exitHook = false;
+
+function killAllOnExit(): void {
+  if (exitHook) return;
+  exitHook = true;
+  process.on("exit", () => {
+    for (const c of live) c.kill("SIGKILL");
+  });
+}
+
+/** Spawns `moe-swarm [--config file] <args>` and resolves with its parsed listening line. */
+export function spawnListening(
+  args: readonly string[],
+  configPath: string | undefined,
+  onLog?: (line: string) => void,
+): Promise<{ child: ChildProcess; event: Record<string, unknown> }> {
+  killAllOnExit();
+  const child = spawn(
+    process.execPath,
+    [binPath, ...(configPath ? ["--config", configPath] : []), ...args],
+    { stdio: ["ignore", "pipe", "pipe"] },
+  );
+  live.add(child);
+  child.once("exit", () => live.delete(child));
+  return new Promise((resolve, reject) => {
+    let settled = false;
+    const timer = setTimeout(() => {
+      child.kill("SIGKILL");
+      finish(
+        new Error(
+          `moe-swarm ${args.join(" ")}: no listening line within ${childStartTimeoutMs} ms`,
+        ),
+      );
+    }, childStartTimeoutMs);
+    const finish = (err?: Error, event?: Record<string, unknown>) => {
+      if (settled) return;
+      settled = true;
+      clearTimeout(timer);
+      if (err) reject(err);
+      else resolve({ child, event: event as Record<string, unknown> });
+    };
+    const stderr: string[] = [];
+    createInterface({ input: child.stderr as NodeJS.ReadableStream }).on("line", (line) => {
+      stderr.push(line);
+      onLog?.(line);
+    });
+    createInterface({ input: child.stdout as NodeJS.ReadableStream }).on("line", (line) => {
+      if (!settled && line.startsWith("{")) {
+        try {
+          const event = JSON.parse(line) as Record<string, unknown>;
+          if (event.event === "listening") return finish(undefined, event);
+        } catch {
+          // not our line; fall through to the log
+        }
+      }
+      onLog?.(line);
+    });
+    child.once("exit", (code, signal) =>
+      finish(
+        new Error(
+          `moe-swarm ${args.join(" ")} exited (${signal ?? code}) before listening: ${stderr.slice(-5).join(" | ")}`,
+        ),
+      ),
+    );
+  });
+}
+
+export async function spawnNode(
+  region: string,
+  index: number,
+  opts: {
+    configPath?: string;
+    backend?: string;
+    port?: number;
+    onLog?: (line: string) => void;
+  } = {},
+): Promise<ChildNode> {
+  const { child, event } = await spawnListening(
+    [
+      "node",
+      "--region",
+      region,
+      "--index",
+      String(index),
+      "--port",
+      String(opts.port ?? 0),
+      ...(opts.backend ? ["--backend", opts.backend] : []),
+    ],
+    opts.configPath,
+    opts.onLog,
+  );
+  return {
+    child,
+    nodeId: String(event.nodeId),
+    region,
+    host: String(event.host),
+    port: Number(event.port),
+    experts: Number(event.experts),
+  };
+}
+
+/** SIGTERM, then SIGKILL after the grace period; resolves when the child has exited. */
+export function stopChild(child: ChildProcess, graceMs = childStopGraceMs): Promise<void> {
+  if (child.exitCode !== null || child.signalCode !== null) return Promise.resolve();
+  return new Promise((resolve) => {
+    const timer = setTimeout(() => child.kill("SIGKILL"), graceMs);
+    child.once("exit", () => {
+      clearTimeout(timer);
+      resolve();
+    });
+    child.kill("SIGTERM");
+  });
+}

@@ -1,0 +1,124 @@
+// End-to-end: expert nodes as real child processes (`moe-swarm node`) on loopback, the dispatcher
+// in this process. Same expert outputs as the in-process model's experts; under a bounded load,
+// kill -9 of one node and then of a whole emulated region loses no request.
+
+import assert from "node:assert/strict";
+import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { after, before, describe, it } from "node:test";
+import { Prng } from "../../src/common/prng.ts";
+import { loadConfig } from "../../src/config/load.ts";
+import { allExpertIds, modelConfigFrom } from "../../src/model/config.ts";
+import type { ExpertId } from "../../src/model/expert.ts";
+import { LocalExpertHost } from "../../src/model/local-expert-host.ts";
+import { type ChildNode, spawnNode, stopChild } from "../../src/swarm/child-nodes.ts";
+import { planFromConfig, StaticPlacement } from "../../src/swarm/placement.ts";
+import { regionLinksFromConfig } from "../../src/swarm/region-links.ts";
+import { RemoteExpertHost } from "../../src/swarm/remote-expert-host.ts";
+
+const dir = mkdtempSync(join(tmpdir(), "moe-swarm-e2e-"));
+const configPath = join(dir, "swarm.yaml");
+// local profile (d_model 64, 26 experts), two nodes per region, emulated latency on
+writeFileSync(configPath, "profile: local\nswarm:\n  nodes_per_region: 2\n");
+const { config } = loadConfig(configPath);
+const mc = modelConfigFrom(config);
+const d = mc.dModel;
+
+let nodes: ChildNode[] = [];
+let dispatcher: RemoteExpertHost;
+let reference: LocalExpertHost;
+
+describe("swarm end to end (child processes)", { timeout: 120_000 }, () => {
+  before(async () => {
+    const plan = planFromConfig(config);
+    nodes = await Promise.all(
+      plan.map((p) => {
+        const [region, index] = p.nodeId.split("-") as [string, string];
+        return spawnNode(region, Number(index), { configPath, backend: "js" });
+      }),
+    );
+    const placement = new StaticPlacement(
+      nodes.map((n) => ({ ...n, experts: plan.find((p) => p.nodeId === n.nodeId)?.experts ?? [] })),
+    );
+    dispatcher = new RemoteExpertHost({
+      registry: placement,
+      region: "ORD",
+      dModel: d,
+      links: regionLinksFromConfig(config),
+    });
+    reference = await LocalExpertHost.create(mc, { backend: "js" });
+  });
+
+  after(async () => {
+    dispatcher?.close();
+    await Promise.all(nodes.map((n) => stopChild(n.child)));
+    await reference?.close();
+    rmSync(dir, { recursive: true, force: true });
+  });
+
+  it("every expert answers through the swarm exactly as the in-process model's expert", async () => {
+    assert.equal(nodes.length, 10);
+    const ids = allExpertIds(mc);
+    const rng = new Prng(11);
+    const x = Float32Array.from({ length: 3 * d }, () => rng.normal());
+    const got = await Promise.all(ids.map((id) => dispatcher.forward(id, x, 3)));
+    for (const [i, id] of ids.entries())
+      assert.deepEqual(got[i], await reference.forward(id, x, 3), `L${id.layer}.E${id.expert}`);
+  });
+
+  it("kill -9 of a node, then of a whole region, under load: zero failed requests, failovers reported", async () => {
+    const ids = allExpertIds(mc);
+    const rng = new Prng(12);
+    const x = Float32Array.from({ length: 2 * d }, () => rng.normal());
+    const want = new Map<string, Float32Array>();
+    for (const id of ids) want.set(`${id.layer}.${id.expert}`, await reference.forward(id, x, 2));
+    let ok = 0;
+    let failed = 0;
+    let stop = false;
+    const errors: string[] = [];
+    const worker = async (seed: number) => {
+      const r = new Prng(seed);
+      while (!stop) {
+        const id = ids[r.int(ids.length)] as ExpertId;
+        try {
+          const y = await dispatcher.forward(id, x, 2);
+          assert.deepEqual(y, want.get(`${id.layer}.${id.expert}`));
+          ok++;
+        } catch (err) {
+          failed++;
+          errors.push((err as Error).message);
+        }
+      }
+    };
+    const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+    const load = Promise.all([1, 2, 3, 4, 5, 6].map(worker)); // 6 concurrent callers
+    await sleep(800);
+    const victim = nodes.find((n) => n.nodeId === "IAD-0") as ChildNode;
+    victim.child.kill("SIGKILL");
+    const killedAt = performance.now();
+    const before = ok;
+    while (ok === before || dispatcher.counters.failovers === 0) {
+      if (performance.now() - killedAt > 10_000) break;
+      await sleep(5);
+    }
+    const recoveryMs = (dispatcher.counters.lastFailoverAtMs ?? Number.NaN) - killedAt;
+    await sleep(800);
+    for (const n of nodes.filter((n) => n.region === "AMS")) n.child.kill("SIGKILL");
+    await sleep(1200);
+    stop = true;
+    await load;
+    const down = dispatcher
+      .nodeStats()
+      .filter((s) => !s.healthy)
+      .map((s) => s.nodeId)
+      .sort();
+    console.log(
+      `# served ${ok} requests, ${failed} failed; failovers ${dispatcher.counters.failovers}, hedges ${dispatcher.counters.hedges}; first failover ${recoveryMs.toFixed(1)} ms after kill -9; down: ${down.join(", ")}`,
+    );
+    assert.equal(failed, 0, errors.slice(0, 3).join("\n"));
+    assert.ok(ok > 50, `only ${ok} requests served`);
+    assert.ok(dispatcher.counters.failovers >= 1, "the failover is reported");
+    assert.deepEqual(down, ["AMS-0", "AMS-1", "IAD-0"]);
+  });
+});
