@@ -30,6 +30,14 @@ export class UsageError extends Error {
   }
 }
 
+/** An operation that ran and failed (corrupt data, wrong key, missing checkpoint): exit code 1. */
+export class OperationError extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = "OperationError";
+  }
+}
+
 /** The config named by the global `--config` flag, or the local defaults. */
 export function configFor(command: Command): LoadedConfig {
   const { config } = command.optsWithGlobals<{ config?: string }>();

@@ -10,7 +10,7 @@ import { registerConfig } from "./commands/config.ts";
 import { registerCoordinator } from "./commands/coordinator.ts";
 import { registerModel } from "./commands/model.ts";
 import { registerSwarm } from "./commands/swarm.ts";
-import { type CliIO, NotBuiltError, processIO, UsageError } from "./context.ts";
+import { type CliIO, NotBuiltError, OperationError, processIO, UsageError } from "./context.ts";
 
 function packageVersion(): string {
   const pkg = JSON.parse(readFileSync(new URL("../../package.json", import.meta.url), "utf8")) as {
@@ -55,6 +55,10 @@ export async function main(argv: readonly string[], io: CliIO = processIO): Prom
     }
     if (err instanceof ConfigError) {
       io.err(`invalid config: ${err.message}`);
+      return 1;
+    }
+    if (err instanceof OperationError) {
+      io.err(err.message);
       return 1;
     }
     if (err instanceof NotBuiltError || err instanceof UsageError) {

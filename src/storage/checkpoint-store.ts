@@ -45,6 +45,8 @@ import {
   buildDirectory,
   buildFileDag,
   checkShardName,
+  type DagBlock,
+  type FileDag,
   type LeafRef,
   readDirectory,
   readFileLeaves,
@@ -272,21 +274,14 @@ export class CheckpointStore {
     return readManifest(this.tier(name).manifestPath(id));
   }
 
-  /** Saves `shards` as checkpoint `id` in tier `name`. */
+  /** Saves `shards` as checkpoint `id` in tier `name`, chunked by FastCDC. */
   save(
     name: TierName,
     id: string,
     shards: readonly Shard[],
     options: SaveOptions = {},
   ): SaveReport {
-    checkCheckpointId(id);
-    const tier = this.tier(name);
-    if (existsSync(tier.manifestPath(id))) {
-      throw new StorageError(
-        "exists",
-        `checkpoint ${id} already exists in the ${name} tier; delete it or pick another id`,
-      );
-    }
+    this.#checkNew(name, id);
     const names = new Set<string>();
     for (const s of shards) {
       checkShardName(s.name);
@@ -300,6 +295,66 @@ export class CheckpointStore {
         );
       }
     }
+    const sorted = [...shards].sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0));
+    const dags = sorted.map((shard) => ({
+      shard,
+      dag: buildFileDag(shard.bytes, this.#cdc.cuts(shard.bytes)),
+    }));
+    return this.#commit(name, id, dags, undefined, options);
+  }
+
+  /**
+   * Stores an existing DAG (from a CAR file) as checkpoint `id`, keeping its CIDs: `root` is its
+   * directory node, or undefined to wrap `entries` (file DAG roots) in a new directory. Every block
+   * comes through `get`, which must return bytes already checked against their CIDs.
+   */
+  importDag(
+    name: TierName,
+    id: string,
+    dag: {
+      root: CID | undefined;
+      entries: readonly { name: string; cid: CID }[];
+      get: (cid: CID) => Uint8Array;
+    },
+    step?: number,
+  ): SaveReport {
+    this.#checkNew(name, id);
+    const dags = dag.entries.map((e) => {
+      const { leaves, inner } = readFileLeaves(e.cid, dag.get);
+      const size = leaves.reduce((s, l) => s + l.length, 0);
+      if (size > shardBytesMax)
+        throw new StorageError(
+          "bad-input",
+          `shard ${e.name} is ${size} B; the limit is ${shardBytesMax} B`,
+        );
+      const bytes = new Uint8Array(size);
+      for (const l of leaves) bytes.set(dag.get(l.cid), l.offset);
+      const nodes = inner.map((cid) => ({ cid, bytes: dag.get(cid) })).reverse();
+      return { shard: { name: e.name, bytes }, dag: { root: e.cid, size, leaves, nodes } };
+    });
+    const root = dag.root === undefined ? undefined : { cid: dag.root, bytes: dag.get(dag.root) };
+    return this.#commit(name, id, dags, root, step === undefined ? {} : { step });
+  }
+
+  #checkNew(name: TierName, id: string): void {
+    checkCheckpointId(id);
+    if (existsSync(this.tier(name).manifestPath(id))) {
+      throw new StorageError(
+        "exists",
+        `checkpoint ${id} already exists in the ${name} tier; delete it or pick another id`,
+      );
+    }
+  }
+
+  /** Writes the key file (sealed tiers), the blocks, then the manifest. */
+  #commit(
+    name: TierName,
+    id: string,
+    dags: readonly { shard: Shard; dag: FileDag }[],
+    givenRoot: DagBlock | undefined,
+    options: SaveOptions,
+  ): SaveReport {
+    const tier = this.tier(name);
     const previous = tier.manifests().at(-1);
     let seal: { keyId: string; dataKey: Uint8Array } | undefined;
     if (tier.init.sealed) {
@@ -316,7 +371,8 @@ export class CheckpointStore {
       tier.rememberKey(keyId, dataKey);
       seal = { keyId, dataKey };
     }
-    const totalBytes = shards.reduce((s, x) => s + x.bytes.length, 0);
+    const sealOpt = seal !== undefined ? { seal } : {};
+    const totalBytes = dags.reduce((s, x) => s + x.shard.bytes.length, 0);
     let doneBytes = 0;
     let storedBytes = 0;
     let chunks = 0;
@@ -325,9 +381,7 @@ export class CheckpointStore {
     const blocks = new Set<string>();
     const entries: ShardEntry[] = [];
     const dirEntries: { name: string; cid: CID; tsize: number }[] = [];
-    const sorted = [...shards].sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0));
-    for (const shard of sorted) {
-      const dag = buildFileDag(shard.bytes, this.#cdc.cuts(shard.bytes));
+    for (const { shard, dag } of dags) {
       const baseLeaves = this.#baseLeaves(tier, previous, shard);
       for (const leaf of dag.leaves) {
         chunks++;
@@ -340,7 +394,7 @@ export class CheckpointStore {
           const put = tier.blocks.put(leaf.cid, bytes, {
             phase: leaf.offset & 3,
             ...(delta !== undefined ? { delta } : {}),
-            ...(seal !== undefined ? { seal } : {}),
+            ...sealOpt,
           });
           storedBytes += put.bytes;
           if (put.delta) deltaChunks++;
@@ -350,10 +404,7 @@ export class CheckpointStore {
       }
       for (const node of dag.nodes) {
         blocks.add(node.cid.toString());
-        storedBytes += tier.blocks.put(node.cid, node.bytes, {
-          phase: 0,
-          ...(seal !== undefined ? { seal } : {}),
-        }).bytes;
+        storedBytes += tier.blocks.put(node.cid, node.bytes, { phase: 0, ...sealOpt }).bytes;
       }
       const tsize = dag.nodes.reduce((s, n) => s + n.bytes.length, 0) + shard.bytes.length;
       entries.push({
@@ -364,12 +415,9 @@ export class CheckpointStore {
       });
       dirEntries.push({ name: shard.name, cid: dag.root, tsize });
     }
-    const dir = buildDirectory(dirEntries);
+    const dir = givenRoot ?? buildDirectory(dirEntries);
     blocks.add(dir.cid.toString());
-    storedBytes += tier.blocks.put(dir.cid, dir.bytes, {
-      phase: 0,
-      ...(seal !== undefined ? { seal } : {}),
-    }).bytes;
+    storedBytes += tier.blocks.put(dir.cid, dir.bytes, { phase: 0, ...sealOpt }).bytes;
     const manifest: Manifest = {
       format: manifestFormat,
       id,
