@@ -160,3 +160,23 @@ describe("wire frames", () => {
     );
   });
 });
+
+describe("stop sequences", () => {
+  it("cut before the first stop string, even one split across pieces, and never emit any of it", async () => {
+    const { StopSequenceFilter } = await import("../../src/swarm/text-generator.ts");
+    const run = (pieces: string[], stops: string[]) => {
+      const f = new StopSequenceFilter(stops);
+      let out = "";
+      for (const p of pieces) {
+        out += f.push(p);
+        if (f.stopped) return { out, stopped: true };
+      }
+      return { out: out + f.flush(), stopped: false };
+    };
+    assert.deepEqual(run(["l", "#", "l", "#"], ["#l"]), { out: "l", stopped: true });
+    assert.deepEqual(run(["ab", "cd", "ef"], ["cde", "zz"]), { out: "ab", stopped: true });
+    assert.deepEqual(run(["ab", "c"], ["cd"]), { out: "abc", stopped: false });
+    assert.deepEqual(run(["hello world"], []), { out: "hello world", stopped: false });
+    assert.deepEqual(run(["x", "END"], ["END", "ND"]), { out: "x", stopped: true });
+  });
+});
