@@ -2,31 +2,12 @@
 // model's gradient matches finite differences on sampled coordinates; training replays from a seed.
 import assert from "node:assert/strict";
 import { describe, it } from "node:test";
-import { Prng } from "../../src/common/prng.ts";
-import { loadConfig } from "../../src/config/load.ts";
-import { type ModelConfig, modelConfigFrom } from "../../src/model/config.ts";
 import { sequentialBatches } from "../../src/model/dataset.ts";
 import { LocalExpertHost } from "../../src/model/local-expert-host.ts";
 import { Trainer } from "../../src/model/trainer.ts";
 import { MoeTransformer } from "../../src/model/transformer.ts";
 import { gradCheck } from "../../src/tensor/gradcheck.ts";
-
-/** The local profile's three tiers and modes, shrunk: d=16, context 32, experts 4/2/1. */
-export function tinyConfig(): ModelConfig {
-  const base = modelConfigFrom(loadConfig().config);
-  return {
-    ...base,
-    dModel: 16,
-    nHeads: 2,
-    context: 32,
-    tiers: base.tiers.map((t, i) => ({
-      ...t,
-      experts: [4, 2, 1][i] as number,
-      expertHidden: 32,
-      topK: Math.min(t.topK, [4, 2, 1][i] as number),
-    })),
-  };
-}
+import { tinyConfig } from "./tiny.ts";
 
 const text = new TextEncoder().encode("the whale, the whale! a dead whale or a stove boat. ");
 
@@ -99,5 +80,3 @@ describe("MoeTransformer", () => {
     assert.deepEqual(await run(), await run());
   });
 });
-
-void Prng;
