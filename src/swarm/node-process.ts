@@ -8,6 +8,7 @@ import type { SwarmConfig } from "../config/schema.ts";
 import { modelConfigFrom } from "../model/config.ts";
 import { type ExpertBackend, LocalExpertHost } from "../model/local-expert-host.ts";
 import { ExpertNode } from "./expert-node.ts";
+import { loadExpertWeights } from "./model-weights.ts";
 import { nodeIdOf, planFromConfig } from "./placement.ts";
 import { regionLinksFromConfig } from "./region-links.ts";
 
@@ -21,6 +22,8 @@ export interface NodeProcessInit {
   /** Regions of the plan (default: all configured regions). */
   readonly regions?: readonly string[];
   readonly nodesPerRegion?: number;
+  /** Trained model file; without it the experts keep their seed initialisation. */
+  readonly modelPath?: string;
 }
 
 export interface RunningNode {
@@ -53,6 +56,7 @@ export async function startNodeProcess(
     backend: init.backend ?? "auto",
     threads: init.threads ?? 1,
   });
+  if (init.modelPath) await loadExpertWeights(cfg, host, plan.experts, init.modelPath);
   const node = new ExpertNode({
     nodeId,
     region: init.region,

@@ -16,7 +16,11 @@ import { createServer, type IncomingMessage, type Server, type ServerResponse } 
 import { z } from "zod";
 import { invariant } from "../common/assert.ts";
 import { NoReplicaError } from "./errors.ts";
-import type { GenerateResult, TextGenerator } from "./text-generator.ts";
+import {
+  type GenerateResult,
+  type TextGenerator,
+  UnsupportedParameterError,
+} from "./text-generator.ts";
 
 /** Largest request body accepted. */
 export const httpBodyBytesMax = 1024 * 1024;
@@ -398,6 +402,14 @@ export class OpenAiApi {
 
 function toApiError(err: unknown): ApiError {
   if (err instanceof ApiError) return err;
+  if (err instanceof UnsupportedParameterError)
+    return new ApiError(
+      400,
+      err.message,
+      "invalid_request_error",
+      "unsupported_parameter",
+      err.param,
+    );
   if (err instanceof NoReplicaError)
     return new ApiError(
       503,

@@ -81,3 +81,14 @@ export class StopSequenceFilter {
     return t;
   }
 }
+
+/** A request parameter this generator cannot honour (HTTP 400, naming the parameter). */
+export class UnsupportedParameterError extends Error {
+  constructor(
+    readonly param: string,
+    message: string,
+  ) {
+    super(message);
+    this.name = "UnsupportedParameterError";
+  }
+}

@@ -7,15 +7,20 @@ import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
+import OpenAI from "openai";
 import { Prng } from "../../src/common/prng.ts";
 import { loadConfig } from "../../src/config/load.ts";
+import { buildLocalModel } from "../../src/model/build.ts";
 import { allExpertIds, modelConfigFrom } from "../../src/model/config.ts";
 import type { ExpertId } from "../../src/model/expert.ts";
+import { generateBytes } from "../../src/model/generate.ts";
 import { LocalExpertHost } from "../../src/model/local-expert-host.ts";
 import { type ChildNode, spawnNode, stopChild } from "../../src/swarm/child-nodes.ts";
+import { startGateway } from "../../src/swarm/gateway.ts";
 import { planFromConfig, StaticPlacement } from "../../src/swarm/placement.ts";
 import { regionLinksFromConfig } from "../../src/swarm/region-links.ts";
 import { RemoteExpertHost } from "../../src/swarm/remote-expert-host.ts";
+import { noGradAsync } from "../../src/tensor/tensor.ts";
 
 const dir = mkdtempSync(join(tmpdir(), "moe-swarm-e2e-"));
 const configPath = join(dir, "swarm.yaml");
@@ -28,6 +33,7 @@ const d = mc.dModel;
 let nodes: ChildNode[] = [];
 let dispatcher: RemoteExpertHost;
 let reference: LocalExpertHost;
+let placement: StaticPlacement;
 
 describe("swarm end to end (child processes)", { timeout: 120_000 }, () => {
   before(async () => {
@@ -38,7 +44,7 @@ describe("swarm end to end (child processes)", { timeout: 120_000 }, () => {
         return spawnNode(region, Number(index), { configPath, backend: "js" });
       }),
     );
-    const placement = new StaticPlacement(
+    placement = new StaticPlacement(
       nodes.map((n) => ({ ...n, experts: plan.find((p) => p.nodeId === n.nodeId)?.experts ?? [] })),
     );
     dispatcher = new RemoteExpertHost({
@@ -65,6 +71,41 @@ describe("swarm end to end (child processes)", { timeout: 120_000 }, () => {
     const got = await Promise.all(ids.map((id) => dispatcher.forward(id, x, 3)));
     for (const [i, id] of ids.entries())
       assert.deepEqual(got[i], await reference.forward(id, x, 3), `L${id.layer}.E${id.expert}`);
+  });
+
+  it("the gateway's trunk over the swarm gives the same logits as the in-process model; the openai client gets the same greedy text", async () => {
+    const gateway = await startGateway(config, {
+      placement,
+      port: 0,
+      host: "127.0.0.1",
+      modelId: "local",
+    });
+    try {
+      const local = await buildLocalModel(config, { backend: "js" });
+      const text = "Call me Ishmael. Some years ago";
+      const ids = Int32Array.from(Buffer.from(text, "utf8"));
+      const remote = await noGradAsync(() => gateway.trunk.forward(ids, 1, ids.length));
+      const inProcess = await noGradAsync(() => local.model.forward(ids, 1, ids.length));
+      assert.deepEqual(remote.logits.data, inProcess.logits.data);
+      const client = new OpenAI({ baseURL: `${gateway.url}/v1`, apiKey: "unused", maxRetries: 0 });
+      const r = await client.completions.create({
+        model: "local",
+        prompt: text,
+        max_tokens: 8,
+        temperature: 0,
+      });
+      const want = await generateBytes(local.model, Buffer.from(text, "utf8"), {
+        maxNewBytes: 8,
+        temperature: 0,
+        topK: 0,
+        rng: new Prng(1),
+      });
+      assert.equal(r.choices[0]?.text, new TextDecoder().decode(want));
+      assert.equal(r.usage?.completion_tokens, 8);
+      await local.host.close();
+    } finally {
+      await gateway.close();
+    }
   });
 
   it("kill -9 of a node, then of a whole region, under load: zero failed requests, failovers reported", async () => {
@@ -108,6 +149,7 @@ describe("swarm end to end (child processes)", { timeout: 120_000 }, () => {
     await sleep(1200);
     stop = true;
     await load;
+    await dispatcher.probeAll(500); // nodes no call happened to hit are found by the probe
     const down = dispatcher
       .nodeStats()
       .filter((s) => !s.healthy)

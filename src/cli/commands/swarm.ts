@@ -3,7 +3,9 @@
 
 import type { Command } from "commander";
 import type { ExpertBackend } from "../../model/local-expert-host.ts";
+import { startGateway } from "../../swarm/gateway.ts";
 import { startNodeProcess } from "../../swarm/node-process.ts";
+import { placementFromFile } from "../../swarm/placement.ts";
 import { type CliIO, configFor, notBuilt, UsageError } from "../context.ts";
 
 function intOption(value: string, flag: string, min: number, max: number): number {
@@ -43,6 +45,10 @@ export function registerSwarm(program: Command, io: CliIO): void {
     .option("--host <addr>", "address to listen on (default: swarm.host of the config)")
     .option("--backend <name>", "expert kernels: js, onnx or auto", "auto")
     .option("--threads <n>", "onnxruntime threads per call", "1")
+    .option(
+      "--model <file>",
+      "trained model file (default: weights initialised from the model seed)",
+    )
     .action(async (opts: Record<string, string>, command: Command) => {
       const { config } = configFor(command);
       const backend = opts.backend as ExpertBackend;
@@ -57,6 +63,7 @@ export function registerSwarm(program: Command, io: CliIO): void {
           host: opts.host,
           backend,
           threads: intOption(String(opts.threads), "--threads", 1, 64),
+          modelPath: opts.model,
         });
       } catch (err) {
         if (err instanceof RangeError) throw new UsageError(err.message);
@@ -77,5 +84,46 @@ export function registerSwarm(program: Command, io: CliIO): void {
       await running.close();
     });
 
-  notBuilt(program, "gateway", "run the gateway: trunk, expert dispatch and the HTTP API", 5);
+  program
+    .command("gateway")
+    .description(
+      "run the gateway: trunk, expert dispatch to the nodes and the OpenAI-compatible HTTP API",
+    )
+    .requiredOption("--placement <file>", "placement JSON: the nodes, their addresses and experts")
+    .option("--port <n>", "HTTP port (default: swarm.gateway_port of the config; 0 = any)")
+    .option("--host <addr>", "address to listen on (default: swarm.host of the config)")
+    .option("--region <code>", "region of the gateway (default: the global coordinator's)")
+    .option(
+      "--model <file>",
+      "trained model file (default: weights initialised from the model seed)",
+    )
+    .option("--no-hedging", "do not hedge slow expert calls to a second replica")
+    .action(async (opts: Record<string, string | boolean | undefined>, command: Command) => {
+      const { config } = configFor(command);
+      let gateway: Awaited<ReturnType<typeof startGateway>>;
+      try {
+        gateway = await startGateway(config, {
+          placement: placementFromFile(String(opts.placement)),
+          port:
+            opts.port === undefined ? undefined : intOption(String(opts.port), "--port", 0, 65535),
+          host: opts.host as string | undefined,
+          region: opts.region as string | undefined,
+          modelPath: opts.model as string | undefined,
+          hedging: opts.hedging !== false,
+        });
+      } catch (err) {
+        if (err instanceof RangeError) throw new UsageError(err.message);
+        throw err;
+      }
+      io.out(
+        JSON.stringify({
+          event: "listening",
+          role: "gateway",
+          url: gateway.url,
+          port: gateway.port,
+        }),
+      );
+      await untilSignal();
+      await gateway.close();
+    });
 }
