@@ -170,6 +170,35 @@ export async function importCar(
   options: { shardName?: string; step?: number } = {},
 ): Promise<SaveReport> {
   const { root, blocks } = await readCar(path);
+  let dag: ImportedDag;
+  try {
+    dag = checkDag(path, root, blocks, options.shardName ?? "shard");
+  } catch (err) {
+    // DAG errors name the block; say which file it came from.
+    if (err instanceof StorageError && err.file !== path) {
+      throw new StorageError(
+        err.code === "missing-block" ? "missing-block" : "bad-car",
+        `${path}: ${err.message}`,
+        {
+          file: path,
+          ...(err.cid !== undefined ? { cid: err.cid } : {}),
+        },
+      );
+    }
+    throw err;
+  }
+  return store.importDag(tier, id, dag, options.step);
+}
+
+type ImportedDag = Parameters<CheckpointStore["importDag"]>[2];
+
+/** The checkpoint DAG under `root`, complete and without foreign blocks, or a StorageError. */
+function checkDag(
+  path: string,
+  root: CID,
+  blocks: Map<string, Uint8Array>,
+  shardName: string,
+): ImportedDag {
   const used = new Set<string>();
   const get = (cid: CID): Uint8Array => {
     const key = cid.toString();
@@ -178,7 +207,10 @@ export async function importCar(
       throw new StorageError(
         "missing-block",
         `${path}: block ${key} of the root's DAG is not in the CAR file`,
-        { file: path, cid: key },
+        {
+          file: path,
+          cid: key,
+        },
       );
     }
     used.add(key);
@@ -197,7 +229,7 @@ export async function importCar(
   used.clear();
   const entries = isDirectory
     ? readDirectory(root, get).map((e) => ({ name: e.name, cid: e.cid }))
-    : [{ name: options.shardName ?? "shard", cid: root }];
+    : [{ name: shardName, cid: root }];
   for (const e of entries) {
     const { leaves } = readFileLeaves(e.cid, get);
     for (const l of leaves) {
@@ -206,7 +238,10 @@ export async function importCar(
         throw new StorageError(
           "bad-car",
           `${path}: block ${l.cid} holds ${b.length} B where its parent says ${l.length}`,
-          { file: path, cid: l.cid.toString() },
+          {
+            file: path,
+            cid: l.cid.toString(),
+          },
         );
       }
     }
@@ -216,14 +251,12 @@ export async function importCar(
       throw new StorageError(
         "bad-car",
         `${path}: block ${key} is not part of the root's DAG (corrupt CID or foreign block)`,
-        { file: path, cid: key },
+        {
+          file: path,
+          cid: key,
+        },
       );
     }
   }
-  return store.importDag(
-    tier,
-    id,
-    { root: isDirectory ? root : undefined, entries, get },
-    options.step,
-  );
+  return { root: isDirectory ? root : undefined, entries, get };
 }
