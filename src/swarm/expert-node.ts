@@ -40,6 +40,8 @@ export interface ExpertNodeInit {
   /** 0 = any free port. */
   readonly port?: number;
   readonly nowMs?: () => number;
+  /** Called as a request frame is handled; the returned function when its reply is ready (issue #8's tracing). */
+  readonly onRequest?: (frame: Frame) => ((failed: boolean) => void) | undefined;
 }
 
 /** The load report a node returns to `ping` (scalars in this order on the wire). */
@@ -229,6 +231,8 @@ export class ExpertNode {
 
   async #handle(frame: Frame): Promise<Buffer> {
     const receivedMs = this.#now();
+    const done = this.#init.onRequest?.(frame);
+    let failed = false;
     this.#inflight++;
     try {
       if (frame.kind !== FrameKind.request)
@@ -296,12 +300,16 @@ export class ExpertNode {
         }
       }
     } catch (err) {
+      failed = true;
       if (err instanceof RequestError)
         return this.#errorFrame(frame.requestId, frame.op, err.code, err.message);
       throw err;
     } finally {
       this.#inflight--;
+      done?.(failed);
     }
+    // Every op above returns or throws; TypeScript cannot see that past a call in `finally`.
+    invariant(false, `unhandled op ${frame.op}`);
   }
 
   async #host<T>(call: () => Promise<T>): Promise<T> {

@@ -5,6 +5,7 @@
 
 import type { SwarmConfig } from "../config/schema.ts";
 import { buildTrunk } from "../model/build.ts";
+import type { ExpertHost } from "../model/expert.ts";
 import type { MoeTransformer } from "../model/transformer.ts";
 import { ModelTextGenerator } from "./model-generator.ts";
 import { loadTrunkWeights } from "./model-weights.ts";
@@ -25,6 +26,8 @@ export interface GatewayInit {
   readonly hedging?: boolean;
   /** Routes mounted before the API's (issue #8's /metrics and dashboard). */
   readonly extraRoutes?: readonly HttpRoute[];
+  /** Wraps the dispatcher before the trunk uses it (issue #8's TracedExpertHost). */
+  readonly wrapExpertHost?: (dispatcher: ExpertHost) => ExpertHost;
 }
 
 export interface RunningGateway {
@@ -50,7 +53,7 @@ export async function startGateway(cfg: SwarmConfig, init: GatewayInit): Promise
     links: regionLinksFromConfig(cfg),
     hedging: init.hedging ?? true,
   });
-  const trunk = buildTrunk(cfg, dispatcher);
+  const trunk = buildTrunk(cfg, init.wrapExpertHost ? init.wrapExpertHost(dispatcher) : dispatcher);
   if (init.modelPath) await loadTrunkWeights(cfg, trunk, init.modelPath);
   const experts = trunk.expertIds();
   const ready = async () => {
