@@ -93,6 +93,9 @@ export async function spawnNode(
     configPath?: string;
     backend?: string;
     port?: number;
+    modelPath?: string;
+    regions?: readonly string[];
+    nodesPerRegion?: number;
     onLog?: (line: string) => void;
   } = {},
 ): Promise<ChildNode> {
@@ -106,6 +109,9 @@ export async function spawnNode(
       "--port",
       String(opts.port ?? 0),
       ...(opts.backend ? ["--backend", opts.backend] : []),
+      ...(opts.modelPath ? ["--model", opts.modelPath] : []),
+      ...(opts.regions ? ["--regions", opts.regions.join(",")] : []),
+      ...(opts.nodesPerRegion ? ["--nodes-per-region", String(opts.nodesPerRegion)] : []),
     ],
     opts.configPath,
     opts.onLog,

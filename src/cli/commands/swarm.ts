@@ -1,18 +1,36 @@
 // `moe-swarm up|node|gateway`: the swarm data plane (issue #5). Long-running commands print one
 // JSON "listening" line on stdout (what `up` and the tests read) and stop cleanly on SIGINT/SIGTERM.
 
+import { existsSync } from "node:fs";
+import { join } from "node:path";
+import { Presets, SingleBar } from "cli-progress";
 import type { Command } from "commander";
 import type { ExpertBackend } from "../../model/local-expert-host.ts";
+import { bootstrapTrainSecondsDefault, trainBootstrapModel } from "../../swarm/bootstrap-model.ts";
 import { startGateway } from "../../swarm/gateway.ts";
 import { startNodeProcess } from "../../swarm/node-process.ts";
 import { placementFromFile } from "../../swarm/placement.ts";
-import { type CliIO, configFor, notBuilt, UsageError } from "../context.ts";
+import { swarmUp } from "../../swarm/swarm-up.ts";
+import { type CliIO, configFor, OperationError, UsageError } from "../context.ts";
 
 function intOption(value: string, flag: string, min: number, max: number): number {
   const n = Number(value);
   if (!Number.isInteger(n) || n < min || n > max)
     throw new UsageError(`${flag}: expected an integer ${min}..${max}; got "${value}"`);
   return n;
+}
+
+function parseRegions(text: string): string[] {
+  const list = text.split(",").map((r) => r.trim().toUpperCase());
+  if (
+    list.length === 0 ||
+    list.some((r) => !/^[A-Z]{3}$/.test(r)) ||
+    new Set(list).size !== list.length
+  )
+    throw new UsageError(
+      `--regions: expected distinct three-letter codes like ORD,IAD,SJC; got "${text}"`,
+    );
+  return list;
 }
 
 /** Resolves on the first SIGINT or SIGTERM. */
@@ -29,12 +47,120 @@ export function untilSignal(): Promise<NodeJS.Signals> {
 }
 
 export function registerSwarm(program: Command, io: CliIO): void {
-  notBuilt(
-    program,
-    "up",
-    "start the whole local swarm: coordinators, expert nodes per region, gateway, dashboard",
-    5,
-  );
+  program
+    .command("up")
+    .description(
+      "start the whole local swarm on loopback: expert nodes in every region and the gateway; prints the URL",
+    )
+    .option("--regions <list>", "regions to run, comma-separated (default: all configured)")
+    .option("--nodes <n>", "expert nodes per region (default: swarm.nodes_per_region)")
+    .option("--port <n>", "gateway HTTP port (default: swarm.gateway_port; 0 = any free port)")
+    .option(
+      "--model <file>",
+      "model file to serve (default: <data_dir>/models/<profile>.safetensors)",
+    )
+    .option(
+      "--train-seconds <n>",
+      "training budget when no model file exists yet",
+      String(bootstrapTrainSecondsDefault),
+    )
+    .option("--untrained", "serve the seed-initialised model without training one")
+    .option("--backend <name>", "expert kernels on the nodes: js, onnx or auto", "auto")
+    .action(async (opts: Record<string, string | boolean | undefined>, command: Command) => {
+      const { config } = configFor(command);
+      const configPath = command.optsWithGlobals<{ config?: string }>().config;
+      const regions =
+        opts.regions === undefined
+          ? config.regions.map((r) => r.code)
+          : parseRegions(String(opts.regions));
+      const nodesPerRegion =
+        opts.nodes === undefined
+          ? config.swarm.nodes_per_region
+          : intOption(String(opts.nodes), "--nodes", 1, 64);
+      const port =
+        opts.port === undefined
+          ? config.swarm.gateway_port
+          : intOption(String(opts.port), "--port", 0, 65535);
+      let modelPath: string | undefined;
+      if (!opts.untrained) {
+        modelPath =
+          (opts.model as string | undefined) ??
+          join(config.swarm.data_dir, "models", `${config.profile}.safetensors`);
+        if (!existsSync(modelPath)) {
+          if (opts.model !== undefined) throw new UsageError(`--model: no file at ${modelPath}`);
+          const budget = intOption(String(opts.trainSeconds), "--train-seconds", 1, 3600);
+          io.err(
+            `no trained model at ${modelPath}: training one for up to ${budget} s (Moby Dick, seed ${config.model.seed})`,
+          );
+          const bar = new SingleBar(
+            {
+              format: "training [{bar}] {percentage}% | step {step} | loss {loss}",
+              stream: process.stderr,
+            },
+            Presets.shades_classic,
+          );
+          bar.start(budget, 0, { step: 0, loss: "-" });
+          const r = await trainBootstrapModel(config, modelPath, budget, (p) =>
+            bar.update(Math.min(budget, Math.round(p.elapsedSeconds)), {
+              step: p.step,
+              loss: p.loss.toFixed(3),
+            }),
+          );
+          bar.update(budget);
+          bar.stop();
+          io.err(
+            `trained ${r.steps} steps: loss ${r.firstLoss.toFixed(3)} → ${r.lastLoss.toFixed(3)}; saved ${modelPath}`,
+          );
+        }
+      }
+      io.err(
+        `starting ${regions.length * nodesPerRegion} expert nodes (${regions.join(", ")}) and the gateway…`,
+      );
+      let swarm: Awaited<ReturnType<typeof swarmUp>>;
+      try {
+        swarm = await swarmUp(config, {
+          configPath,
+          regions,
+          nodesPerRegion,
+          gatewayPort: port,
+          modelPath,
+          backend: String(opts.backend),
+          log: (line) => io.err(line),
+        });
+      } catch (err) {
+        if (err instanceof RangeError) throw new UsageError(err.message);
+        throw new OperationError(
+          `moe-swarm up: the swarm did not start: ${(err as Error).message}`,
+        );
+      }
+      let stopping = false;
+      for (const n of swarm.nodes)
+        n.child.once("exit", (code, signal) => {
+          if (!stopping)
+            io.err(
+              `node ${n.nodeId} exited (${signal ?? code}); its experts are served by their replicas`,
+            );
+        });
+      io.out(
+        JSON.stringify({
+          event: "listening",
+          role: "up",
+          url: swarm.url,
+          nodes: swarm.nodes.length,
+        }),
+      );
+      io.out(
+        [
+          `moe-swarm is up: ${swarm.url}  (${swarm.nodes.length} expert nodes in ${regions.join(", ")}; placement ${swarm.placementPath})`,
+          `  curl ${swarm.url}/v1/completions -H 'content-type: application/json' -d '{"model":"moe-swarm-${config.profile}","prompt":"Call me Ishmael.","max_tokens":40}'`,
+          `  swarm state: ${swarm.url}/v1/swarm   ·   Ctrl-C stops everything`,
+        ].join("\n"),
+      );
+      await untilSignal();
+      stopping = true;
+      io.err("stopping the gateway and the expert nodes…");
+      await swarm.stop();
+    });
 
   program
     .command("node")
@@ -48,6 +174,11 @@ export function registerSwarm(program: Command, io: CliIO): void {
     .option(
       "--model <file>",
       "trained model file (default: weights initialised from the model seed)",
+    )
+    .option("--regions <list>", "regions of the placement plan, comma-separated (default: all)")
+    .option(
+      "--nodes-per-region <n>",
+      "nodes per region of the placement plan (default: swarm.nodes_per_region)",
     )
     .action(async (opts: Record<string, string>, command: Command) => {
       const { config } = configFor(command);
@@ -64,6 +195,11 @@ export function registerSwarm(program: Command, io: CliIO): void {
           backend,
           threads: intOption(String(opts.threads), "--threads", 1, 64),
           modelPath: opts.model,
+          regions: opts.regions === undefined ? undefined : parseRegions(opts.regions),
+          nodesPerRegion:
+            opts.nodesPerRegion === undefined
+              ? undefined
+              : intOption(String(opts.nodesPerRegion), "--nodes-per-region", 1, 64),
         });
       } catch (err) {
         if (err instanceof RangeError) throw new UsageError(err.message);
@@ -113,7 +249,7 @@ export function registerSwarm(program: Command, io: CliIO): void {
         });
       } catch (err) {
         if (err instanceof RangeError) throw new UsageError(err.message);
-        throw err;
+        throw new OperationError(`moe-swarm gateway: ${(err as Error).message}`);
       }
       io.out(
         JSON.stringify({
