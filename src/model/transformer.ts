@@ -13,8 +13,10 @@
 
 import { invariant } from "../common/assert.ts";
 import { Prng } from "../common/prng.ts";
+import type { OnnxKernels } from "../tensor/onnx-kernels.ts";
 import {
   add,
+  addBias,
   causalAttention,
   crossEntropy,
   embedding,
@@ -74,11 +76,20 @@ export class MoeTransformer {
   /** Every trunk parameter by its checkpoint name. */
   readonly params: ReadonlyMap<string, Tensor>;
 
-  constructor(mc: ModelConfig, host: ExpertHost, dtype: DType = "float32") {
+  /** Native trunk kernels (float32); without them the TypeScript ops run. */
+  readonly kernels: OnnxKernels | null;
+
+  constructor(
+    mc: ModelConfig,
+    host: ExpertHost,
+    dtype: DType = "float32",
+    kernels: OnnxKernels | null = null,
+  ) {
     invariant(mc.dModel % mc.nHeads === 0, "d_model divisible by n_heads");
     this.config = mc;
     this.host = host;
     this.dtype = dtype;
+    this.kernels = dtype === "float32" ? kernels : null;
     const rng = new Prng(mc.seed);
     const params = new Map<string, Tensor>();
     const C = mc.dModel;
@@ -156,18 +167,20 @@ export class MoeTransformer {
     const z: Tensor[] = [];
     for (const blk of this.blocks) {
       const h = layerNorm(x, blk.ln1g, blk.ln1b);
-      const q = linear(h, blk.wq, blk.bq);
-      const k = linear(h, blk.wk, blk.bk);
-      const v = linear(h, blk.wv, blk.bv);
-      const att = causalAttention(q, k, v, B, T, mc.nHeads);
-      x = add(x, linear(att, blk.wo, blk.bo));
+      const q = await this.#linear(h, blk.wq, blk.bq);
+      const k = await this.#linear(h, blk.wk, blk.bk);
+      const v = await this.#linear(h, blk.wv, blk.bv);
+      const att = this.kernels
+        ? await this.kernels.causalAttention(q, k, v, B, T, mc.nHeads)
+        : causalAttention(q, k, v, B, T, mc.nHeads);
+      x = add(x, await this.#linear(att, blk.wo, blk.bo));
       const h2 = layerNorm(x, blk.ln2g, blk.ln2b);
       const moe = await blk.moe.forward(h2, this.host, opts.ctx, opts.routingCache ?? true);
       x = add(x, moe.y);
       if (moe.loadBalance) lb.push(moe.loadBalance);
       if (moe.zLoss) z.push(moe.zLoss);
     }
-    const logits = linear(layerNorm(x, this.lnfG, this.lnfB), this.head, this.headBias);
+    const logits = await this.#linear(layerNorm(x, this.lnfG, this.lnfB), this.head, this.headBias);
     const sum = (ts: Tensor[]) => ts.reduce((s, t) => s + t.item(), 0);
     if (targets === undefined)
       return { logits, ce: null, loss: null, loadBalance: sum(lb), zLoss: sum(z) };
@@ -181,6 +194,10 @@ export class MoeTransformer {
           )
         : ce;
     return { logits, ce, loss, loadBalance: sum(lb), zLoss: sum(z) };
+  }
+
+  async #linear(x: Tensor, w: Tensor, b: Tensor): Promise<Tensor> {
+    return this.kernels ? addBias(await this.kernels.matmul(x, w), b) : linear(x, w, b);
   }
 
   moeLayers(): MoeLayer[] {

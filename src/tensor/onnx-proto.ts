@@ -63,6 +63,7 @@ export const onnxInt64 = 7;
 
 export type OnnxAttr =
   | { readonly kind: "int"; readonly value: number }
+  | { readonly kind: "ints"; readonly value: readonly number[] }
   | { readonly kind: "float"; readonly value: number }
   | { readonly kind: "string"; readonly value: string };
 
@@ -133,7 +134,10 @@ export function encodeOnnxModel(graph: OnnxGraph): Uint8Array {
           node.message(5, (attr) => {
             attr.string(1, name);
             if (a.kind === "int") attr.int(3, a.value).int(20, 2);
-            else if (a.kind === "float") attr.float(2, a.value).int(20, 1);
+            else if (a.kind === "ints") {
+              for (const v of a.value) attr.int(8, v);
+              attr.int(20, 7);
+            } else if (a.kind === "float") attr.float(2, a.value).int(20, 1);
             else attr.string(4, a.value).int(20, 3);
           });
         }

@@ -7,6 +7,8 @@ import { LocalExpertHost } from "../../src/model/local-expert-host.ts";
 import { Trainer } from "../../src/model/trainer.ts";
 import { MoeTransformer } from "../../src/model/transformer.ts";
 import { gradCheck } from "../../src/tensor/gradcheck.ts";
+import { OnnxKernels } from "../../src/tensor/onnx-kernels.ts";
+import { backward } from "../../src/tensor/tensor.ts";
 import { tinyConfig } from "./tiny.ts";
 
 const text = new TextEncoder().encode("the whale, the whale! a dead whale or a stove boat. ");
@@ -64,6 +66,36 @@ describe("MoeTransformer", () => {
     );
     assert.ok(res.checked > 50);
     assert.ok(res.maxError < 1e-4, `max relative error ${res.maxError} at ${res.worst}`);
+  });
+
+  it("the onnxruntime trunk computes the same logits and gradients as the TypeScript trunk", async () => {
+    const mc = tinyConfig();
+    const host = await LocalExpertHost.create(mc, { backend: "js" });
+    const kernels = await OnnxKernels.create(1);
+    try {
+      const js = new MoeTransformer(mc, host);
+      const native = new MoeTransformer(mc, host, "float32", kernels);
+      const [batch] = sequentialBatches(text, 1, 32, 1);
+      assert.ok(batch);
+      const a = await js.forward(batch.ids, 1, 32, batch.targets);
+      const b = await native.forward(batch.ids, 1, 32, batch.targets);
+      for (let i = 0; i < a.logits.size; i++)
+        assert.ok(Math.abs((a.logits.data[i] as number) - (b.logits.data[i] as number)) < 1e-4);
+      await backward(a.loss as NonNullable<typeof a.loss>);
+      await backward(b.loss as NonNullable<typeof b.loss>);
+      for (const [name, p] of js.params) {
+        const q = native.params.get(name);
+        assert.ok(q?.grad && p.grad, name);
+        for (let i = 0; i < p.size; i++)
+          assert.ok(
+            Math.abs((p.grad[i] as number) - (q.grad[i] as number)) <
+              1e-4 * Math.max(1, Math.abs(p.grad[i] as number)),
+            `${name}[${i}]`,
+          );
+      }
+    } finally {
+      await kernels.release();
+    }
   });
 
   it("training replays bit for bit from the seed", async () => {
