@@ -1,0 +1,75 @@
+// Distributed training with remote experts (`moe-swarm train --swarm`): starts the expert nodes as
+// child processes and returns a RemoteExpertHost over them. The caller builds the model's trunk on
+// it (`buildTrunk(cfg, swarm.host)`) and trains with the model's Trainer unchanged: forward,
+// backward (gradients accumulate on every replica of an expert) and the AdamW update of the experts
+// run on the nodes, with the same step, learning rate and clip scale as local training — so the
+// loss curve matches local training for the same seed within float tolerance (test/swarm/train).
+
+import type { SwarmConfig } from "../config/schema.ts";
+import { type ChildNode, spawnNode, stopChild } from "./child-nodes.ts";
+import { planFromConfig, StaticPlacement } from "./placement.ts";
+import { regionLinksFromConfig } from "./region-links.ts";
+import { RemoteExpertHost } from "./remote-expert-host.ts";
+
+export interface TrainingSwarmInit {
+  /** Config file for the children (the parent's `--config`); undefined = built-in profile. */
+  readonly configPath?: string;
+  readonly regions?: readonly string[];
+  readonly nodesPerRegion?: number;
+  readonly backend?: string;
+  /** Start the experts from this model file instead of the seed initialisation. */
+  readonly modelPath?: string;
+  readonly log?: (line: string) => void;
+}
+
+export interface TrainingSwarm {
+  readonly host: RemoteExpertHost;
+  readonly nodes: readonly ChildNode[];
+  stop(): Promise<void>;
+}
+
+export async function startTrainingSwarm(
+  cfg: SwarmConfig,
+  init: TrainingSwarmInit = {},
+): Promise<TrainingSwarm> {
+  const regions = init.regions ?? cfg.regions.map((r) => r.code);
+  const nodesPerRegion = init.nodesPerRegion ?? cfg.swarm.nodes_per_region;
+  const plan = planFromConfig(cfg, regions, nodesPerRegion);
+  const settled = await Promise.allSettled(
+    plan.map((p) => {
+      const [region, index] = p.nodeId.split("-") as [string, string];
+      return spawnNode(region, Number(index), {
+        configPath: init.configPath,
+        backend: init.backend,
+        modelPath: init.modelPath,
+        regions,
+        nodesPerRegion,
+        onLog: (line) => init.log?.(`[${p.nodeId}] ${line}`),
+      });
+    }),
+  );
+  const nodes = settled.flatMap((s) => (s.status === "fulfilled" ? [s.value] : []));
+  const failed = settled.find((s) => s.status === "rejected");
+  if (failed) {
+    await Promise.all(nodes.map((n) => stopChild(n.child)));
+    throw (failed as PromiseRejectedResult).reason;
+  }
+  const placement = new StaticPlacement(
+    nodes.map((n) => ({ ...n, experts: plan.find((p) => p.nodeId === n.nodeId)?.experts ?? [] })),
+  );
+  const global = cfg.regions.find((r) => r.role === "global_coordinator")?.code;
+  const host = new RemoteExpertHost({
+    registry: placement,
+    region: global && regions.includes(global) ? global : (regions[0] as string),
+    dModel: cfg.model.d_model,
+    links: regionLinksFromConfig(cfg),
+  });
+  return {
+    host,
+    nodes,
+    async stop() {
+      host.close();
+      await Promise.all(nodes.map((n) => stopChild(n.child)));
+    },
+  };
+}
