@@ -3,7 +3,8 @@
 //
 // Reads (forward) go to one replica: the healthy one with the lowest recent median latency (before
 // any sample: the lowest emulated RTT). If it has not answered after its own recent p95, the same
-// request is hedged to the next replica and the first answer wins ("The Tail at Scale"). On an
+// request is hedged to the next replica — when that one's expected latency is within the same p95,
+// so that the hedge can win — and the first answer wins ("The Tail at Scale"). On an
 // error, a closed connection or a missed deadline the next replica is tried at once (failover) and
 // the node is marked unhealthy; a background probe with exponential backoff marks it healthy again.
 // Attempt deadlines adapt: a multiple of the node's recent p99, clamped, never more than what is
@@ -415,14 +416,16 @@ export class RemoteExpertHost implements ExpertHost {
             if (!launch("failover") && running === 0) giveUp();
           },
         );
-        if (kind !== "hedge" && hedging && queue.length > 0) {
+        const hedgeDelayMs = this.#hedgeDelayMs(n, timeoutMs);
+        const next = queue[0];
+        // Hedge only to a replica that can be expected to answer within the time the first one
+        // usually takes (its p95): a farther replica behind a fixed link delay cannot win the race
+        // and would only add load.
+        if (kind !== "hedge" && hedging && next && this.#expectedMs(next) <= hedgeDelayMs) {
           if (hedgeTimer) clearTimeout(hedgeTimer);
-          hedgeTimer = setTimeout(
-            () => {
-              if (!done) launch("hedge");
-            },
-            this.#hedgeDelayMs(n, timeoutMs),
-          );
+          hedgeTimer = setTimeout(() => {
+            if (!done) launch("hedge");
+          }, hedgeDelayMs);
         }
         return true;
       };

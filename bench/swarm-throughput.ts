@@ -1,0 +1,174 @@
+// Swarm vs in-process: the same model (local profile, same weights) run (a) entirely in this
+// process and (b) with its trunk here and its experts on expert nodes (child processes on
+// loopback, 3 replicas per expert), for batch 1 and 32 without injected latency; then, with the
+// emulated inter-region latency on, p99 with and without hedging; then the recovery time after
+// kill -9 of a node (from the kill to the first request on its experts answered by a replica).
+//   npx tsx bench/swarm-throughput.ts [iterations]
+
+import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { Prng } from "../src/common/prng.ts";
+import { loadConfig } from "../src/config/load.ts";
+import type { SwarmConfig } from "../src/config/schema.ts";
+import { buildLocalModel, buildTrunk } from "../src/model/build.ts";
+import type { ExpertId } from "../src/model/expert.ts";
+import type { MoeTransformer } from "../src/model/transformer.ts";
+import { type ChildNode, spawnNode, stopChild } from "../src/swarm/child-nodes.ts";
+import { planFromConfig, StaticPlacement } from "../src/swarm/placement.ts";
+import { regionLinksFromConfig } from "../src/swarm/region-links.ts";
+import { RemoteExpertHost } from "../src/swarm/remote-expert-host.ts";
+import { noGradAsync } from "../src/tensor/tensor.ts";
+
+const iterations = Number(process.argv[2] ?? 20);
+const T = 64;
+
+function quantile(xs: number[], q: number): number {
+  const s = [...xs].sort((a, b) => a - b);
+  return s[Math.min(s.length - 1, Math.max(0, Math.ceil(q * s.length) - 1))] as number;
+}
+
+async function timeForward(
+  model: MoeTransformer,
+  B: number,
+  n: number,
+  seed: number,
+): Promise<number[]> {
+  const rng = new Prng(seed);
+  const times: number[] = [];
+  for (let i = 0; i < n + 2; i++) {
+    const ids = Int32Array.from({ length: B * T }, () => rng.int(256));
+    model.clearRoutingCaches(); // no cache hits: every call does the full work
+    const t0 = performance.now();
+    await noGradAsync(() => model.forward(ids, B, T));
+    if (i >= 2) times.push(performance.now() - t0); // 2 warm-up calls
+  }
+  return times;
+}
+
+async function startSwarm(configPath: string, cfg: SwarmConfig, hedging: boolean) {
+  const plan = planFromConfig(cfg);
+  const nodes: ChildNode[] = await Promise.all(
+    plan.map((p) => {
+      const [region, index] = p.nodeId.split("-") as [string, string];
+      return spawnNode(region, Number(index), { configPath });
+    }),
+  );
+  const placement = new StaticPlacement(
+    nodes.map((n) => ({ ...n, experts: plan.find((p) => p.nodeId === n.nodeId)?.experts ?? [] })),
+  );
+  const host = new RemoteExpertHost({
+    registry: placement,
+    region: "ORD",
+    dModel: cfg.model.d_model,
+    links: regionLinksFromConfig(cfg),
+    hedging,
+  });
+  return {
+    nodes,
+    host,
+    placement,
+    stop: async () => {
+      host.close();
+      await Promise.all(nodes.map((n) => stopChild(n.child)));
+    },
+  };
+}
+
+const dir = mkdtempSync(join(tmpdir(), "moe-swarm-bench-"));
+try {
+  const noLatency = join(dir, "no-latency.yaml");
+  writeFileSync(noLatency, "profile: local\nswarm:\n  emulation:\n    enabled: false\n");
+  const withLatency = join(dir, "latency.yaml");
+  writeFileSync(withLatency, "profile: local\n");
+  const cfg0 = loadConfig(noLatency).config;
+  const cfgL = loadConfig(withLatency).config;
+
+  console.log(
+    `# model: local profile (d_model ${cfg0.model.d_model}, 3 MoE blocks, 26 experts), T=${T}, ${iterations} iterations`,
+  );
+  const local = await buildLocalModel(cfg0);
+  const swarm = await startSwarm(noLatency, cfg0, true);
+  const trunk = buildTrunk(cfg0, swarm.host);
+  console.log(
+    "\n## forward latency, no injected latency (in-process vs swarm of 5 child-process nodes)",
+  );
+  console.log(
+    "| batch | in-process p50 ms | p99 ms | tokens/s | swarm p50 ms | p99 ms | tokens/s | swarm/in-process time (p50) |",
+  );
+  console.log("|---|---|---|---|---|---|---|---|");
+  for (const B of [1, 32]) {
+    const a = await timeForward(local.model, B, iterations, B);
+    const b = await timeForward(trunk, B, iterations, B);
+    const tps = (xs: number[]) => ((B * T) / (quantile(xs, 0.5) / 1000)).toFixed(0);
+    console.log(
+      `| ${B} | ${quantile(a, 0.5).toFixed(1)} | ${quantile(a, 0.99).toFixed(1)} | ${tps(a)} | ${quantile(b, 0.5).toFixed(1)} | ${quantile(b, 0.99).toFixed(1)} | ${tps(b)} | ${(quantile(b, 0.5) / quantile(a, 0.5)).toFixed(2)}× |`,
+    );
+  }
+  await swarm.stop();
+  await local.host.close();
+
+  console.log(
+    "\n## with the emulated inter-region latency (gateway in ORD), batch 1: hedging off vs on",
+  );
+  console.log("| hedging | p50 ms | p95 ms | p99 ms | hedges | hedge wins |");
+  console.log("|---|---|---|---|---|---|");
+  for (const hedging of [false, true]) {
+    const s = await startSwarm(withLatency, cfgL, hedging);
+    const model = buildTrunk(cfgL, s.host);
+    const xs = await timeForward(model, 1, iterations * 3, 5);
+    console.log(
+      `| ${hedging ? "on" : "off"} | ${quantile(xs, 0.5).toFixed(1)} | ${quantile(xs, 0.95).toFixed(1)} | ${quantile(xs, 0.99).toFixed(1)} | ${s.host.counters.hedges} | ${s.host.counters.hedgeWins} |`,
+    );
+    await s.stop();
+  }
+
+  console.log(
+    "\n## recovery after kill -9 of a node (no injected latency; 4 callers on the victim's experts)",
+  );
+  const s = await startSwarm(noLatency, cfg0, true);
+  const d = cfg0.model.d_model;
+  const x = Float32Array.from({ length: 4 * d }, (_, i) => Math.sin(i));
+  const recoveries: number[] = [];
+  for (const victimId of ["ORD-0", "SJC-0", "SYD-0"]) {
+    const victim = s.nodes.find((n) => n.nodeId === victimId) as ChildNode;
+    const experts =
+      s.placement.replicas.length >= 0
+        ? (planFromConfig(cfg0).find((p) => p.nodeId === victimId)?.experts ?? [])
+        : [];
+    let killedAt = Number.POSITIVE_INFINITY;
+    let firstAfter = Number.NaN;
+    let failed = 0;
+    let stop = false;
+    const worker = async (seed: number) => {
+      const rng = new Prng(seed);
+      while (!stop) {
+        const id = experts[rng.int(experts.length)] as ExpertId;
+        try {
+          await s.host.forward(id, x, 4);
+          const now = performance.now();
+          if (now > killedAt && Number.isNaN(firstAfter)) firstAfter = now;
+        } catch {
+          failed++;
+        }
+      }
+    };
+    const load = Promise.all([1, 2, 3, 4].map(worker));
+    await new Promise((r) => setTimeout(r, 500));
+    killedAt = performance.now();
+    victim.child.kill("SIGKILL");
+    await new Promise((r) => setTimeout(r, 500));
+    stop = true;
+    await load;
+    recoveries.push(firstAfter - killedAt);
+    console.log(
+      `kill -9 ${victimId}: first request answered by a replica ${(firstAfter - killedAt).toFixed(2)} ms after the kill; failed requests: ${failed}`,
+    );
+  }
+  console.log(
+    `recovery time: median ${quantile(recoveries, 0.5).toFixed(2)} ms, max ${Math.max(...recoveries).toFixed(2)} ms; failovers ${s.host.counters.failovers}`,
+  );
+  await s.stop();
+} finally {
+  rmSync(dir, { recursive: true, force: true });
+}
