@@ -21,7 +21,13 @@ import {
 import { type FfnWeights, OnnxFfn } from "../tensor/onnx-ffn.ts";
 import { alloc, type Buf, type DType } from "../tensor/tensor.ts";
 import { allExpertIds, expertHiddenOf, type ModelConfig, totalBlocks } from "./config.ts";
-import { type ExpertHost, type ExpertId, type ExpertUpdate, expertKey } from "./expert.ts";
+import {
+  type ExpertCallContext,
+  type ExpertHost,
+  type ExpertId,
+  type ExpertUpdate,
+  expertKey,
+} from "./expert.ts";
 import {
   type ExpertParams,
   type ExpertTensorName,
@@ -172,7 +178,13 @@ export class LocalExpertHost implements ExpertHost {
     return this.dtype === "float64" ? Float64Array.from(x) : x;
   }
 
-  async forward(id: ExpertId, x: Float32Array, tokens: number): Promise<Float32Array> {
+  async forward(
+    id: ExpertId,
+    x: Float32Array,
+    tokens: number,
+    ctx?: ExpertCallContext,
+  ): Promise<Float32Array> {
+    ctx?.signal?.throwIfAborted();
     const e = this.#get(id);
     this.#check(e, x, tokens, `forward ${expertKey(id)}`);
     if (tokens === 0) return new Float32Array(0);

@@ -138,5 +138,10 @@ describe("LocalExpertHost", async () => {
     );
     await assert.rejects(js.forward(id, new Float32Array(0), -1), ExpertInputError);
     assert.deepEqual(await js.forward(id, new Float32Array(0), 0), new Float32Array(0));
+    const aborted = AbortSignal.abort(new Error("caller gave up"));
+    await assert.rejects(
+      js.forward(id, new Float32Array(16), 1, { signal: aborted }),
+      /caller gave up/,
+    );
   });
 });
