@@ -20,12 +20,12 @@ function time(fn: () => void): number {
 
 await init();
 const mb = sizeBytes / 1e6;
-let napiOut = new Uint8Array(0);
+let napiOut: Uint8Array = new Uint8Array(0);
 const napiC = time(() => {
   napiOut = napi.compress(data, { compressionLevel: 9 });
 });
 const napiD = time(() => napi.decompress(napiOut));
-let wasmOut = new Uint8Array(0);
+let wasmOut: Uint8Array = new Uint8Array(0);
 const wasmC = time(() => {
   wasmOut = wasmCompress(data, 9);
 });

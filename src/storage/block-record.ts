@@ -7,13 +7,16 @@
 // Layout (integers little-endian):
 //   0  "MSB1"                       magic
 //   4  u8 compression               0 none · 1 zstd · 2 brotli
-//   5  u8 flags                     bit0 byte planes · bit1 XOR delta · bit2 encrypted
+//   5  u8 flags                     bit0 byte planes · bit1 float delta · bit2 encrypted
 //   6  u8 delta depth               0 for a whole block; base depth + 1 for a delta
 //   7  u8 phase                     shard offset of the first byte, mod 4
 //   8  u32 plaintext length
 //   [delta]  u16 n, n × (u16 len, CID bytes), u32 offset into the concatenated bases
 //   [encrypted] u8 len, key id (ASCII), 12-byte nonce
-//   payload (encrypted: ciphertext ‖ tag; associated data = header ‖ CID bytes)
+//   payload (encrypted: ciphertext ‖ tag; associated data = header ‖ CID bytes); with byte planes
+//   it is u8 mask (bit k: plane k compressed), 4 × u32 stored plane lengths, then the 4 planes,
+//   each compressed on its own (the planes differ too much to share one entropy model) or stored
+//   raw when that is smaller (low mantissa bytes are close to random).
 // Every field is validated on read; a malformed record is reported as a corrupt block.
 
 import { brotliCompressSync, brotliDecompressSync, constants as zc } from "node:zlib";
@@ -22,7 +25,13 @@ import { invariant } from "../common/assert.ts";
 import { nonceBytes, openBlock, sealBlock } from "../crypto/envelope.ts";
 import { CID } from "./cid.ts";
 import { chunkBytesMax, deltaBasesMax, deltaChainMax } from "./constants.ts";
-import { fromBytePlanes, toBytePlanes, xorBytes } from "./float-transform.ts";
+import {
+  floatDelta,
+  floatUndelta,
+  fromBytePlanes,
+  planeLengths,
+  toBytePlanes,
+} from "./float-transform.ts";
 
 const magic = [0x4d, 0x53, 0x42, 0x31]; // "MSB1"
 const headerBytes = 12;
@@ -101,23 +110,87 @@ function decompress(kind: Compression, data: Uint8Array, length: number): Uint8A
   }
 }
 
+/** Byte planes of `body`, each compressed on its own (or raw when that is smaller). */
+function packPlanes(
+  kind: Compression,
+  body: Uint8Array,
+  phase: number,
+  level?: number,
+): Uint8Array {
+  const grouped = toBytePlanes(body, phase);
+  const lengths = planeLengths(body.length, phase);
+  const stored: Uint8Array[] = [];
+  let mask = 0;
+  let at = 0;
+  for (let k = 0; k < 4; k++) {
+    const plane = grouped.subarray(at, at + lengths[k as 0]);
+    at += plane.length;
+    const packed = plane.length === 0 ? plane : compress(kind, plane, level);
+    if (packed.length < plane.length) {
+      mask |= 1 << k;
+      stored.push(packed);
+    } else stored.push(plane);
+  }
+  const out = new Uint8Array(17 + stored.reduce((s, x) => s + x.length, 0));
+  const dv = new DataView(out.buffer);
+  out[0] = mask;
+  let w = 17;
+  stored.forEach((x, k) => {
+    dv.setUint32(1 + 4 * k, x.length, true);
+    out.set(x, w);
+    w += x.length;
+  });
+  return out;
+}
+
+function unpackPlanes(
+  kind: Compression,
+  payload: Uint8Array,
+  length: number,
+  phase: number,
+): Uint8Array {
+  if (payload.length < 17) throw new RecordFormatError("byte-plane payload shorter than its table");
+  const dv = new DataView(payload.buffer, payload.byteOffset, payload.byteLength);
+  const mask = payload[0] as number;
+  if (mask > 15) throw new RecordFormatError(`byte-plane mask 0x${mask.toString(16)}`);
+  const lengths = planeLengths(length, phase);
+  const grouped = new Uint8Array(length);
+  let r = 17;
+  let w = 0;
+  for (let k = 0; k < 4; k++) {
+    const storedLen = dv.getUint32(1 + 4 * k, true);
+    if (r + storedLen > payload.length)
+      throw new RecordFormatError(`byte plane ${k} runs past the record`);
+    const stored = payload.subarray(r, r + storedLen);
+    r += storedLen;
+    const want = lengths[k as 0];
+    const plane = mask & (1 << k) ? decompress(kind, stored, want) : stored;
+    if (plane.length !== want)
+      throw new RecordFormatError(`byte plane ${k} holds ${plane.length} B, expected ${want}`);
+    grouped.set(plane, w);
+    w += want;
+  }
+  if (r !== payload.length) throw new RecordFormatError("bytes after the last byte plane");
+  return fromBytePlanes(grouped, phase);
+}
+
 /** Compressed size of the layout probe (first 64 KiB) of `body`, with or without byte planes. */
 function probeSize(body: Uint8Array, phase: number, planes: boolean): number {
   const probe = body.subarray(0, Math.min(layoutProbeBytes, body.length));
-  return zstd.compress(planes ? toBytePlanes(probe, phase) : probe, {
-    compressionLevel: probeLevel,
-  }).length;
+  return planes
+    ? packPlanes("zstd", probe, phase, probeLevel).length
+    : zstd.compress(probe, { compressionLevel: probeLevel }).length;
 }
 
 export interface EncodedRecord {
   readonly bytes: Uint8Array;
-  /** Whether the record is an XOR delta (the probe found it smaller than the whole block). */
+  /** Whether the record is a float delta (the probe found it smaller than the whole block). */
   readonly delta: boolean;
 }
 
 /**
  * Encodes a block. With compression, the layout is chosen by compressing a probe of each
- * candidate (whole or XOR delta, × plain or byte planes) at a fast zstd level; the smallest wins.
+ * candidate (whole or float delta, × plain or byte planes) at a fast zstd level; the smallest wins.
  */
 export function encodeRecord(init: RecordInit): EncodedRecord {
   const { plaintext, phase } = init;
@@ -134,10 +207,10 @@ export function encodeRecord(init: RecordInit): EncodedRecord {
       { delta: false, planes: true, body: plaintext },
     ];
     if (init.delta !== undefined) {
-      const xored = xorBytes(plaintext, init.delta.baseBytes);
+      const delta = floatDelta(plaintext, init.delta.baseBytes, phase);
       candidates.push(
-        { delta: true, planes: false, body: xored },
-        { delta: true, planes: true, body: xored },
+        { delta: true, planes: false, body: delta },
+        { delta: true, planes: true, body: delta },
       );
     }
     let best = candidates[0] as (typeof candidates)[number];
@@ -162,7 +235,7 @@ export function encodeRecord(init: RecordInit): EncodedRecord {
     invariant(depth <= deltaChainMax, "delta chain within deltaChainMax");
   }
   if (compression !== "none") {
-    const packed = compress(compression, planes ? toBytePlanes(body, phase) : body);
+    const packed = planes ? packPlanes(compression, body, phase) : compress(compression, body);
     if (packed.length < body.length) body = packed;
     else {
       compression = "none";
@@ -313,16 +386,18 @@ export function decodeRecord(cid: CID, bytes: Uint8Array, ctx: RecordContext): U
   }
   let plain: Uint8Array;
   try {
-    plain = decompress(h.compression, body, h.length);
+    plain = h.planes
+      ? unpackPlanes(h.compression, body, h.length, h.phase)
+      : decompress(h.compression, body, h.length);
   } catch (err) {
+    if (err instanceof RecordFormatError) throw err;
     throw new RecordFormatError(
       `${h.compression} payload does not decompress: ${(err as Error).message}`,
     );
   }
   if (plain.length !== h.length)
     throw new RecordFormatError(`payload decodes to ${plain.length} B, header says ${h.length}`);
-  if (h.planes) plain = fromBytePlanes(plain, h.phase);
   if (h.delta !== undefined)
-    plain = xorBytes(plain, ctx.baseRange(h.delta.bases, h.delta.offset, h.length));
+    plain = floatUndelta(plain, ctx.baseRange(h.delta.bases, h.delta.offset, h.length), h.phase);
   return plain;
 }

@@ -39,17 +39,13 @@ function parseCarV1(bytes: Uint8Array): { header: Uint8Array; blocks: RawBlock[]
   while (at < bytes.length) {
     const [sectionLen, start] = varint(bytes, at);
     const end = start + sectionLen;
-    let p = start;
-    let version: number;
-    [version, p] = varint(bytes, p);
+    const [version, p1] = varint(bytes, start);
     assert.equal(version, 1, "CIDv1");
-    let codec: number;
-    [codec, p] = varint(bytes, p);
-    let hashCode: number;
-    [hashCode, p] = varint(bytes, p);
+    const [codec, p2] = varint(bytes, p1);
+    const [hashCode, p3] = varint(bytes, p2);
     assert.equal(hashCode, 0x12, "sha2-256 multihash");
-    let digestLen: number;
-    [digestLen, p] = varint(bytes, p);
+    const [digestLen, p4] = varint(bytes, p3);
+    let p = p4;
     const digest = bytes.subarray(p, p + digestLen);
     p += digestLen;
     blocks.push({

@@ -1,0 +1,137 @@
+// Figures: bytes stored for a series of successive training checkpoints as a fraction of their
+// raw size (lossless), per tier, beside restic and zstd-9; and restore throughput per tier.
+// The checkpoints come from a real training run: an expert FFN of src/model trained with the
+// project's AdamW (test/storage/fixtures/train-expert.ts); each checkpoint holds the weights and
+// both AdamW moments. Between checkpoints nearly every float changes, so exact dedup finds almost
+// nothing; what helps is float-aware encoding (byte planes, XOR delta against the similar chunk).
+// Run: npx tsx bench/checkpoint-series.ts [d] [h] [steps between checkpoints]
+
+import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import * as zstd from "zstd-napi";
+import { generateOperatorKeyPair } from "../src/crypto/envelope.ts";
+import type { Shard } from "../src/storage/checkpoint-store.ts";
+import { CheckpointStore } from "../src/storage/checkpoint-store.ts";
+import { chunkSizesFromAverage } from "../src/storage/fastcdc.ts";
+import { toBytePlanes, xorBytes } from "../src/storage/float-transform.ts";
+import { tiersIn } from "../test/storage/fixtures/store.ts";
+import { ExpertTrainer } from "../test/storage/fixtures/train-expert.ts";
+import {
+  duBytes,
+  resticBackup,
+  resticInit,
+  resticVersion,
+  zstdPerFileBytes,
+} from "./storage-peers.ts";
+
+const d = Number(process.argv[2] ?? 128);
+const h = Number(process.argv[3] ?? 512);
+const gap = Number(process.argv[4] ?? 200);
+const count = 5;
+const chunkAvgBytes = 256 * 1024;
+const root = mkdtempSync(join(tmpdir(), "moe-bench-series-"));
+const seconds = (t0: bigint) => Number(process.hrtime.bigint() - t0) / 1e9;
+
+// ---- the training run ----
+const trainer = new ExpertTrainer({ seed: 3, d, h, tokens: 32, lr: 1e-3 });
+const params = 2 * d * h + d + h;
+const checkpoints: Shard[][] = [];
+let t0 = process.hrtime.bigint();
+const losses: number[] = [];
+for (let c = 0; c < count; c++) {
+  for (let s = 0; s < gap; s++) losses.push(trainer.trainStep());
+  checkpoints.push(trainer.checkpoint());
+}
+console.log(
+  `training: expert FFN d=${d} h=${h} (${(params / 1e6).toFixed(2)}M params), AdamW lr 1e-3, ${count} checkpoints ${gap} steps apart ` +
+    `(loss ${losses[0]?.toExponential(2)} → ${losses.at(-1)?.toExponential(2)}, ${seconds(t0).toFixed(1)} s)`,
+);
+const raw = checkpoints.flat().reduce((s, x) => s + x.bytes.length, 0);
+const rawWeights = checkpoints
+  .flat()
+  .filter((x) => x.name.startsWith("expert."))
+  .reduce((s, x) => s + x.bytes.length, 0);
+console.log(
+  `raw: ${(raw / 1e6).toFixed(2)} MB in all (weights ${(rawWeights / 1e6).toFixed(2)} MB, AdamW moments the rest); FastCDC avg ${chunkAvgBytes / 1024} KiB`,
+);
+
+// ---- peers: restic (one snapshot per checkpoint into one repo) and zstd-9 per file ----
+const dirs = checkpoints.map((shards, c) => {
+  const dir = join(root, `ckpt-${c}`);
+  mkdirSync(dir);
+  for (const s of shards) writeFileSync(join(dir, s.name), s.bytes);
+  return dir;
+});
+const fraction = (bytes: number) => (bytes / raw).toFixed(3);
+const restic = resticVersion();
+let resticBytes: number | undefined;
+if (restic !== undefined) {
+  const repo = join(root, "restic");
+  resticInit(repo);
+  for (const dir of dirs) resticBackup(repo, dir);
+  resticBytes = duBytes(repo);
+}
+const zstdPlain = dirs.reduce((s, dir) => s + zstdPerFileBytes(dir), 0);
+const zstdPlanes = dirs.reduce(
+  (s, dir) => s + zstdPerFileBytes(dir, (b) => (b.length % 4 === 0 ? toBytePlanes(b, 0) : b)),
+  0,
+);
+// Whole-file XOR delta against the previous checkpoint + byte planes + zstd-9 (an oracle that knows the pairs).
+let xorOracle = 0;
+checkpoints.forEach((shards, c) => {
+  for (const s of shards) {
+    const prev = c > 0 ? checkpoints[c - 1]?.find((p) => p.name === s.name) : undefined;
+    const body =
+      prev !== undefined && s.bytes.length % 4 === 0
+        ? toBytePlanes(xorBytes(s.bytes, prev.bytes), 0)
+        : s.bytes;
+    xorOracle += zstd.compress(body, { compressionLevel: 9 }).length;
+  }
+});
+
+// ---- ours: each tier ----
+const keys = generateOperatorKeyPair();
+const store = new CheckpointStore({
+  tiers: tiersIn(join(root, "store")),
+  chunkSizes: chunkSizesFromAverage(chunkAvgBytes),
+  similarityThreshold: 0.8,
+  operatorPublicKey: keys.publicKey,
+  operatorSecretKey: keys.secretKey,
+});
+const rows: string[] = [];
+for (const tier of ["hot", "warm", "cold"] as const) {
+  t0 = process.hrtime.bigint();
+  let deltas = 0;
+  let dups = 0;
+  let chunks = 0;
+  checkpoints.forEach((shards, c) => {
+    const r = store.save(tier, `step-${(c + 1) * gap}`, shards, { step: (c + 1) * gap });
+    deltas += r.deltaChunks;
+    dups += r.duplicateChunks;
+    chunks += r.chunks;
+  });
+  const saveS = seconds(t0);
+  const stored = duBytes(join(root, "store", tier));
+  t0 = process.hrtime.bigint();
+  for (let c = 0; c < count; c++) store.restore(tier, `step-${(c + 1) * gap}`);
+  const restoreS = seconds(t0);
+  rows.push(
+    `${tier.padEnd(5)} ${fraction(stored)}× raw  save ${(raw / 1e6 / saveS).toFixed(1).padStart(6)} MB/s  restore ${(raw / 1e6 / restoreS).toFixed(1).padStart(6)} MB/s  (${chunks} chunks: ${dups} duplicates, ${deltas} deltas)`,
+  );
+}
+console.log("bytes stored for the series, as a fraction of raw (lossless):");
+if (resticBytes !== undefined)
+  console.log(`  ${restic?.split(" compiled")[0]} (5 snapshots): ${fraction(resticBytes)}×`);
+else console.log("  restic not installed: no restic figure");
+console.log(`  zstd-9 per file: ${fraction(zstdPlain)}×`);
+console.log(`  zstd-9 after byte-plane grouping: ${fraction(zstdPlanes)}×`);
+console.log(`  whole-file XOR vs previous + planes + zstd-9 (oracle): ${fraction(xorOracle)}×`);
+console.log("moe-swarm tiers (stored bytes include manifests, DAG nodes and key files):");
+for (const r of rows) console.log(`  ${r}`);
+const warm = Number(rows[1]?.split("×")[0]?.trim().split(/\s+/)[1]);
+if (resticBytes !== undefined)
+  console.log(
+    `warm tier vs restic: ${(warm / (resticBytes / raw)).toFixed(2)}×; vs zstd-9 per file: ${(warm / (zstdPlain / raw)).toFixed(2)}×`,
+  );
+rmSync(root, { recursive: true, force: true });
