@@ -210,3 +210,45 @@ describe("RemoteExpertHost", () => {
     void reference;
   });
 });
+
+describe("adaptive deadlines", () => {
+  it("a node that stops answering is abandoned after a multiple of its measured p99, not a fixed timeout", async () => {
+    const { dispatcher, swarm, reference } = await setup(noDelay, false);
+    const id = { layer: 0, expert: 3 };
+    const x = randn(4, d);
+    for (let i = 0; i < 16; i++) await dispatcher.forward(id, x, 1); // learn: answers take ~1 ms
+    const primary = swarm.nodes.find((n) => n.host.forwardCalls > 0);
+    if (!primary) throw new Error("no primary");
+    primary.host.delayMs = 2500; // hangs beyond the adaptive deadline
+    assert.deepEqual(await dispatcher.forward(id, x, 1), await reference.forward(id, x, 1));
+    const stats = dispatcher.nodeStats().find((s) => s.nodeId === primary.plan.nodeId);
+    const m = /did not answer within (\d+) ms/.exec(stats?.lastError ?? "");
+    assert.ok(m, `deadline error recorded: ${stats?.lastError}`);
+    assert.ok(Number(m[1]) < 2000, `adaptive deadline ${m[1]} ms is below the 2000 ms prior`);
+    assert.equal(stats?.healthy, false);
+    primary.host.delayMs = 0;
+  });
+});
+
+describe("emulated link rate", () => {
+  it("messages on one link are serialised at the configured rate, in order", async () => {
+    const { LinkShaper } = await import("../../src/swarm/region-links.ts");
+    const shaper = new LinkShaper(5, 1_000_000); // 5 ms one way, 1 Mbit/s
+    const t0 = performance.now();
+    const arrivals: number[] = [];
+    await new Promise<void>((resolve) => {
+      for (let i = 0; i < 3; i++)
+        shaper.send(1250, () => {
+          arrivals.push(performance.now() - t0);
+          if (arrivals.length === 3) resolve();
+        }); // 1250 B = 10 ms at 1 Mbit/s
+    });
+    // k-th message: k × 10 ms of serialisation + 5 ms of delay (timers never fire early by > 1 ms)
+    for (const [k, at] of arrivals.entries())
+      assert.ok(at >= (k + 1) * 10 + 5 - 1, `message ${k} at ${at.toFixed(1)} ms`);
+    assert.deepEqual(
+      [...arrivals].sort((a, b) => a - b),
+      arrivals,
+    );
+  });
+});

@@ -63,7 +63,9 @@ describe("training through the swarm", { timeout: 60_000 }, () => {
         const b = await localTrainer.trainStep(sampleBatch(text, 2, 16, rngB), 3e-3);
         losses.push([a.loss, b.loss]);
       }
-      console.log(`# losses swarm vs local: ${losses.map(([a, b]) => `${a.toFixed(6)}/${b.toFixed(6)}`).join(", ")}`);
+      console.log(
+        `# losses swarm vs local: ${losses.map(([a, b]) => `${a.toFixed(6)}/${b.toFixed(6)}`).join(", ")}`,
+      );
       for (const [i, [a, b]] of losses.entries())
         assert.ok(Math.abs(a - b) <= 1e-4 * Math.abs(b), `step ${i + 1}: swarm ${a} vs local ${b}`);
       assert.ok((losses[3]?.[1] as number) < (losses[0]?.[1] as number) + 0.5, "training runs");
