@@ -38,6 +38,8 @@ export interface NodeView {
   readonly up: boolean;
   /** Expert keys it hosts, e.g. "L0.E3". */
   readonly experts: readonly string[];
+  /** Median call latency seen by the caller, seconds; null when unknown. */
+  readonly latencyP50Seconds: number | null;
 }
 
 export interface ConsensusView {
@@ -63,10 +65,10 @@ export interface TierView {
 export interface LinkView {
   readonly a: string;
   readonly b: string;
-  /** Configured (emulated) one-way delay, seconds; null when not configured. */
-  readonly configuredSeconds: number | null;
-  /** Last measured one-way latency, seconds; null until measured. */
-  readonly measuredSeconds: number | null;
+  /** Configured (emulated) round-trip time, 2 × one-way delay, seconds; null when not configured. */
+  readonly configuredRttSeconds: number | null;
+  /** Last measured median round-trip time of calls on this link, seconds; null until measured. */
+  readonly measuredRttSeconds: number | null;
 }
 
 export interface DashboardSnapshot {
@@ -156,7 +158,7 @@ export class DashboardState {
         this.#links.set(linkKey(a, b), {
           a: lo,
           b: hi,
-          configured: config.swarm.emulation.enabled && d ? d.seconds : null,
+          configured: config.swarm.emulation.enabled && d ? 2 * d.seconds : null,
           measured: null,
         });
       }
@@ -229,7 +231,7 @@ export class DashboardState {
     if (tier) tier.dropped += tokens;
   }
 
-  recordLinkLatency(a: string, b: string, seconds: number): void {
+  recordLinkRtt(a: string, b: string, seconds: number): void {
     const link = this.#links.get(linkKey(a, b));
     if (link) link.measured = seconds;
   }
@@ -282,8 +284,8 @@ export class DashboardState {
     this.#consensus = { ...c, commits: c.commits + 1, lastCommitLatencySeconds: latencySeconds };
   }
 
-  recordFailover(): void {
-    this.#failovers++;
+  recordFailover(count = 1): void {
+    this.#failovers += count;
   }
 
   setFidelity(value: number): void {
@@ -334,8 +336,8 @@ export class DashboardState {
       links: [...this.#links.values()].map((l) => ({
         a: l.a,
         b: l.b,
-        configuredSeconds: l.configured,
-        measuredSeconds: l.measured,
+        configuredRttSeconds: l.configured,
+        measuredRttSeconds: l.measured,
       })),
       nodes: [...this.#nodes.values()],
       tiers: this.#tiers.map((t) => ({

@@ -311,8 +311,8 @@ export class SwarmMetrics {
       registers,
     });
     this.#linkLatency = new client.Gauge({
-      name: `${p}region_link_latency_seconds`,
-      help: "Last measured one-way latency between two regions",
+      name: `${p}region_link_rtt_seconds`,
+      help: "Median round-trip time of calls from one region to another (includes the callee's service time)",
       labelNames: ["source_region", "target_region"],
       registers,
     });
@@ -423,7 +423,10 @@ export class SwarmMetrics {
   }
 
   /** One round of consensus finished (a block proposed and voted on). */
-  recordConsensusRound(labels: { region: string; gpuType: string; algorithm: string }): void {
+  recordConsensusRound(
+    labels: { region: string; gpuType: string; algorithm: string },
+    count = 1,
+  ): void {
     const all: Record<string, string> = {
       region: labels.region,
       gpu_type: labels.gpuType,
@@ -431,7 +434,7 @@ export class SwarmMetrics {
     };
     const values: Record<string, string> = {};
     for (const l of this.#roundsLabels) values[l] = all[l] as string;
-    this.#rounds.inc(values);
+    this.#rounds.inc(values, count);
   }
 
   /** Another custom metric from the config, by its config name. */
@@ -499,6 +502,17 @@ export class SwarmMetrics {
     this.#emit("failover", `L${f.layer}.E${f.expert}: ${f.from} → ${f.to} (${f.reason})`);
   }
 
+  /** Failovers known only as a count (from the dispatcher's cumulative counters). */
+  countFailovers(count: number): void {
+    this.#failovers.inc({ tier: "all", reason: "unknown" }, count);
+    this.dashboard.recordFailover(count);
+  }
+
+  /** Hedged calls known only as a count. */
+  countHedges(count: number): void {
+    this.#hedges.inc({ tier: "all" }, count);
+  }
+
   recordHedge(layer: number): void {
     const tier = this.#layerLabels[layer]?.tier ?? "unknown";
     this.#hedges.inc({ tier });
@@ -511,12 +525,13 @@ export class SwarmMetrics {
     region: string;
     up: boolean;
     experts: readonly string[];
+    latencyP50Seconds?: number | null;
   }): void {
     const labels = { node: node.id, node_region: node.region };
     const wasUp = this.dashboard.snapshotNodeUp(node.id);
     this.#nodeUp.set(labels, node.up ? 1 : 0);
     this.#nodeExperts.set(labels, node.experts.length);
-    this.dashboard.setNode(node);
+    this.dashboard.setNode({ ...node, latencyP50Seconds: node.latencyP50Seconds ?? null });
     if (wasUp !== undefined && wasUp !== node.up) {
       this.#emit(
         node.up ? "node_up" : "node_down",
@@ -525,9 +540,9 @@ export class SwarmMetrics {
     }
   }
 
-  recordLinkLatency(source: string, target: string, seconds: number): void {
+  recordLinkRtt(source: string, target: string, seconds: number): void {
     this.#linkLatency.set({ source_region: source, target_region: target }, seconds);
-    this.dashboard.recordLinkLatency(source, target, seconds);
+    this.dashboard.recordLinkRtt(source, target, seconds);
   }
 
   // --- consensus --------------------------------------------------------------------------------
@@ -583,7 +598,8 @@ export class SwarmMetrics {
 
   /** The Prometheus text exposition format (version 0.0.4). */
   async exposition(): Promise<string> {
-    return this.registry.metrics();
+    // prom-client 15 prints NaN as "Nan"; the format's spelling is "NaN" (strict parsers need it).
+    return (await this.registry.metrics()).replace(/^([^#\n].*) Nan$/gm, "$1 NaN");
   }
 
   get contentType(): string {

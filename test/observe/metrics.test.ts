@@ -50,7 +50,7 @@ function exercise(m: SwarmMetrics): void {
   });
   m.recordHedge(0);
   m.setNodeHealth({ id: "node-AMS-0", region: "AMS", up: true, experts: ["L0.E2"] });
-  m.recordLinkLatency("ORD", "AMS", 0.0481);
+  m.recordLinkRtt("ORD", "AMS", 0.0962);
   m.setConsensusStatus({ leader: "ORD", view: 1, height: 10 });
   m.recordCommit(0.02);
   m.recordCheckpoint("hot", 123456);
@@ -117,7 +117,7 @@ describe("SwarmMetrics /metrics", () => {
       ["moe_swarm_hedged_requests_total", "counter", ["tier"]],
       ["moe_swarm_node_up", "gauge", ["node", "node_region"]],
       ["moe_swarm_node_experts", "gauge", ["node", "node_region"]],
-      ["moe_swarm_region_link_latency_seconds", "gauge", ["source_region", "target_region"]],
+      ["moe_swarm_region_link_rtt_seconds", "gauge", ["source_region", "target_region"]],
       ["moe_swarm_consensus_view", "gauge", []],
       ["moe_swarm_consensus_height", "gauge", []],
       ["moe_swarm_consensus_commit_latency_seconds", "histogram", []],

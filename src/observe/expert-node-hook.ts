@@ -1,0 +1,64 @@
+// The expert node's side of tracing and metrics, as the `onRequest` hook of the swarm's
+// ExpertNode (src/swarm/expert-node.ts): each request frame that carries work gets a SERVER span
+// whose parent is the caller's span, named by the frame's W3C `traceparent`, so one trace holds
+// the gateway's request, its expert calls and the nodes' handling of them. Pings (health probes)
+// are not traced. The node's request count and latency go to its own `/metrics`.
+//
+// Wiring on a node: `new ExpertNode({ …, onRequest: expertNodeRequestHook({ tracing, metrics,
+// nodeId }) })`, with SwarmTracing exporting OTLP to the gateway's `/v1/traces` (or a collector).
+
+import { SpanStatusCode } from "@opentelemetry/api";
+import type { Frame } from "../swarm/frame.ts";
+import { Op } from "../swarm/frame.ts";
+import type { SwarmMetrics } from "./metrics.ts";
+import type { SwarmTracing } from "./tracing.ts";
+
+const opNames: Record<number, string> = {
+  [Op.forward]: "forward",
+  [Op.backward]: "backward",
+  [Op.gradSquaredNorm]: "grad_squared_norm",
+  [Op.applyUpdate]: "apply_update",
+};
+
+export interface ExpertNodeHookInit {
+  readonly nodeId: string;
+  readonly tracing?: SwarmTracing;
+  readonly metrics?: SwarmMetrics;
+}
+
+type FrameLike = Pick<Frame, "op" | "traceparent" | "ids" | "tensors" | "region">;
+
+export function expertNodeRequestHook(
+  init: ExpertNodeHookInit,
+): (frame: FrameLike) => ((failed: boolean) => void) | undefined {
+  return (frame) => {
+    const op = opNames[frame.op];
+    if (op === undefined) return undefined;
+    const t0 = performance.now();
+    const first = frame.ids[0];
+    const span = init.tracing?.startServerSpan(
+      `expert.node.${op}`,
+      frame.traceparent || undefined,
+      {
+        "moe.node": init.nodeId,
+        "moe.expert": first ? `L${first.layer}.E${first.expert}` : "",
+        "moe.experts": frame.ids.length,
+        "moe.tokens": frame.tensors[0]?.dims[0] ?? 0,
+        "moe.caller_region": frame.region,
+      },
+    );
+    return (failed) => {
+      const seconds = (performance.now() - t0) / 1000;
+      init.metrics?.recordRequest(`wire:${op}`, failed ? 500 : 200, seconds);
+      if (op === "forward" || op === "backward") {
+        const tokens = frame.tensors[0]?.dims[0] ?? 0;
+        if (!failed && tokens > 0)
+          init.metrics?.recordTokens(op === "forward" ? "prompt" : "train", tokens);
+      }
+      if (span) {
+        if (failed) span.setStatus({ code: SpanStatusCode.ERROR, message: "error reply" });
+        span.end();
+      }
+    };
+  };
+}

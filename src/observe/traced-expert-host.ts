@@ -1,0 +1,108 @@
+// An ExpertHost decorator (src/model/expert.ts) that traces and times every expert call: each
+// forward/backward gets a CLIENT span, child of the caller's active span (the request), and the
+// span's W3C `traceparent` is put in the call context so a remote host (the swarm's
+// RemoteExpertHost) carries it in its wire frames to the expert node. The calls of one MoE layer
+// run concurrently, so they appear as parallel sibling spans (the fan-out). Call latency and
+// outcome go to `moe_swarm_expert_call_duration_seconds`.
+//
+// Wiring: the gateway wraps its dispatcher, `buildTrunk(cfg, new TracedExpertHost(dispatcher, …))`.
+
+import { type Span, SpanKind, SpanStatusCode } from "@opentelemetry/api";
+import {
+  type ExpertCallContext,
+  type ExpertHost,
+  type ExpertId,
+  type ExpertUpdate,
+  expertKey,
+} from "../model/expert.ts";
+import type { ExpertCallOutcome, SwarmMetrics } from "./metrics.ts";
+import { type SwarmTracing, traceparentOf } from "./tracing.ts";
+
+export interface TracedExpertHostInit {
+  readonly tracing?: SwarmTracing;
+  readonly metrics?: SwarmMetrics;
+  /** Label of the expert-call histogram's `region` (the caller cannot know which replica served). */
+  readonly region?: string;
+}
+
+function outcomeOf(err: unknown): ExpertCallOutcome {
+  const name = err instanceof Error ? `${err.name} ${err.message}` : String(err);
+  if (/abort/i.test(name)) return "cancelled";
+  if (/deadline|timeout|timed out/i.test(name)) return "timeout";
+  return "error";
+}
+
+export class TracedExpertHost implements ExpertHost {
+  readonly inner: ExpertHost;
+  readonly #init: TracedExpertHostInit;
+  readonly #region: string;
+
+  constructor(inner: ExpertHost, init: TracedExpertHostInit) {
+    this.inner = inner;
+    this.#init = init;
+    this.#region = init.region ?? "swarm";
+  }
+
+  async #call<T>(
+    name: string,
+    id: ExpertId,
+    tokens: number,
+    ctx: ExpertCallContext | undefined,
+    run: (ctx: ExpertCallContext | undefined) => Promise<T>,
+  ): Promise<T> {
+    const { tracing, metrics } = this.#init;
+    let span: Span | undefined;
+    let callCtx = ctx;
+    if (tracing) {
+      span = tracing.startSpan(name, {
+        kind: SpanKind.CLIENT,
+        attributes: { "moe.expert": expertKey(id), "moe.layer": id.layer, "moe.tokens": tokens },
+      });
+      callCtx = { ...ctx, traceparent: traceparentOf(span) };
+    }
+    const t0 = performance.now();
+    try {
+      const result = await run(callCtx);
+      metrics?.recordExpertCall(this.#region, "ok", (performance.now() - t0) / 1000);
+      return result;
+    } catch (err) {
+      metrics?.recordExpertCall(this.#region, outcomeOf(err), (performance.now() - t0) / 1000);
+      span?.recordException(err instanceof Error ? err : String(err));
+      span?.setStatus({ code: SpanStatusCode.ERROR, message: String(err) });
+      throw err;
+    } finally {
+      span?.end();
+    }
+  }
+
+  forward(
+    id: ExpertId,
+    x: Float32Array,
+    tokens: number,
+    ctx?: ExpertCallContext,
+  ): Promise<Float32Array> {
+    return this.#call("expert.forward", id, tokens, ctx, (c) =>
+      this.inner.forward(id, x, tokens, c),
+    );
+  }
+
+  backward(
+    id: ExpertId,
+    x: Float32Array,
+    dy: Float32Array,
+    tokens: number,
+    ctx?: ExpertCallContext,
+  ): Promise<Float32Array> {
+    return this.#call("expert.backward", id, tokens, ctx, (c) =>
+      this.inner.backward(id, x, dy, tokens, c),
+    );
+  }
+
+  gradSquaredNorm(ids: readonly ExpertId[]): Promise<number> {
+    return this.inner.gradSquaredNorm(ids);
+  }
+
+  applyUpdate(ids: readonly ExpertId[], update: ExpertUpdate): Promise<void> {
+    return this.inner.applyUpdate(ids, update);
+  }
+}
