@@ -132,8 +132,42 @@ describe("swarm end to end (child processes)", { timeout: 120_000 }, () => {
         }
       }
     };
+    // HTTP load through a gateway too: greedy completions of varied prompts, checked against the
+    // text the same gateway gave before any fault.
+    const gateway = await startGateway(config, {
+      placement,
+      port: 0,
+      host: "127.0.0.1",
+      modelId: "local",
+    });
+    const client = new OpenAI({ baseURL: `${gateway.url}/v1`, apiKey: "unused", maxRetries: 0 });
+    const prompts = Array.from(
+      { length: 12 },
+      (_, i) => `${"abcdefghijklmnopqrstuvwxyz".slice(i, i + 9)} ${i}`,
+    );
+    const complete = async (prompt: string) =>
+      (await client.completions.create({ model: "local", prompt, max_tokens: 3, temperature: 0 }))
+        .choices[0]?.text;
+    const wantText = new Map<string, string | undefined>();
+    for (const p of prompts) wantText.set(p, await complete(p));
+    let httpOk = 0;
+    let httpFailed = 0;
+    const httpWorker = async (seed: number) => {
+      const r = new Prng(seed);
+      while (!stop) {
+        const p = prompts[r.int(prompts.length)] as string;
+        try {
+          assert.equal(await complete(p), wantText.get(p));
+          httpOk++;
+        } catch (err) {
+          httpFailed++;
+          errors.push(`HTTP: ${(err as Error).message}`);
+        }
+      }
+    };
     const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
-    const load = Promise.all([1, 2, 3, 4, 5, 6].map(worker)); // 6 concurrent callers
+    // 4 direct expert callers + 2 HTTP clients
+    const load = Promise.all([...[1, 2, 3, 4].map(worker), ...[5, 6].map(httpWorker)]);
     await sleep(800);
     const victim = nodes.find((n) => n.nodeId === "IAD-0") as ChildNode;
     victim.child.kill("SIGKILL");
@@ -150,15 +184,27 @@ describe("swarm end to end (child processes)", { timeout: 120_000 }, () => {
     stop = true;
     await load;
     await dispatcher.probeAll(500); // nodes no call happened to hit are found by the probe
+    const swarmStats = (await (await fetch(`${gateway.url}/v1/swarm`)).json()) as {
+      swarm: { dispatch: { failovers: number }; nodes: { nodeId: string; healthy: boolean }[] };
+    };
+    await gateway.close();
     const down = dispatcher
       .nodeStats()
       .filter((s) => !s.healthy)
       .map((s) => s.nodeId)
       .sort();
     console.log(
+      `# gateway: ${httpOk} completions, ${httpFailed} failed, failovers ${swarmStats.swarm.dispatch.failovers}, nodes marked down ${swarmStats.swarm.nodes.filter((n) => !n.healthy).map((n) => n.nodeId)}`,
+    );
+    console.log(
       `# served ${ok} requests, ${failed} failed; failovers ${dispatcher.counters.failovers}, hedges ${dispatcher.counters.hedges}; first failover ${recoveryMs.toFixed(1)} ms after kill -9; down: ${down.join(", ")}`,
     );
-    assert.equal(failed, 0, errors.slice(0, 3).join("\n"));
+    assert.equal(failed + httpFailed, 0, errors.slice(0, 3).join("\n"));
+    assert.ok(httpOk > 5, `only ${httpOk} completions served`);
+    assert.ok(
+      swarmStats.swarm.dispatch.failovers >= 1,
+      "the gateway reports the failover in /v1/swarm",
+    );
     assert.ok(ok > 50, `only ${ok} requests served`);
     assert.ok(dispatcher.counters.failovers >= 1, "the failover is reported");
     assert.deepEqual(down, ["AMS-0", "AMS-1", "IAD-0"]);
