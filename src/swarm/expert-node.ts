@@ -40,8 +40,24 @@ export interface ExpertNodeInit {
   /** 0 = any free port. */
   readonly port?: number;
   readonly nowMs?: () => number;
+  /** Read access to the hosted experts' weights, for `getWeights` (the LocalExpertHost itself). */
+  readonly weights?: ExpertWeightSource;
   /** Called as a request frame is handled; the returned function when its reply is ready (issue #8's tracing). */
   readonly onRequest?: (frame: Frame) => ((failed: boolean) => void) | undefined;
+}
+
+/** The weights of one expert FFN: w1 [d, h], b1 [h], w2 [h, d], b2 [d], row-major. */
+export interface ExpertWeights {
+  readonly d: number;
+  readonly h: number;
+  readonly w1: ArrayLike<number>;
+  readonly b1: ArrayLike<number>;
+  readonly w2: ArrayLike<number>;
+  readonly b2: ArrayLike<number>;
+}
+
+export interface ExpertWeightSource {
+  params(id: ExpertId): ExpertWeights;
 }
 
 /** The load report a node returns to `ping` (scalars in this order on the wire). */
@@ -255,6 +271,29 @@ export class ExpertNode {
             scalars: nodeLoadFields.map((f) => this.load()[f]),
             ids: [...this.#hosted.values()].slice(0, 4096),
           });
+        case Op.getWeights: {
+          const [id] = this.#checkHosted(frame.ids.length === 1 ? frame.ids : []);
+          const source = this.#init.weights;
+          if (!id || !source)
+            throw new RequestError(
+              id ? WireErrorCode.unknownOp : WireErrorCode.badShape,
+              id
+                ? `node ${this.#init.nodeId} does not export weights`
+                : "getWeights needs exactly 1 expert id",
+            );
+          const p = source.params(id);
+          const f32 = (a: ArrayLike<number>) =>
+            a instanceof Float32Array ? a : Float32Array.from(a);
+          return reply({
+            scalars: [this.#versions.get(expertKey(id)) ?? 0],
+            tensors: [
+              { dims: [p.d, p.h], data: f32(p.w1) },
+              { dims: [p.h], data: f32(p.b1) },
+              { dims: [p.h, p.d], data: f32(p.w2) },
+              { dims: [p.d], data: f32(p.b2) },
+            ],
+          });
+        }
         case Op.forward:
         case Op.backward: {
           const { id, x, dy, tokens } = this.#checkExpertCall(frame);

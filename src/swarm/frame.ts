@@ -45,6 +45,8 @@ export const Op = {
   applyUpdate: 4,
   /** Liveness and load report. */
   ping: 5,
+  /** The weights of one expert (checkpoints of a swarm-trained model). */
+  getWeights: 6,
 } as const;
 export type Op = (typeof Op)[keyof typeof Op];
 

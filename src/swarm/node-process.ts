@@ -63,6 +63,7 @@ export async function startNodeProcess(
     host,
     experts: plan.experts,
     dModel: mc.dModel,
+    weights: host,
     links: regionLinksFromConfig(cfg),
     listenHost: init.host ?? cfg.swarm.host,
     port: init.port ?? 0,

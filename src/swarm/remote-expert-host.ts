@@ -41,6 +41,7 @@ import {
   RemoteCallError,
   WireErrorCode,
 } from "./errors.ts";
+import type { ExpertWeights } from "./expert-node.ts";
 import { type Frame, Op } from "./frame.ts";
 import { LatencyWindow } from "./latency-window.ts";
 import { type NodeAddress, NodeClient } from "./node-client.ts";
@@ -186,6 +187,32 @@ export class RemoteExpertHost implements ExpertHost {
         timeoutMs,
       }),
     );
+  }
+
+  /** The current weights of an expert, from one fresh replica (for checkpoints). */
+  async fetchExpertWeights(
+    id: ExpertId,
+  ): Promise<
+    ExpertWeights & { w1: Float32Array; b1: Float32Array; w2: Float32Array; b2: Float32Array }
+  > {
+    const f = await this.#read(id, undefined, (client, timeoutMs, signal) =>
+      client.call({ op: Op.getWeights, ids: [id], timeoutMs, ctx: { signal } }),
+    );
+    const [w1, b1, w2, b2] = f.tensors;
+    if (!w1 || !b1 || !w2 || !b2 || w1.dims.length !== 2 || w1.dims[0] !== this.#init.dModel)
+      throw new RemoteCallError(
+        WireErrorCode.badShape,
+        `getWeights answer for ${expertKey(id)} has the wrong tensors`,
+        "?",
+      );
+    return {
+      d: w1.dims[0] as number,
+      h: w1.dims[1] as number,
+      w1: w1.data,
+      b1: b1.data,
+      w2: w2.data,
+      b2: b2.data,
+    };
   }
 
   // ---- health and stats ------------------------------------------------------------------------

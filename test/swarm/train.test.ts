@@ -3,10 +3,14 @@
 // same seed, within float tolerance, and the replicas of every expert stay identical.
 
 import assert from "node:assert/strict";
+import { mkdtempSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
 import { describe, it } from "node:test";
 import { Prng } from "../../src/common/prng.ts";
 import { parseConfigText } from "../../src/config/load.ts";
 import { buildExpertHost, buildLocalModel, buildTrunk } from "../../src/model/build.ts";
+import { loadModelInto, readModelFile } from "../../src/model/checkpoint.ts";
 import { mobyDick, sampleBatch } from "../../src/model/dataset.ts";
 import type { LocalExpertHost } from "../../src/model/local-expert-host.ts";
 import { Trainer } from "../../src/model/trainer.ts";
@@ -14,6 +18,8 @@ import { ExpertNode } from "../../src/swarm/expert-node.ts";
 import { planFromConfig, StaticPlacement } from "../../src/swarm/placement.ts";
 import { directLinks } from "../../src/swarm/region-links.ts";
 import { RemoteExpertHost } from "../../src/swarm/remote-expert-host.ts";
+import { saveSwarmModel } from "../../src/swarm/swarm-checkpoint.ts";
+import { noGradAsync } from "../../src/tensor/tensor.ts";
 
 describe("training through the swarm", { timeout: 60_000 }, () => {
   it("same loss curve as local training for the same seed; replicas stay identical", async () => {
@@ -33,6 +39,7 @@ describe("training through the swarm", { timeout: 60_000 }, () => {
         experts: p.experts,
         dModel: config.model.d_model,
         links: directLinks,
+        weights: host,
       });
       const { port } = await node.listen();
       hosts.push(host);
@@ -52,7 +59,8 @@ describe("training through the swarm", { timeout: 60_000 }, () => {
     });
     const local = await buildLocalModel(config, { backend: "js" });
     try {
-      const swarmTrainer = new Trainer(buildTrunk(config, remote));
+      const trunk = buildTrunk(config, remote);
+      const swarmTrainer = new Trainer(trunk);
       const localTrainer = new Trainer(local.model);
       const text = mobyDick().train;
       const rngA = new Prng(7);
@@ -81,6 +89,27 @@ describe("training through the swarm", { timeout: 60_000 }, () => {
         }
       }
       assert.equal(remote.counters.failedCalls, 0);
+      // the swarm-trained model saves as one checkpoint that loads into a local model
+      const dir = mkdtempSync(join(tmpdir(), "moe-swarm-train-"));
+      try {
+        const path = join(dir, "swarm.safetensors");
+        await saveSwarmModel(config, path, trunk, remote);
+        const loaded = await buildLocalModel(config, { backend: "js" });
+        loadModelInto(readModelFile(path), loaded.model, loaded.host, path);
+        const ids = Int32Array.from(Buffer.from("Call me Ishmael.", "utf8"));
+        const a = await noGradAsync(() => loaded.model.forward(ids, 1, ids.length));
+        const b = await noGradAsync(() => local.model.forward(ids, 1, ids.length));
+        let maxDiff = 0;
+        for (let k = 0; k < a.logits.data.length; k++)
+          maxDiff = Math.max(
+            maxDiff,
+            Math.abs((a.logits.data[k] as number) - (b.logits.data[k] as number)),
+          );
+        assert.ok(maxDiff < 1e-4, `logits of the saved swarm model vs local: max |Δ| ${maxDiff}`);
+        await loaded.host.close();
+      } finally {
+        rmSync(dir, { recursive: true, force: true });
+      }
     } finally {
       remote.close();
       for (const n of nodes) await n.close();
