@@ -41,7 +41,7 @@ import {
   RemoteCallError,
   WireErrorCode,
 } from "./errors.ts";
-import type { ExpertWeights } from "./expert-node.ts";
+import { type ExpertWeights, type NodeLoad, nodeLoadFields } from "./expert-node.ts";
 import { type Frame, Op } from "./frame.ts";
 import { LatencyWindow } from "./latency-window.ts";
 import { type NodeAddress, NodeClient } from "./node-client.ts";
@@ -67,6 +67,8 @@ interface NodeState {
   healthy: boolean;
   failures: number;
   lastError: string | undefined;
+  /** The node's last load report (from probeAll). */
+  load: NodeLoad | undefined;
   probeBackoffMs: number;
   probeTimer: NodeJS.Timeout | undefined;
   /** Expert key → weight version this node last reported. */
@@ -230,16 +232,21 @@ export class RemoteExpertHost implements ExpertHost {
       failures: n.failures,
       inflight: n.client.inflight,
       lastError: n.lastError,
+      load: n.load,
     }));
   }
 
-  /** Pings every node once (marks health); resolves with the number of healthy nodes. */
+  /** Pings every node once (marks health, records its load report); resolves with the number of healthy nodes. */
   async probeAll(timeoutMs = 1000): Promise<number> {
     this.#syncNodes();
     const results = await Promise.all(
       [...this.#nodes.values()].map(async (n) => {
         try {
-          await this.#timed(n, () => n.client.call({ op: Op.ping, ids: [], timeoutMs }));
+          // Not recorded as a latency sample: a ping costs no compute and would bias the p95 down.
+          const f = await n.client.call({ op: Op.ping, ids: [], timeoutMs });
+          n.load = Object.fromEntries(
+            nodeLoadFields.map((k, i) => [k, f.scalars[i] ?? 0]),
+          ) as unknown as NodeLoad;
           this.#markHealthy(n);
           return 1;
         } catch (err) {
@@ -294,6 +301,7 @@ export class RemoteExpertHost implements ExpertHost {
         healthy: true,
         failures: 0,
         lastError: undefined,
+        load: undefined,
         probeBackoffMs: probeIntervalMsMin,
         probeTimer: undefined,
         versions: new Map(),

@@ -2,6 +2,8 @@
 // the /healthz body) so that issue #8's Prometheus metrics can read them without a redesign.
 // Counters only grow; per-node figures are computed on demand by the dispatcher.
 
+import type { NodeLoad } from "./expert-node.ts";
+
 export interface NodeStats {
   readonly nodeId: string;
   readonly region: string;
@@ -13,6 +15,8 @@ export interface NodeStats {
   readonly failures: number;
   readonly inflight: number;
   readonly lastError: string | undefined;
+  /** The node's last load report (requests in flight and queued, served, batches, errors). */
+  readonly load: NodeLoad | undefined;
 }
 
 export class DispatchCounters {

@@ -142,6 +142,13 @@ describe("gateway HTTP API (OpenAI-compatible)", () => {
     );
     assert.equal((await raw("GET", "/healthz")).status, 200);
     assert.equal((await raw("GET", "/readyz")).status, 200);
+    // readiness probes every node; their load reports show in /v1/swarm
+    const stats = JSON.parse((await raw("GET", "/v1/swarm")).body) as {
+      swarm: { nodes: { nodeId: string; healthy: boolean; load?: { servedRequests: number } }[] };
+    };
+    assert.equal(stats.swarm.nodes.length, 5);
+    const served = stats.swarm.nodes.reduce((s, n) => s + (n.load?.servedRequests ?? 0), 0);
+    assert.ok(served > 0, "nodes report the requests they served");
   });
 
   it("bad requests get OpenAI-shaped errors with the right status", async () => {
