@@ -193,10 +193,10 @@ export class OpenAiApi {
         return json(res, 200, { object: "list", data: [this.#model()] });
       case "/v1/completions":
         only("POST");
-        return this.#completions(res, completionBody, await readJson(req), req);
+        return this.#completions(res, completionBody, await readJson(req));
       case "/v1/chat/completions":
         only("POST");
-        return this.#completions(res, chatBody, await readJson(req), req);
+        return this.#completions(res, chatBody, await readJson(req));
       default:
         if (path === `/v1/models/${this.#init.generator.modelId}`)
           return json(res, 200, this.#model());
@@ -222,7 +222,6 @@ export class OpenAiApi {
     res: ServerResponse,
     schema: typeof completionBody | typeof chatBody,
     body: unknown,
-    req: IncomingMessage,
   ): Promise<void> {
     const parsed = schema.safeParse(body);
     if (!parsed.success) {

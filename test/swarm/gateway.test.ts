@@ -234,23 +234,23 @@ describe("gateway HTTP API (OpenAI-compatible)", () => {
       });
       let text = "";
       let n = 0;
-      const before = dispatcher.counters.failovers;
+      const failoversBefore = dispatcher.counters.failovers;
       const callsBefore = swarm.nodes.map((x) => x.host.forwardCalls);
       for await (const chunk of stream) {
         text += chunk.choices[0]?.text ?? "";
         if (++n === 5) {
           // stop the replica that has been serving
-          const serving = swarm.nodes
-            .filter((x) => x.host.forwardCalls > 0)
-            .sort((a, b) => b.host.forwardCalls - a.host.forwardCalls)[0];
-          await serving?.node.close();
+          const served = swarm.nodes.map(
+            (x, i) => x.host.forwardCalls - (callsBefore[i] as number),
+          );
+          await swarm.nodes[served.indexOf(Math.max(...served))]?.node.close();
         }
       }
       assert.equal(text, want);
       const stats = JSON.parse((await raw("GET", "/v1/swarm")).body) as {
         swarm: { dispatch: { failovers: number } };
       };
-      assert.ok(stats.swarm.dispatch.failovers > before, "failover reported in /v1/swarm");
+      assert.ok(stats.swarm.dispatch.failovers > failoversBefore, "failover reported in /v1/swarm");
     } finally {
       generator.tokenDelayMs = 0;
     }
