@@ -7,6 +7,7 @@ import { Prng } from "../../src/common/prng.ts";
 import type { ModelConfig, RoutingConfig, TierConfig } from "../../src/model/config.ts";
 import { LocalExpertHost } from "../../src/model/local-expert-host.ts";
 import { MoeLayer } from "../../src/model/moe-layer.ts";
+import { bornProbabilities, loadBalanceLoss, routerZLoss } from "../../src/model/router.ts";
 import { gradCheck, project, randomFloat64 } from "../../src/tensor/gradcheck.ts";
 import { weightedSum } from "../../src/tensor/ops.ts";
 import { noGradAsync, Tensor } from "../../src/tensor/tensor.ts";
@@ -58,6 +59,36 @@ function setup(
   });
   return { mc, layer, router, D, rng };
 }
+
+describe("router ops vs central differences (float64)", () => {
+  const rng = new Prng(23);
+  const a = Tensor.param(randomFloat64(5 * 4, rng), [5, 4], "amplitudes");
+  it("Born-rule probabilities p = a²/Σa² (rows sum to 1)", async () => {
+    const p = bornProbabilities(a);
+    for (let t = 0; t < 5; t++) {
+      let s = 0;
+      for (let j = 0; j < 4; j++) s += p.data[t * 4 + j] as number;
+      assert.ok(Math.abs(s - 1) < 1e-12);
+    }
+    const r = randomFloat64(20, rng);
+    const res = await gradCheck(() => project(bornProbabilities(a), r), [a], { floor: 1e-7 });
+    assert.ok(res.maxError < 1e-6, res.worst);
+  });
+  it("router z-loss and load-balance loss", async () => {
+    const z = await gradCheck(() => routerZLoss(a), [a], { floor: 1e-7 });
+    assert.ok(z.maxError < 1e-6, z.worst);
+    const f = Float64Array.from([0.4, 0.3, 0.2, 0.1]);
+    const lb = await gradCheck(() => loadBalanceLoss(bornProbabilities(a), f), [a], {
+      floor: 1e-7,
+    });
+    assert.ok(lb.maxError < 1e-6, lb.worst);
+    // uniform routing and uniform probabilities give exactly 1
+    const uniform = new Tensor(new Float64Array(8).fill(0.25), [2, 4]);
+    assert.ok(
+      Math.abs(loadBalanceLoss(uniform, new Float64Array(4).fill(0.25)).item() - 1) < 1e-12,
+    );
+  });
+});
 
 describe("MoE block gradient vs central differences (float64)", () => {
   for (const activation of ["parallel", "selective", "sequential"] as const) {
