@@ -1,8 +1,8 @@
 // An ExpertHost (./expert.ts) whose experts live in this process: it holds their weights,
 // accumulates their parameter gradients across backward calls, and applies AdamW on request.
-// Each call runs on onnxruntime's native kernels (src/tensor/onnx-ffn.ts) when the call is big
-// enough to amortise the native call's fixed cost (`onnxMinMacs`), else on the plain-TypeScript
-// kernels. Swarm expert nodes (issue #5) wrap this host behind the wire protocol.
+// Each call runs on onnxruntime's native kernels (src/tensor/onnx-ffn.ts) unless it is too small
+// to amortise the native call's fixed cost (`onnxMinMacs`); then on the plain-TypeScript kernels.
+// Swarm expert nodes (issue #5) wrap this host behind the wire protocol.
 //
 // Guarantees: forward/backward are stateless (backward recomputes from x); gradients of an
 // expert only change in backward and are cleared only by applyUpdate; unknown experts and
@@ -41,10 +41,11 @@ import {
 export type ExpertBackend = "js" | "onnx" | "auto";
 
 /**
- * Below this many multiply-adds per matmul (tokens·d·h) `auto` stays in TypeScript: one
- * onnxruntime call costs ≈ 0.1 ms of fixed overhead (bench/expert-ffn.ts measures the crossover).
+ * Below this many multiply-adds per matmul (tokens·d·h) `auto` stays in TypeScript. Measured in
+ * bench/tensor-gemm.ts: an onnxruntime call costs ≈ 10 µs, and even an 8×64×64 GEMM ran 4× faster
+ * there than in TypeScript, so only near-empty calls stay in TypeScript.
  */
-export const onnxMinMacsDefault = 1 << 18;
+export const onnxMinMacsDefault = 4096;
 
 export interface LocalExpertHostInit {
   readonly backend?: ExpertBackend;

@@ -9,7 +9,7 @@ export interface AdamWInit {
   readonly beta1?: number;
   readonly beta2?: number;
   readonly epsilon?: number;
-  /** Decoupled decay rate; applied to matrices only (not biases, norm gains, embeddings' rows are matrices). */
+  /** Decoupled decay rate λ; applied only to the parameters the caller marks (weight matrices). */
   readonly weightDecay?: number;
 }
 

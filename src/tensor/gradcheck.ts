@@ -33,7 +33,7 @@ export function randomFloat64(n: number, rng: Prng, scaleBy = 1): Float64Array {
 }
 
 export interface GradCheckResult {
-  /** max over coordinates of |analytic − numeric| / max(1, |analytic|, |numeric|)... see `tolerance`. */
+  /** Max over coordinates of |analytic − numeric| / max(|analytic| + |numeric|, floor). */
   readonly maxError: number;
   readonly worst: string;
   readonly checked: number;
