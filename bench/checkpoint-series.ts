@@ -57,38 +57,64 @@ console.log(
 );
 
 // ---- peers: restic (one snapshot per checkpoint into one repo) and zstd-9 per file ----
-const dirs = checkpoints.map((shards, c) => {
-  const dir = join(root, `ckpt-${c}`);
-  mkdirSync(dir);
-  for (const s of shards) writeFileSync(join(dir, s.name), s.bytes);
-  return dir;
-});
-const fraction = (bytes: number) => (bytes / raw).toFixed(3);
 const restic = resticVersion();
-let resticBytes: number | undefined;
-if (restic !== undefined) {
-  const repo = join(root, "restic");
-  resticInit(repo);
-  for (const dir of dirs) resticBackup(repo, dir);
-  resticBytes = duBytes(repo);
+interface PeerFigures {
+  raw: number;
+  restic: number | undefined;
+  zstd: number;
+  planes: number;
+  xorOracle: number;
 }
-const zstdPlain = dirs.reduce((s, dir) => s + zstdPerFileBytes(dir), 0);
-const zstdPlanes = dirs.reduce(
-  (s, dir) => s + zstdPerFileBytes(dir, (b) => (b.length % 4 === 0 ? toBytePlanes(b, 0) : b)),
-  0,
-);
-// Whole-file XOR delta against the previous checkpoint + byte planes + zstd-9 (an oracle that knows the pairs).
-let xorOracle = 0;
-checkpoints.forEach((shards, c) => {
-  for (const s of shards) {
-    const prev = c > 0 ? checkpoints[c - 1]?.find((p) => p.name === s.name) : undefined;
-    const body =
-      prev !== undefined && s.bytes.length % 4 === 0
-        ? toBytePlanes(xorBytes(s.bytes, prev.bytes), 0)
-        : s.bytes;
-    xorOracle += zstd.compress(body, { compressionLevel: 9 }).length;
+function peers(label: string, select: (s: Shard) => boolean): PeerFigures {
+  const series = checkpoints.map((shards) => shards.filter(select));
+  const raw = series.flat().reduce((s, x) => s + x.bytes.length, 0);
+  const dirs = series.map((shards, c) => {
+    const dir = join(root, `${label}-ckpt-${c}`);
+    mkdirSync(dir);
+    for (const s of shards) writeFileSync(join(dir, s.name), s.bytes);
+    return dir;
+  });
+  let resticBytes: number | undefined;
+  if (restic !== undefined) {
+    const repo = join(root, `${label}-restic`);
+    resticInit(repo);
+    for (const dir of dirs) resticBackup(repo, dir);
+    resticBytes = duBytes(repo);
   }
-});
+  const zstdPlain = dirs.reduce((s, dir) => s + zstdPerFileBytes(dir), 0);
+  const zstdPlanes = dirs.reduce(
+    (s, dir) => s + zstdPerFileBytes(dir, (b) => (b.length % 4 === 0 ? toBytePlanes(b, 0) : b)),
+    0,
+  );
+  // Whole-file XOR against the previous checkpoint + byte planes + zstd-9 (an oracle that knows the pairs).
+  let xorOracle = 0;
+  series.forEach((shards, c) => {
+    for (const s of shards) {
+      const prev = c > 0 ? series[c - 1]?.find((p) => p.name === s.name) : undefined;
+      const body =
+        prev !== undefined && s.bytes.length % 4 === 0
+          ? toBytePlanes(xorBytes(s.bytes, prev.bytes), 0)
+          : s.bytes;
+      xorOracle += zstd.compress(body, { compressionLevel: 9 }).length;
+    }
+  });
+  return { raw, restic: resticBytes, zstd: zstdPlain, planes: zstdPlanes, xorOracle };
+}
+function printPeers(label: string, f: PeerFigures): void {
+  const fr = (b: number) => (b / f.raw).toFixed(3);
+  console.log(
+    `${label}: raw ${(f.raw / 1e6).toFixed(2)} MB; bytes stored as a fraction of raw (lossless):`,
+  );
+  if (f.restic !== undefined)
+    console.log(`  ${restic?.split(" compiled")[0]} (5 snapshots): ${fr(f.restic)}×`);
+  else console.log("  restic not installed: no restic figure");
+  console.log(`  zstd-9 per file: ${fr(f.zstd)}×`);
+  console.log(`  zstd-9 after byte-plane grouping: ${fr(f.planes)}×`);
+  console.log(`  whole-file XOR vs previous + planes + zstd-9 (oracle): ${fr(f.xorOracle)}×`);
+}
+const allPeers = peers("all", () => true);
+const weightPeers = peers("weights", (s) => s.name.startsWith("expert."));
+const fraction = (bytes: number) => (bytes / raw).toFixed(3);
 
 // ---- ours: each tier ----
 const keys = generateOperatorKeyPair();
@@ -120,18 +146,33 @@ for (const tier of ["hot", "warm", "cold"] as const) {
     `${tier.padEnd(5)} ${fraction(stored)}× raw  save ${(raw / 1e6 / saveS).toFixed(1).padStart(6)} MB/s  restore ${(raw / 1e6 / restoreS).toFixed(1).padStart(6)} MB/s  (${chunks} chunks: ${dups} duplicates, ${deltas} deltas)`,
   );
 }
-console.log("bytes stored for the series, as a fraction of raw (lossless):");
-if (resticBytes !== undefined)
-  console.log(`  ${restic?.split(" compiled")[0]} (5 snapshots): ${fraction(resticBytes)}×`);
-else console.log("  restic not installed: no restic figure");
-console.log(`  zstd-9 per file: ${fraction(zstdPlain)}×`);
-console.log(`  zstd-9 after byte-plane grouping: ${fraction(zstdPlanes)}×`);
-console.log(`  whole-file XOR vs previous + planes + zstd-9 (oracle): ${fraction(xorOracle)}×`);
-console.log("moe-swarm tiers (stored bytes include manifests, DAG nodes and key files):");
-for (const r of rows) console.log(`  ${r}`);
+printPeers("whole training state (weights + AdamW moments)", allPeers);
+console.log("  moe-swarm tiers (stored bytes include manifests, DAG nodes and key files):");
+for (const r of rows) console.log(`    ${r}`);
 const warm = Number(rows[1]?.split("×")[0]?.trim().split(/\s+/)[1]);
-if (resticBytes !== undefined)
+if (allPeers.restic !== undefined)
   console.log(
-    `warm tier vs restic: ${(warm / (resticBytes / raw)).toFixed(2)}×; vs zstd-9 per file: ${(warm / (zstdPlain / raw)).toFixed(2)}×`,
+    `  warm tier / restic: ${(warm / (allPeers.restic / raw)).toFixed(2)}; warm tier / zstd-9 per file: ${(warm / (allPeers.zstd / raw)).toFixed(2)}`,
+  );
+
+// ---- weights only (what a model export holds) into a warm tier of its own ----
+const weightsStore = new CheckpointStore({
+  tiers: tiersIn(join(root, "weights-store")),
+  chunkSizes: chunkSizesFromAverage(chunkAvgBytes),
+  similarityThreshold: 0.8,
+});
+checkpoints.forEach((shards, c) => {
+  weightsStore.save(
+    "warm",
+    `w-${c}`,
+    shards.filter((s) => s.name.startsWith("expert.")),
+  );
+});
+const weightsWarm = duBytes(join(root, "weights-store", "warm")) / weightPeers.raw;
+printPeers("weights only", weightPeers);
+console.log(`  moe-swarm warm tier: ${weightsWarm.toFixed(3)}×`);
+if (weightPeers.restic !== undefined)
+  console.log(
+    `  warm tier / restic: ${(weightsWarm / (weightPeers.restic / weightPeers.raw)).toFixed(2)}; warm tier / zstd-9 per file: ${(weightsWarm / (weightPeers.zstd / weightPeers.raw)).toFixed(2)}`,
   );
 rmSync(root, { recursive: true, force: true });

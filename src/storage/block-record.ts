@@ -21,6 +21,7 @@
 
 import { brotliCompressSync, brotliDecompressSync, constants as zc } from "node:zlib";
 import * as zstd from "zstd-napi";
+import zstdBinding from "zstd-napi/binding.js";
 import { invariant } from "../common/assert.ts";
 import { nonceBytes, openBlock, sealBlock } from "../crypto/envelope.ts";
 import { CID } from "./cid.ts";
@@ -103,8 +104,13 @@ function decompress(kind: Compression, data: Uint8Array, length: number): Uint8A
   switch (kind) {
     case "none":
       return data;
-    case "zstd":
+    case "zstd": {
+      // A corrupt frame header could announce any size: check it before zstd allocates.
+      const size = zstdBinding.getFrameContentSize(data);
+      if (size !== length)
+        throw new RecordFormatError(`zstd frame announces ${size} B, expected ${length}`);
       return zstd.decompress(data);
+    }
     case "brotli":
       return brotliDecompressSync(data, { maxOutputLength: Math.max(1, length) });
   }

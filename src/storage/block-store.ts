@@ -115,7 +115,22 @@ export class BlockStore {
     try {
       plain = decodeRecord(cid, record, {
         baseRange: (bases, offset, length) => this.baseRange(bases, offset, length),
-        dataKey: this.#dataKey,
+        dataKey: (keyId) => {
+          try {
+            return this.#dataKey(keyId);
+          } catch (err) {
+            // A wrong operator key is the caller's to fix; anything else about the key this record
+            // names (a missing or damaged key file, a corrupted key id) is this block's problem.
+            if (err instanceof StorageError && err.code !== "wrong-key") {
+              throw corruptBlock(
+                key,
+                path,
+                `its data key ${keyId} cannot be read (${err.message})`,
+              );
+            }
+            throw err;
+          }
+        },
       });
     } catch (err) {
       if (err instanceof RecordFormatError) throw corruptBlock(key, path, err.message);
