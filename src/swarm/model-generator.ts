@@ -11,6 +11,7 @@ import { noGradAsync } from "../tensor/tensor.ts";
 import {
   type GenerateRequest,
   type GenerateResult,
+  GenerationDeadlineError,
   StopSequenceFilter,
   type TextGenerator,
   UnsupportedParameterError,
@@ -58,11 +59,13 @@ export class ModelTextGenerator implements TextGenerator {
     };
     for (let i = 0; i < req.maxTokens; i++) {
       req.signal.throwIfAborted();
+      if (req.deadlineMs !== undefined && Date.now() > req.deadlineMs)
+        throw new GenerationDeadlineError(req.deadlineMs);
       const window = seq.slice(-context);
       const T = window.length;
       const { logits } = await noGradAsync(() =>
         this.model.forward(Int32Array.from(window), 1, T, undefined, {
-          ctx: { signal: req.signal },
+          ctx: { signal: req.signal, deadlineMs: req.deadlineMs },
         }),
       );
       const b = sampleLogits(

@@ -18,6 +18,7 @@ import { invariant } from "../common/assert.ts";
 import { NoReplicaError } from "./errors.ts";
 import {
   type GenerateResult,
+  GenerationDeadlineError,
   type TextGenerator,
   UnsupportedParameterError,
 } from "./text-generator.ts";
@@ -30,6 +31,8 @@ export const httpRequestsInflightMax = 64;
 export const stopSequencesMax = 4;
 /** Most chat messages in one request. */
 export const chatMessagesMax = 256;
+/** Wall-clock budget of one completion; every expert call of it carries what is left. */
+export const completionDeadlineMs = 300_000;
 
 /** A request handler that answered (true) or left the request to the next one (false). */
 export type HttpRoute = (req: IncomingMessage, res: ServerResponse) => boolean;
@@ -275,6 +278,7 @@ export class OpenAiApi {
       seed: b.seed ?? undefined,
       stop: b.stop,
       signal: abort.signal,
+      deadlineMs: Date.now() + completionDeadlineMs,
     };
     this.#inflight++;
     this.counters.completions++;
@@ -409,6 +413,8 @@ function toApiError(err: unknown): ApiError {
       "unsupported_parameter",
       err.param,
     );
+  if (err instanceof GenerationDeadlineError)
+    return new ApiError(504, err.message, "server_error", "deadline_exceeded");
   if (err instanceof NoReplicaError)
     return new ApiError(
       503,

@@ -13,6 +13,8 @@ export interface GenerateRequest {
   /** Generation ends before any of these strings would appear. */
   readonly stop: readonly string[];
   readonly signal: AbortSignal;
+  /** Absolute deadline (epoch ms); passed to every expert call so nodes drop work nobody awaits. */
+  readonly deadlineMs?: number;
 }
 
 export interface GenerateResult {
@@ -90,5 +92,13 @@ export class UnsupportedParameterError extends Error {
   ) {
     super(message);
     this.name = "UnsupportedParameterError";
+  }
+}
+
+/** The completion ran past its wall-clock budget (HTTP 504 at the API). */
+export class GenerationDeadlineError extends Error {
+  constructor(readonly deadlineMs: number) {
+    super(`generation ran past its deadline (${new Date(deadlineMs).toISOString()})`);
+    this.name = "GenerationDeadlineError";
   }
 }
