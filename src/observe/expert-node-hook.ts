@@ -24,6 +24,8 @@ export interface ExpertNodeHookInit {
   readonly nodeId: string;
   readonly tracing?: SwarmTracing;
   readonly metrics?: SwarmMetrics;
+  /** Runtime switch; when it returns false requests are neither traced nor counted. */
+  readonly enabled?: () => boolean;
 }
 
 type FrameLike = Pick<Frame, "op" | "traceparent" | "ids" | "tensors" | "region">;
@@ -33,7 +35,7 @@ export function expertNodeRequestHook(
 ): (frame: FrameLike) => ((failed: boolean) => void) | undefined {
   return (frame) => {
     const op = opNames[frame.op];
-    if (op === undefined) return undefined;
+    if (op === undefined || (init.enabled && !init.enabled())) return undefined;
     const t0 = performance.now();
     const first = frame.ids[0];
     const span = init.tracing?.startServerSpan(

@@ -24,9 +24,13 @@ export const untracedRoutes: readonly string[] = ["/healthz", "/readyz"];
 
 export function instrumentHandler(
   handler: (req: IncomingMessage, res: ServerResponse) => void,
-  init: { tracing?: SwarmTracing; metrics?: SwarmMetrics },
+  init: { tracing?: SwarmTracing; metrics?: SwarmMetrics; enabled?: () => boolean },
 ): (req: IncomingMessage, res: ServerResponse) => void {
   return (req, res) => {
+    if (init.enabled && !init.enabled()) {
+      handler(req, res);
+      return;
+    }
     const route = routeLabel(pathOf(req));
     const tracing = untracedRoutes.includes(route) ? undefined : init.tracing;
     const t0 = performance.now();

@@ -120,7 +120,7 @@ export class TraceRingBuffer {
   readonly #ring: (StoredSpan | undefined)[];
   #next = 0;
   #size = 0;
-  /** traceId → number of its spans in the ring (to list traces without a scan per trace). */
+  /** traceId → its spans in the ring, oldest first (to list traces without a scan per trace). */
   readonly #byTrace = new Map<string, StoredSpan[]>();
   #added = 0;
 
@@ -234,6 +234,7 @@ export class RingBufferSpanProcessor implements SpanProcessor {
   onStart(_span: Span, _parentContext: Context): void {}
 
   onEnd(span: ReadableSpan): void {
+    // Converted at once: a compact StoredSpan costs less to retain (GC promotion) than the SDK's span.
     this.#buffer.add(storedFromReadable(span));
   }
 

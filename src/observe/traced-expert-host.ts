@@ -23,6 +23,8 @@ export interface TracedExpertHostInit {
   readonly metrics?: SwarmMetrics;
   /** Label of the expert-call histogram's `region` (the caller cannot know which replica served). */
   readonly region?: string;
+  /** Runtime switch; when it returns false calls pass straight through (default: always on). */
+  readonly enabled?: () => boolean;
 }
 
 function outcomeOf(err: unknown): ExpertCallOutcome {
@@ -50,6 +52,7 @@ export class TracedExpertHost implements ExpertHost {
     ctx: ExpertCallContext | undefined,
     run: (ctx: ExpertCallContext | undefined) => Promise<T>,
   ): Promise<T> {
+    if (this.#init.enabled && !this.#init.enabled()) return run(ctx);
     const { tracing, metrics } = this.#init;
     let span: Span | undefined;
     let callCtx = ctx;

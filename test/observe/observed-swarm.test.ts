@@ -204,10 +204,11 @@ describe("observability through a running swarm", { timeout: 170_000 }, () => {
         "ten labelled links",
         async () => (await page.locator("#map text[data-link]").count()) === 10,
       );
-      // Links from the gateway's region carry measured RTTs (solid lines, not dashed).
+      // Links from the gateway's region to regions that served calls carry measured RTTs (solid
+      // lines); the others show the configured RTT (dashed).
       await waitFor(
-        "measured links",
-        async () => (await page.locator('#map line[stroke-dasharray=""]').count()) >= 3,
+        "a measured link",
+        async () => (await page.locator('#map line[stroke-dasharray=""]').count()) >= 1,
       );
       // Recent traces: open the newest and see spans from a node process in its tree.
       await page.locator("#trace-list li[data-trace]").first().waitFor();
