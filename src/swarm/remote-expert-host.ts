@@ -413,8 +413,11 @@ export class RemoteExpertHost implements ExpertHost {
         this.counters.failedCalls++;
         reject(new NoReplicaError(key, errors));
       };
+      const callerSignal = ctx?.signal;
       const launch = (kind: "first" | "hedge" | "failover"): boolean => {
-        if (this.#closed) return false;
+        if (this.#closed || callerSignal?.aborted) return false;
+        // Past the caller's deadline nobody awaits an answer: stop trying.
+        if (ctx?.deadlineMs !== undefined && Date.now() >= ctx.deadlineMs) return false;
         const n = queue.shift();
         if (!n || started >= callAttemptsMax) return false;
         started++;
@@ -428,7 +431,10 @@ export class RemoteExpertHost implements ExpertHost {
         controllers.push(controller);
         const timeoutMs = this.#attemptTimeoutMs(n, ctx);
         const t0 = this.#now();
-        attempt(n.client, timeoutMs, controller.signal).then(
+        const signal = callerSignal
+          ? AbortSignal.any([callerSignal, controller.signal])
+          : controller.signal;
+        attempt(n.client, timeoutMs, signal).then(
           (frame) => {
             running--;
             if (done) return;
@@ -446,6 +452,14 @@ export class RemoteExpertHost implements ExpertHost {
           (err: unknown) => {
             running--;
             if (done) return;
+            if (callerSignal?.aborted) {
+              // The caller gave up (client went away): not a node failure, no failover.
+              finish();
+              reject(
+                callerSignal.reason instanceof Error ? callerSignal.reason : new Error("aborted"),
+              );
+              return;
+            }
             errors.push(`${n.address.nodeId}: ${(err as Error).message}`);
             this.#markFailure(n, err);
             if (!launch("failover") && running === 0) giveUp();

@@ -252,3 +252,31 @@ describe("emulated link rate", () => {
     );
   });
 });
+
+describe("caller cancellation", () => {
+  it("an aborted call stops at once: no failover, no node marked down", async () => {
+    const { dispatcher, swarm } = await setup(noDelay, false);
+    const id = { layer: 0, expert: 4 };
+    const x = randn(8, d);
+    await dispatcher.forward(id, x, 1);
+    for (const n of swarm.nodes) n.host.delayMs = 300;
+    const controller = new AbortController();
+    setTimeout(() => controller.abort(new Error("client went away")), 20);
+    await assert.rejects(
+      dispatcher.forward(id, x, 1, { signal: controller.signal }),
+      /client went away/,
+    );
+    assert.equal(dispatcher.counters.failovers, 0);
+    assert.ok(dispatcher.nodeStats().every((s) => s.healthy));
+    for (const n of swarm.nodes) n.host.delayMs = 0;
+  });
+
+  it("past the caller's deadline no further replica is tried", async () => {
+    const { dispatcher } = await setup(noDelay, false);
+    await assert.rejects(
+      dispatcher.forward({ layer: 0, expert: 0 }, randn(1, d), 1, { deadlineMs: Date.now() - 1 }),
+      NoReplicaError,
+    );
+    assert.equal(dispatcher.counters.failovers, 0);
+  });
+});
