@@ -8,10 +8,11 @@
 //   0  "MSB1"                       magic
 //   4  u8 compression               0 none · 1 zstd · 2 brotli
 //   5  u8 flags                     bit0 byte planes · bit1 float delta · bit2 encrypted
+//                                   bit3 dictionary delta (zstd with the base block as dictionary)
 //   6  u8 delta depth               0 for a whole block; base depth + 1 for a delta
 //   7  u8 phase                     shard offset of the first byte, mod 4
 //   8  u32 plaintext length
-//   [delta]  u16 n, n × (u16 len, CID bytes), u32 offset into the concatenated bases
+//   [delta]  u16 n, n × (u16 len, CID bytes), u32 offset into the concatenated bases (either kind)
 //   [encrypted] u8 len, key id (ASCII), 12-byte nonce
 //   payload (encrypted: ciphertext ‖ tag; associated data = header ‖ CID bytes); with byte planes
 //   it is u8 mask (bit k: plane k compressed), 4 × u32 stored plane lengths, then the 4 planes,
@@ -39,6 +40,7 @@ const headerBytes = 12;
 const flagPlanes = 1;
 const flagDelta = 2;
 const flagEncrypted = 4;
+const flagDict = 8;
 /** Bytes of a block compressed two ways (planes or not) to pick the layout before the real pass. */
 const layoutProbeBytes = 64 * 1024;
 /** zstd level of the layout probe (fast; only the ranking matters). */
@@ -66,6 +68,8 @@ export interface RecordInit {
   readonly compression: Compression;
   /** The base range's bytes (already resolved) and where they come from. */
   readonly delta?: { readonly ref: DeltaRef; readonly baseBytes: Uint8Array };
+  /** A similar earlier block (found by super-features) to use as a zstd dictionary. */
+  readonly dict?: { readonly ref: DeltaRef; readonly baseBytes: Uint8Array };
   readonly seal?: { readonly keyId: string; readonly dataKey: Uint8Array };
 }
 
@@ -75,7 +79,9 @@ export interface RecordHeader {
   readonly depth: number;
   readonly phase: number;
   readonly length: number;
-  readonly delta: { readonly bases: CID[]; readonly offset: number } | undefined;
+  readonly delta:
+    | { readonly kind: "float" | "dict"; readonly bases: CID[]; readonly offset: number }
+    | undefined;
   readonly keyId: string | undefined;
   readonly nonce: Uint8Array | undefined;
   readonly payloadOffset: number;
@@ -253,6 +259,29 @@ export function encodeRecord(init: RecordInit): EncodedRecord {
       }
     }
   }
+  let useDict = false;
+  if (init.dict !== undefined && init.compression === "zstd" && !useDelta) {
+    invariant(
+      init.dict.ref.bases.length === 1 && init.dict.ref.offset === 0,
+      "one whole dictionary base",
+    );
+    try {
+      const c = new zstd.Compressor();
+      c.setParameters({ compressionLevel: zstdLevel });
+      c.loadDictionary(init.dict.baseBytes);
+      const packed = c.compress(plaintext);
+      if (packed.length < body.length && packed.length < plaintext.length) {
+        body = packed;
+        compression = "zstd";
+        planes = false;
+        useDict = true;
+        depth = init.dict.ref.baseDepth + 1;
+        invariant(depth <= deltaChainMax, "delta chain within deltaChainMax");
+      }
+    } catch {
+      // A base zstd cannot take as a dictionary: store the block without it.
+    }
+  }
   const parts: number[] = [...magic, compressionIds[compression], 0, depth, phase, 0, 0, 0, 0];
   let flags = planes ? flagPlanes : 0;
   const u16 = (v: number) => parts.push(v & 0xff, (v >>> 8) & 0xff);
@@ -262,14 +291,15 @@ export function encodeRecord(init: RecordInit): EncodedRecord {
   parts[9] = (plaintext.length >>> 8) & 0xff;
   parts[10] = (plaintext.length >>> 16) & 0xff;
   parts[11] = (plaintext.length >>> 24) & 0xff;
-  if (useDelta && init.delta !== undefined) {
-    flags |= flagDelta;
-    u16(init.delta.ref.bases.length);
-    for (const base of init.delta.ref.bases) {
+  const ref = useDelta ? init.delta?.ref : useDict ? init.dict?.ref : undefined;
+  if (ref !== undefined) {
+    flags |= useDelta ? flagDelta : flagDict;
+    u16(ref.bases.length);
+    for (const base of ref.bases) {
       u16(base.bytes.length);
       parts.push(...base.bytes);
     }
-    u32(init.delta.ref.offset);
+    u32(ref.offset);
   }
   let nonce: Uint8Array | undefined;
   if (init.seal !== undefined) {
@@ -287,7 +317,7 @@ export function encodeRecord(init: RecordInit): EncodedRecord {
     body = sealed.ciphertext;
     header = concat(header, nonce);
   }
-  return { bytes: concat(header, body), delta: useDelta };
+  return { bytes: concat(header, body), delta: useDelta || useDict };
 }
 
 function associatedData(headerWithoutNonce: Uint8Array, cid: CID): Uint8Array {
@@ -312,7 +342,7 @@ export function parseRecordHeader(bytes: Uint8Array): RecordHeader {
   const compression =
     compressionNames[bytes[4] as number] ?? fail(`unknown compression id ${bytes[4]}`);
   const flags = bytes[5] as number;
-  if (flags & ~(flagPlanes | flagDelta | flagEncrypted))
+  if (flags & ~(flagPlanes | flagDelta | flagEncrypted | flagDict))
     fail(`unknown flags 0x${flags.toString(16)}`);
   const depth = bytes[6] as number;
   const phase = bytes[7] as number;
@@ -325,7 +355,11 @@ export function parseRecordHeader(bytes: Uint8Array): RecordHeader {
     if (at + n > bytes.length) fail("record truncated inside its header");
   };
   let delta: RecordHeader["delta"];
-  if (flags & flagDelta) {
+  if ((flags & flagDelta) !== 0 && (flags & flagDict) !== 0) fail("both delta kinds set");
+  if ((flags & flagDict) !== 0 && (compression !== "zstd" || (flags & flagPlanes) !== 0)) {
+    fail("a dictionary delta is a plain zstd payload");
+  }
+  if (flags & (flagDelta | flagDict)) {
     if (depth < 1 || depth > deltaChainMax) fail(`delta depth ${depth} out of range`);
     need(2);
     const n = dv.getUint16(at, true);
@@ -347,7 +381,7 @@ export function parseRecordHeader(bytes: Uint8Array): RecordHeader {
     need(4);
     const offset = dv.getUint32(at, true);
     at += 4;
-    delta = { bases, offset };
+    delta = { kind: flags & flagDict ? "dict" : "float", bases, offset };
   } else if (depth !== 0) fail(`depth ${depth} on a whole block`);
   let keyId: string | undefined;
   let nonce: Uint8Array | undefined;
@@ -380,6 +414,8 @@ export interface RecordContext {
   /** Concatenated plaintext of `bases` from `offset`, `length` bytes (zero past the end). */
   readonly baseRange: (bases: readonly CID[], offset: number, length: number) => Uint8Array;
   readonly dataKey: (keyId: string) => Uint8Array;
+  /** A whole block's plaintext (the dictionary of a dictionary delta). */
+  readonly block: (cid: CID) => Uint8Array;
 }
 
 /** Decodes a record to the block's plaintext. The caller checks it against the CID. */
@@ -391,6 +427,25 @@ export function decodeRecord(cid: CID, bytes: Uint8Array, ctx: RecordContext): U
     body = openBlock(ctx.dataKey(h.keyId), h.nonce, body, aad);
   }
   let plain: Uint8Array;
+  if (h.delta?.kind === "dict") {
+    const base = ctx.block(h.delta.bases[0] as CID);
+    try {
+      const size = zstdBinding.getFrameContentSize(body);
+      if (size !== h.length)
+        throw new RecordFormatError(`zstd frame announces ${size} B, expected ${h.length}`);
+      const d = new zstd.Decompressor();
+      d.loadDictionary(base);
+      plain = d.decompress(body);
+    } catch (err) {
+      if (err instanceof RecordFormatError) throw err;
+      throw new RecordFormatError(
+        `dictionary-delta payload does not decompress: ${(err as Error).message}`,
+      );
+    }
+    if (plain.length !== h.length)
+      throw new RecordFormatError(`payload decodes to ${plain.length} B, header says ${h.length}`);
+    return plain;
+  }
   try {
     plain = h.planes
       ? unpackPlanes(h.compression, body, h.length, h.phase)

@@ -35,7 +35,10 @@ export interface BlockStoreInit {
 
 export interface PutOptions {
   readonly phase: number;
+  /** Float delta against the same region of an earlier checkpoint. */
   readonly delta?: DeltaRef;
+  /** Dictionary delta against one similar earlier block (super-feature match). */
+  readonly dict?: DeltaRef;
   readonly seal?: { readonly keyId: string; readonly dataKey: Uint8Array };
 }
 
@@ -85,12 +88,18 @@ export class BlockStore {
         baseBytes: this.baseRange(options.delta.bases, options.delta.offset, plaintext.length),
       };
     }
+    let dict: { ref: DeltaRef; baseBytes: Uint8Array } | undefined;
+    if (options.dict !== undefined) {
+      invariant(options.dict.baseDepth < deltaChainMax, "dictionary base below the chain limit");
+      dict = { ref: options.dict, baseBytes: this.get(options.dict.bases[0] as CID) };
+    }
     const record = encodeRecord({
       cid,
       plaintext,
       phase: options.phase,
       compression: this.compression,
       ...(delta !== undefined ? { delta } : {}),
+      ...(dict !== undefined ? { dict } : {}),
       ...(options.seal !== undefined ? { seal: options.seal } : {}),
     });
     this.#crash("block:before-write");
@@ -115,6 +124,7 @@ export class BlockStore {
     try {
       plain = decodeRecord(cid, record, {
         baseRange: (bases, offset, length) => this.baseRange(bases, offset, length),
+        block: (base) => this.get(base),
         dataKey: (keyId) => {
           try {
             return this.#dataKey(keyId);

