@@ -13,8 +13,8 @@
 // overhead); `--emulation` turns it on (latency-bound, as deployed).
 //
 //   npx tsx bench/observe-overhead.ts [--emulation] [--clients 4] [--tokens 8] [--phase 6] [--rounds 2]
-import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
-import { tmpdir } from "node:os";
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { cpus, loadavg, tmpdir } from "node:os";
 import { join } from "node:path";
 import { parseArgs } from "node:util";
 import { WebSocket } from "ws";
@@ -124,15 +124,42 @@ async function client(i: number): Promise<void> {
   }
 }
 
-async function phase(on: boolean): Promise<{ on: boolean; rps: number; tps: number }> {
+/**
+ * CPU seconds used so far by the gateway (this process) and the node processes. On a machine
+ * shared with other work, wall-clock throughput swings with everyone else's load; the CPU the
+ * swarm itself spends per generated token does much less, so it is reported beside throughput.
+ * Children's times come from /proc/<pid>/stat (utime + stime, in USER_HZ = 100 ticks per second).
+ */
+function swarmCpuSeconds(): number {
+  const self = process.cpuUsage();
+  let total = (self.user + self.system) / 1e6;
+  for (const n of swarm.nodes) {
+    const stat = readFileSync(`/proc/${n.child.pid}/stat`, "utf8");
+    const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
+    total += (Number(fields[11]) + Number(fields[12])) / 100;
+  }
+  return total;
+}
+
+async function phase(
+  on: boolean,
+): Promise<{ on: boolean; rps: number; tps: number; cpuMsPerToken: number }> {
   swarm.setObserving(on);
   await new Promise((r) => setTimeout(r, 500)); // let in-flight requests of the last phase drain
   const c0 = completed;
   const g0 = generated;
+  const cpu0 = swarmCpuSeconds();
   const t0 = performance.now();
   await new Promise((r) => setTimeout(r, phaseSeconds * 1000));
   const s = (performance.now() - t0) / 1000;
-  return { on, rps: (completed - c0) / s, tps: (generated - g0) / s };
+  const cpu = swarmCpuSeconds() - cpu0;
+  const tokensDone = generated - g0;
+  return {
+    on,
+    rps: (completed - c0) / s,
+    tps: tokensDone / s,
+    cpuMsPerToken: tokensDone > 0 ? (cpu * 1000) / tokensDone : Number.NaN,
+  };
 }
 
 const load = Array.from({ length: clients }, (_, i) => client(i));
@@ -157,6 +184,8 @@ rmSync(dir, { recursive: true, force: true });
 const mean = (xs: number[]) => xs.reduce((a, b) => a + b, 0) / xs.length;
 const off = mean(results.filter((p) => !p.on).map((p) => p.tps));
 const on = mean(results.filter((p) => p.on).map((p) => p.tps));
+const cpuOff = mean(results.filter((p) => !p.on).map((p) => p.cpuMsPerToken));
+const cpuOn = mean(results.filter((p) => p.on).map((p) => p.cpuMsPerToken));
 console.log(
   `swarm throughput (gateway + 5 node processes, local profile, emulated latency ${values.emulation ? "on" : "off"}, ${clients} clients × ${tokens}-token greedy completions, ${phaseSeconds} s phases, ABBA × ${rounds}):`,
 );
@@ -165,5 +194,13 @@ console.log(
   `  observability on:  ${on.toFixed(1)} tokens/s  (${spans} spans recorded in the gateway's buffer)`,
 );
 console.log(
-  `  on/off ratio ${(on / off).toFixed(3)} · overhead ${((1 - on / off) * 100).toFixed(1)}% (goal < 3%) · failed requests ${failed}`,
+  `  throughput on/off ratio ${(on / off).toFixed(3)} · overhead ${((1 - on / off) * 100).toFixed(1)}% (goal < 3%) · failed requests ${failed}`,
+);
+console.log(
+  `  swarm CPU per generated token: off ${cpuOff.toFixed(2)} ms · on ${cpuOn.toFixed(2)} ms · CPU overhead ${((cpuOn / cpuOff - 1) * 100).toFixed(1)}%`,
+);
+console.log(
+  `  load average at the end: ${loadavg()
+    .map((l) => l.toFixed(1))
+    .join(" ")} on ${cpus().length} cores (other work on the machine moves throughput)`,
 );
