@@ -65,7 +65,14 @@ export class FrameReader {
 /** Writes encoded frames to a socket, through a link shaper when the peer is in another region. */
 export function shapedWrite(socket: Socket, shaper: LinkShaper | undefined, frame: Buffer): void {
   const write = () => {
-    if (!socket.destroyed && socket.writable) socket.write(frame);
+    if (socket.destroyed || !socket.writable) return;
+    // Frames written in the same tick (an MoE layer's calls to one node, a batch's replies) go
+    // out in one syscall: cork now, uncork once on the next tick.
+    if (socket.writableCorked === 0) {
+      socket.cork();
+      process.nextTick(() => socket.uncork());
+    }
+    socket.write(frame);
   };
   if (shaper) shaper.send(frame.length, write);
   else write();

@@ -31,6 +31,8 @@ export const httpRequestsInflightMax = 64;
 export const stopSequencesMax = 4;
 /** Most chat messages in one request. */
 export const chatMessagesMax = 256;
+/** How long an idle keep-alive connection is kept open. */
+export const httpKeepAliveMs = 65_000;
 /** Wall-clock budget of one completion; every expert call of it carries what is left. */
 export const completionDeadlineMs = 300_000;
 
@@ -139,6 +141,10 @@ export class OpenAiApi {
   async listen(host: string, port: number): Promise<{ host: string; port: number; url: string }> {
     invariant(this.#server === undefined, "listen() called twice");
     const server = createServer((req, res) => this.handle(req, res));
+    // Longer than clients' idle pools, so that a client never reuses a socket the server is
+    // closing at that moment (ECONNRESET races under bursts after a pause).
+    server.keepAliveTimeout = httpKeepAliveMs;
+    server.headersTimeout = httpKeepAliveMs + 1000;
     this.#server = server;
     await new Promise<void>((resolve, reject) => {
       server.once("error", reject);

@@ -1,0 +1,119 @@
+// Text generation end to end: completions through the gateway's HTTP API with the experts on
+// expert nodes (child processes, no injected latency) vs the same model generating in-process
+// (ModelTextGenerator over a local model), with 1 and 32 concurrent requests. Prints generated
+// tokens/s and p50/p99 request latency for both and the ratio.
+//   npx tsx bench/gateway-generation.ts [tokens]
+
+import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { loadConfig } from "../src/config/load.ts";
+import { buildLocalModel } from "../src/model/build.ts";
+import { type ChildNode, spawnNode, stopChild } from "../src/swarm/child-nodes.ts";
+import { startGateway } from "../src/swarm/gateway.ts";
+import { ModelTextGenerator } from "../src/swarm/model-generator.ts";
+import { planFromConfig, StaticPlacement } from "../src/swarm/placement.ts";
+
+const tokens = Number(process.argv[2] ?? 16);
+
+function quantile(xs: number[], q: number): number {
+  const s = [...xs].sort((a, b) => a - b);
+  return s[Math.min(s.length - 1, Math.max(0, Math.ceil(q * s.length) - 1))] as number;
+}
+
+async function measure(concurrency: number, one: (i: number) => Promise<void>) {
+  const latencies: number[] = [];
+  const t0 = performance.now();
+  await Promise.all(
+    Array.from({ length: concurrency }, async (_, i) => {
+      const s = performance.now();
+      await one(i);
+      latencies.push(performance.now() - s);
+    }),
+  );
+  const wall = performance.now() - t0;
+  return {
+    tps: (concurrency * tokens) / (wall / 1000),
+    p50: quantile(latencies, 0.5),
+    p99: quantile(latencies, 0.99),
+  };
+}
+
+const dir = mkdtempSync(join(tmpdir(), "moe-swarm-bench-gen-"));
+const nodes: ChildNode[] = [];
+try {
+  const configPath = join(dir, "swarm.yaml");
+  writeFileSync(configPath, "profile: local\nswarm:\n  emulation:\n    enabled: false\n");
+  const { config } = loadConfig(configPath);
+  const plan = planFromConfig(config);
+  nodes.push(
+    ...(await Promise.all(
+      plan.map((p) => {
+        const [region, index] = p.nodeId.split("-") as [string, string];
+        return spawnNode(region, Number(index), { configPath });
+      }),
+    )),
+  );
+  const placement = new StaticPlacement(
+    nodes.map((n) => ({ ...n, experts: plan.find((p) => p.nodeId === n.nodeId)?.experts ?? [] })),
+  );
+  const gateway = await startGateway(config, {
+    placement,
+    port: 0,
+    host: "127.0.0.1",
+    modelId: "local",
+  });
+  const local = await buildLocalModel(config);
+  const inProcess = new ModelTextGenerator(local.model, "local");
+  const prompt = (i: number) => `Call me Ishmael. ${i}`;
+  const viaHttp = async (i: number) => {
+    const r = await fetch(`${gateway.url}/v1/completions`, {
+      method: "POST",
+      headers: { "content-type": "application/json" },
+      body: JSON.stringify({
+        model: "local",
+        prompt: prompt(i),
+        max_tokens: tokens,
+        temperature: 0.8,
+        seed: i,
+      }),
+    });
+    if (r.status !== 200) throw new Error(`HTTP ${r.status}: ${await r.text()}`);
+    await r.json();
+  };
+  const direct = async (i: number) => {
+    await inProcess.generate(
+      {
+        prompt: prompt(i),
+        maxTokens: tokens,
+        temperature: 0.8,
+        topP: 1,
+        seed: i,
+        stop: [],
+        signal: new AbortController().signal,
+      },
+      () => {},
+    );
+  };
+  await viaHttp(0); // warm-up (connections, onnx sessions)
+  await direct(0);
+  console.log(
+    `# local profile, ${tokens} new tokens per request, no injected latency, 5 expert nodes`,
+  );
+  console.log(
+    "| concurrent requests | in-process tok/s | p50 ms | p99 ms | gateway+swarm tok/s | p50 ms | p99 ms | swarm/in-process time |",
+  );
+  console.log("|---|---|---|---|---|---|---|---|");
+  for (const c of [1, 32]) {
+    const a = await measure(c, direct);
+    const b = await measure(c, viaHttp);
+    console.log(
+      `| ${c} | ${a.tps.toFixed(0)} | ${a.p50.toFixed(0)} | ${a.p99.toFixed(0)} | ${b.tps.toFixed(0)} | ${b.p50.toFixed(0)} | ${b.p99.toFixed(0)} | ${(a.tps / b.tps).toFixed(2)}× |`,
+    );
+  }
+  await gateway.close();
+  await local.host.close();
+} finally {
+  await Promise.all(nodes.map((n) => stopChild(n.child)));
+  rmSync(dir, { recursive: true, force: true });
+}
