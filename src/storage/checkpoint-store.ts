@@ -1,9 +1,11 @@
 // Tiered, content-addressed checkpoints. A checkpoint is a set of named byte shards (model
 // weights, optimizer state, metadata JSON ...) saved into one tier:
 //   hot  — blocks stored as they are (fast restore),
-//   warm — zstd level 9, with byte-plane grouping and XOR deltas against the same tensor region of
-//          the tier's previous checkpoint where they are similar enough,
-//   cold — brotli level 11, same float transforms, then AES-256-GCM under a fresh per-checkpoint
+//   warm — zstd level 9, with byte-plane grouping, float deltas against the same tensor region of
+//          the tier's previous checkpoint where they are similar enough (float32Resemblance), and
+//          zstd dictionary deltas against the most similar earlier chunk found by MinHash
+//          super-features (similarity.ts), both gated by `similarity_threshold`,
+//   cold — brotli level 11, byte planes and float deltas, then AES-256-GCM under a fresh per-checkpoint
 //          data key wrapped with ML-KEM-768 for the operator (src/crypto/envelope.ts).
 // Each shard is cut by FastCDC into chunks that become raw CIDv1 leaves of a UnixFS DAG; a chunk
 // already in the tier is stored once however many checkpoints use it. A save writes the key file,
@@ -613,6 +615,21 @@ export class CheckpointStore {
       );
     }
     return out;
+  }
+
+  /**
+   * Copies checkpoint `id` from one tier to another (hot → warm → cold as it ages), verified on
+   * the way out. Chunking is deterministic, so a checkpoint this store saved keeps its CIDs and
+   * root (one imported from a CAR chunked elsewhere is re-chunked), and only chunks the
+   * destination tier lacks are written.
+   */
+  copy(from: TierName, to: TierName, id: string, options: SaveOptions = {}): SaveReport {
+    const manifest = this.manifest(from, id);
+    const shards = this.restore(from, id);
+    return this.save(to, id, shards, {
+      ...options,
+      ...(manifest.step !== undefined ? { step: manifest.step } : {}),
+    });
   }
 
   /** Deletes a checkpoint's manifest; its blocks go at the next GC unless another checkpoint uses them. */

@@ -32,6 +32,20 @@ export function tiersFromConfig(
   }));
 }
 
+/**
+ * Whether training should checkpoint now under `checkpoint_strategy.frequency`: every N steps
+ * ("every_1000_steps"), or once `secondsSinceLast` reaches the period ("30m").
+ */
+export function checkpointDue(
+  frequency: SwarmConfig["checkpoint_strategy"]["frequency"],
+  step: number,
+  secondsSinceLast: number,
+): boolean {
+  return frequency.kind === "steps"
+    ? step > 0 && step % frequency.steps === 0
+    : secondsSinceLast >= frequency.seconds;
+}
+
 export function storeFromConfig(
   config: SwarmConfig,
   storeDir: string,

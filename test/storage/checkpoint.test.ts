@@ -4,9 +4,11 @@ import { readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { createRequire } from "node:module";
 import { dirname, join } from "node:path";
 import { after, describe, it } from "node:test";
+import { loadConfig } from "../../src/config/load.ts";
 import { generateOperatorKeyPair } from "../../src/crypto/envelope.ts";
 import { CID } from "../../src/storage/cid.ts";
 import { StorageError } from "../../src/storage/errors.ts";
+import { checkpointDue } from "../../src/storage/from-config.ts";
 import { tierNames } from "../../src/storage/manifest.ts";
 import { floatBytes, openTestStore, operatorKeys, perturbed, tempDir } from "./fixtures/store.ts";
 import { ExpertTrainer } from "./fixtures/train-expert.ts";
@@ -80,6 +82,43 @@ describe("tiered checkpoints", () => {
     const back = store.restore("warm", "c").find((s) => s.name === "model.safetensors");
     assert.ok(back);
     assert.deepEqual(Buffer.from(back.bytes), Buffer.from(next[0]?.bytes ?? []));
+  });
+
+  it("copies a checkpoint between tiers with the same root, writing only missing chunks", () => {
+    const { store } = freshStore("copy");
+    const shards = sampleShards();
+    const hot = store.save("hot", "ck", shards, { step: 7 });
+    const warm = store.copy("hot", "warm", "ck");
+    assert.equal(warm.manifest.root, hot.manifest.root);
+    assert.equal(warm.manifest.step, 7);
+    store.save("hot", "ck2", [
+      ...shards.slice(1),
+      { name: "model.safetensors", bytes: floatBytes(9, 6000) },
+    ]);
+    const again = store.copy("hot", "warm", "ck2");
+    assert.ok(
+      again.duplicateChunks >= 2 && again.duplicateChunks < again.chunks,
+      `${again.duplicateChunks}/${again.chunks}`,
+    );
+    assert.equal(
+      sha(
+        store.restore("warm", "ck2").find((s) => s.name === "optimizer.bin")?.bytes ??
+          new Uint8Array(),
+      ),
+      sha(shards[1]?.bytes ?? new Uint8Array()),
+    );
+  });
+
+  it("says when training should checkpoint (checkpoint_strategy.frequency)", () => {
+    const { config } = loadConfig();
+    const f = config.checkpoint_strategy.frequency;
+    assert.deepEqual(
+      [999, 1000, 1001, 2000].map((s) => checkpointDue(f, s, 0)),
+      [false, true, false, true],
+    );
+    const timed = { kind: "time", seconds: 1800, text: "30m" } as const;
+    assert.equal(checkpointDue(timed, 5, 1799), false);
+    assert.equal(checkpointDue(timed, 5, 1800), true);
   });
 
   it("finds near-duplicate chunks by super-features and stores them as dictionary deltas", () => {

@@ -154,6 +154,20 @@ describe("moe-swarm checkpoint", () => {
     assert.equal(refused.code, 1);
     assert.match(refused.err, /corrupt|missing/);
 
+    const copy = await ck(
+      "copy",
+      "step-1000",
+      "--from",
+      "cold",
+      "--to",
+      "hot",
+      "--store",
+      store,
+      "--key",
+      join(t.dir, "op.secret.key"),
+    );
+    assert.equal(copy.code, 0, copy.err);
+    assert.match(copy.out, /copied step-1000 cold → hot: root bafy/);
     const gc = await ck("gc", "--store", store);
     assert.equal(gc.code, 0, gc.err);
     assert.match(gc.out, /cold: expired 0/);

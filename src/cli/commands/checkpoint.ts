@@ -115,7 +115,9 @@ function storeOptions(cmd: Command, tierDefault = "hot"): Command {
 export function registerCheckpoint(program: Command, io: CliIO): void {
   const cp = program
     .command("checkpoint")
-    .description("list, save, restore, verify, gc, export-car and import-car checkpoints");
+    .description(
+      "list, save, restore, verify, copy, delete, gc, export-car and import-car checkpoints",
+    );
 
   cp.command("keygen")
     .description("create an operator ML-KEM-768 key pair for the cold tier's envelope encryption")
@@ -264,6 +266,33 @@ export function registerCheckpoint(program: Command, io: CliIO): void {
     }
     if (problems > 0) throw new OperationError(`verify found ${problems} problems`);
   });
+
+  cp.command("copy")
+    .description("copy a checkpoint to another tier (only chunks that tier lacks are written)")
+    .argument("<id>", "checkpoint id")
+    .requiredOption("--from <tier>", "source tier")
+    .requiredOption("--to <tier>", "destination tier")
+    .option("--store <dir>", "checkpoint store folder (default: <swarm.data_dir>/checkpoints)")
+    .option(
+      "--key <file>",
+      "operator key file (secret to read a cold source, public or secret to write cold)",
+    )
+    .action(
+      async (
+        id: string,
+        opts: { from: string; to: string; store?: string; key?: string },
+        command: Command,
+      ) => {
+        const store = openStore(command, { ...opts, tier: opts.from });
+        const bar = progressBar(`copy ${id}`);
+        const r = await guarded(() =>
+          store.copy(tierOf(opts.from), tierOf(opts.to), id, { onProgress: bar.update }),
+        ).finally(bar.stop);
+        io.out(
+          `copied ${id} ${opts.from} → ${opts.to}: root ${r.manifest.root}, ${r.duplicateChunks}/${r.chunks} chunks already there, wrote ${mb(r.storedBytes)}`,
+        );
+      },
+    );
 
   storeOptions(
     cp
