@@ -138,3 +138,23 @@ export function stopChild(child: ChildProcess, graceMs = childStopGraceMs): Prom
     child.kill("SIGTERM");
   });
 }
+
+/** Runs `moe-swarm [--config file] <args>` with its output on our stderr; resolves with its exit code. */
+export function runMoeSwarm(
+  args: readonly string[],
+  configPath: string | undefined,
+): Promise<number> {
+  killAllOnExit();
+  const child = spawn(
+    process.execPath,
+    [binPath, ...(configPath ? ["--config", configPath] : []), ...args],
+    { stdio: ["ignore", 2, 2] }, // its output goes to our stderr: our stdout is the listening line
+  );
+  live.add(child);
+  return new Promise((resolve) => {
+    child.once("exit", (code, signal) => {
+      live.delete(child);
+      resolve(code ?? (signal ? 128 : 1));
+    });
+  });
+}

@@ -3,15 +3,17 @@
 
 import { existsSync } from "node:fs";
 import { join } from "node:path";
-import { Presets, SingleBar } from "cli-progress";
 import type { Command } from "commander";
 import type { ExpertBackend } from "../../model/local-expert-host.ts";
-import { bootstrapTrainSecondsDefault, trainBootstrapModel } from "../../swarm/bootstrap-model.ts";
+import { runMoeSwarm } from "../../swarm/child-nodes.ts";
 import { startGateway } from "../../swarm/gateway.ts";
 import { startNodeProcess } from "../../swarm/node-process.ts";
 import { placementFromFile } from "../../swarm/placement.ts";
 import { swarmUp } from "../../swarm/swarm-up.ts";
 import { type CliIO, configFor, OperationError, UsageError } from "../context.ts";
+
+/** Training budget of `up` when no model file exists yet. */
+const upTrainSecondsDefault = 120;
 
 function intOption(value: string, flag: string, min: number, max: number): number {
   const n = Number(value);
@@ -62,7 +64,7 @@ export function registerSwarm(program: Command, io: CliIO): void {
     .option(
       "--train-seconds <n>",
       "training budget when no model file exists yet",
-      String(bootstrapTrainSecondsDefault),
+      String(upTrainSecondsDefault),
     )
     .option("--untrained", "serve the seed-initialised model without training one")
     .option("--backend <name>", "expert kernels on the nodes: js, onnx or auto", "auto")
@@ -90,27 +92,15 @@ export function registerSwarm(program: Command, io: CliIO): void {
           if (opts.model !== undefined) throw new UsageError(`--model: no file at ${modelPath}`);
           const budget = intOption(String(opts.trainSeconds), "--train-seconds", 1, 3600);
           io.err(
-            `no trained model at ${modelPath}: training one for up to ${budget} s (Moby Dick, seed ${config.model.seed})`,
+            `no trained model at ${modelPath}: training one for up to ${budget} s (moe-swarm train on Moby Dick)`,
           );
-          const bar = new SingleBar(
-            {
-              format: "training [{bar}] {percentage}% | step {step} | loss {loss}",
-              stream: process.stderr,
-            },
-            Presets.shades_classic,
+          // The model's own training command (issue #4), with its progress bar, in a child process.
+          const code = await runMoeSwarm(
+            ["train", "--minutes", String(budget / 60), "--out", modelPath],
+            configPath,
           );
-          bar.start(budget, 0, { step: 0, loss: "-" });
-          const r = await trainBootstrapModel(config, modelPath, budget, (p) =>
-            bar.update(Math.min(budget, Math.round(p.elapsedSeconds)), {
-              step: p.step,
-              loss: p.loss.toFixed(3),
-            }),
-          );
-          bar.update(budget);
-          bar.stop();
-          io.err(
-            `trained ${r.steps} steps: loss ${r.firstLoss.toFixed(3)} → ${r.lastLoss.toFixed(3)}; saved ${modelPath}`,
-          );
+          if (code !== 0 || !existsSync(modelPath))
+            throw new OperationError(`moe-swarm up: training the model failed (exit ${code})`);
         }
       }
       io.err(
