@@ -1,6 +1,6 @@
 // Training throughput of the `local` profile (tokens/s), per expert backend, with a breakdown of
 // one step's time (forward / backward / optimizer). Usage:
-//   npx tsx bench/model-train.ts [steps=10] [batch=8] [backends=js,onnx,auto]
+//   npx tsx bench/model-train.ts [steps=10] [batch=8] [backends=js,onnx,auto] [trunks=js,onnx] [threads=1]
 // Tokens are bytes; a step is forward + backward + AdamW on trunk and experts.
 
 import { Prng } from "../src/common/prng.ts";
@@ -16,6 +16,7 @@ const steps = Number(process.argv[2] ?? 10);
 const B = Number(process.argv[3] ?? 8);
 const backends = (process.argv[4] ?? "js,onnx,auto").split(",") as ExpertBackend[];
 const trunks = (process.argv[5] ?? "js,onnx").split(",");
+const threads = Number(process.argv[6] ?? 1);
 const mc = modelConfigFrom(loadConfig().config);
 const T = mc.context;
 const data = mobyDick();
@@ -24,8 +25,8 @@ console.log(
 );
 for (const trunk of trunks)
   for (const backend of backends) {
-    const host = await LocalExpertHost.create(mc, { backend, threads: 1 });
-    const kernels = trunk === "onnx" ? await OnnxKernels.create(1) : null;
+    const host = await LocalExpertHost.create(mc, { backend, threads });
+    const kernels = trunk === "onnx" ? await OnnxKernels.create(threads) : null;
     const trainer = new Trainer(new MoeTransformer(mc, host, "float32", kernels));
     const rng = new Prng(1);
     await trainer.trainStep(sampleBatch(data.train, B, T, rng), 1e-3); // warm-up
@@ -39,7 +40,7 @@ for (const trunk of trunks)
     times.sort((a, b) => a - b);
     const median = times[Math.floor(times.length / 2)] as number;
     console.log(
-      `trunk ${trunk.padEnd(4)} experts ${backend.padEnd(4)}: median step ${median.toFixed(0)} ms → ${Math.round((B * T * 1000) / median)} tokens/s ` +
+      `trunk ${trunk.padEnd(4)} experts ${backend.padEnd(4)} threads ${threads}: median step ${median.toFixed(0)} ms → ${Math.round((B * T * 1000) / median)} tokens/s ` +
         `(calls js ${host.calls.js}, onnx ${host.calls.onnx})`,
     );
     await host.close();

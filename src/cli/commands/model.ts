@@ -121,7 +121,7 @@ export function registerModel(program: Command, io: CliIO): void {
     )
     .option("--batch <n>", "sequences per step", intOption("batch", 1, 4096), 8)
     .option("--seq <n>", "bytes per sequence (default: model.context_length)", intOption("seq", 2))
-    .option("--lr <x>", "peak learning rate", numberOption("lr", 0, 10), 3e-3)
+    .option("--lr <x>", "peak learning rate", numberOption("lr", 0, 10), 1e-2)
     .option(
       "--min-lr <x>",
       "final learning rate of the cosine (default lr/10)",
