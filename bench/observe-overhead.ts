@@ -12,7 +12,10 @@
 // cancels out. Emulated inter-region latency is off by default (CPU-bound: the worst case for
 // overhead); `--emulation` turns it on (latency-bound, as deployed).
 //
-//   npx tsx bench/observe-overhead.ts [--emulation] [--clients 4] [--tokens 8] [--phase 6] [--rounds 2]
+// `--sample` is the fraction of requests traced (parent-based: the nodes follow the gateway);
+// metrics are recorded for every request either way.
+//
+//   npx tsx bench/observe-overhead.ts [--sample 1] [--emulation] [--clients 4] [--tokens 8] [--phase 6] [--rounds 2]
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { cpus, loadavg, tmpdir } from "node:os";
 import { join } from "node:path";
@@ -30,6 +33,7 @@ import { startObservedSwarm } from "../test/observe/fixtures/observed-swarm.ts";
 const { values } = parseArgs({
   options: {
     emulation: { type: "boolean", default: false },
+    sample: { type: "string", default: "1" },
     clients: { type: "string", default: "4" },
     tokens: { type: "string", default: "8" },
     phase: { type: "string", default: "6" },
@@ -94,7 +98,7 @@ writeFileSync(
   configPath,
   `profile: local\nswarm:\n  emulation:\n    enabled: ${values.emulation ? "true" : "false"}\n`,
 );
-const swarm = await startObservedSwarm({ configPath });
+const swarm = await startObservedSwarm({ configPath, traceSampleRatio: Number(values.sample) });
 const model = defaultModelId(swarm.config);
 const feed = new WebSocket(`${swarm.url.replace("http", "ws")}/live`);
 feed.on("message", () => {});
@@ -187,7 +191,7 @@ const on = mean(results.filter((p) => p.on).map((p) => p.tps));
 const cpuOff = mean(results.filter((p) => !p.on).map((p) => p.cpuMsPerToken));
 const cpuOn = mean(results.filter((p) => p.on).map((p) => p.cpuMsPerToken));
 console.log(
-  `swarm throughput (gateway + 5 node processes, local profile, emulated latency ${values.emulation ? "on" : "off"}, ${clients} clients × ${tokens}-token greedy completions, ${phaseSeconds} s phases, ABBA × ${rounds}):`,
+  `swarm throughput (gateway + 5 node processes, local profile, emulated latency ${values.emulation ? "on" : "off"}, ${clients} clients × ${tokens}-token greedy completions, ${phaseSeconds} s phases, ABBA × ${rounds}, trace sampling ${values.sample}):`,
 );
 console.log(`  observability off: ${off.toFixed(1)} tokens/s`);
 console.log(

@@ -81,6 +81,8 @@ export interface GatewayObservabilityInit {
   readonly enabled?: () => boolean;
   /** Live-feed tick (default feedSnapshotIntervalSeconds). */
   readonly feedIntervalSeconds?: number;
+  /** Fraction of requests traced (default 1); nodes follow the gateway's decision. */
+  readonly traceSampleRatio?: number;
 }
 
 export function gatewayObservability(
@@ -97,6 +99,7 @@ export function gatewayObservability(
     serviceName: process,
     ringBuffer: traces,
     resource: { "moe.region": init.region },
+    ...(init.traceSampleRatio !== undefined ? { sampleRatio: init.traceSampleRatio } : {}),
   });
   const dashboard = new Dashboard({
     metrics,

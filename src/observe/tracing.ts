@@ -32,9 +32,12 @@ import { W3CTraceContextPropagator } from "@opentelemetry/core";
 import { OTLPTraceExporter } from "@opentelemetry/exporter-trace-otlp-http";
 import { resourceFromAttributes } from "@opentelemetry/resources";
 import {
+  AlwaysOnSampler,
   BasicTracerProvider,
   BatchSpanProcessor,
+  ParentBasedSampler,
   type SpanProcessor,
+  TraceIdRatioBasedSampler,
 } from "@opentelemetry/sdk-trace-base";
 import { RingBufferSpanProcessor, type TraceRingBuffer } from "./trace-buffer.ts";
 
@@ -112,6 +115,11 @@ export interface SwarmTracingInit {
   readonly resource?: Attributes;
   /** Batch delay of the OTLP exporter (default the SDK's 5 s). */
   readonly otlpScheduledDelayMs?: number;
+  /**
+   * Fraction of new traces recorded (default 1). Parent-based: a call that arrives with a
+   * traceparent follows the caller's decision (its sampled flag), so a trace is whole or absent.
+   */
+  readonly sampleRatio?: number;
 }
 
 /** The OTLP traces endpoint from the standard OpenTelemetry environment variables. */
@@ -145,9 +153,16 @@ export class SwarmTracing {
         }),
       );
     }
+    const ratio = init.sampleRatio ?? 1;
+    if (!(ratio >= 0 && ratio <= 1)) {
+      throw new RangeError(`tracing sampleRatio must be in [0, 1]; got ${init.sampleRatio}`);
+    }
     this.#provider = new BasicTracerProvider({
       resource: resourceFromAttributes({ "service.name": init.serviceName, ...init.resource }),
       spanProcessors: processors,
+      sampler: new ParentBasedSampler({
+        root: ratio === 1 ? new AlwaysOnSampler() : new TraceIdRatioBasedSampler(ratio),
+      }),
     });
     this.tracer = this.#provider.getTracer("moe-swarm");
   }

@@ -79,6 +79,33 @@ describe("trace context propagation", () => {
     assert.match(t?.roots[0]?.span.statusMessage ?? "", /boom/);
   });
 
+  it("samples a fraction of new traces and follows the caller's decision for remote parents", () => {
+    const buffer = new TraceRingBuffer(4096);
+    const none = new SwarmTracing({
+      serviceName: "g",
+      ringBuffer: buffer,
+      otlpEndpoint: null,
+      sampleRatio: 0,
+    });
+    for (let i = 0; i < 100; i++) none.startSpan("root").end();
+    assert.equal(buffer.added, 0);
+    // A caller that sampled its trace: the callee records even at ratio 0.
+    const sampled = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+    none.startServerSpan("server", sampled).end();
+    assert.equal(buffer.added, 1);
+    const half = new SwarmTracing({
+      serviceName: "g",
+      ringBuffer: buffer,
+      otlpEndpoint: null,
+      sampleRatio: 0.5,
+    });
+    for (let i = 0; i < 1000; i++) half.startSpan("root").end();
+    // Trace ids are random, so the count varies; 1000 draws at p = 0.5 stay within ±150 of 500
+    // except with probability < 1e-20.
+    assert.ok(Math.abs(buffer.added - 1 - 500) < 150, `${buffer.added - 1} of 1000 sampled`);
+    assert.throws(() => new SwarmTracing({ serviceName: "g", sampleRatio: 2 }), RangeError);
+  });
+
   it("keeps at most its capacity of spans, evicting the oldest", () => {
     const buffer = new TraceRingBuffer(10);
     const tracing = new SwarmTracing({ serviceName: "g", ringBuffer: buffer, otlpEndpoint: null });
