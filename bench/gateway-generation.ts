@@ -1,6 +1,6 @@
 // Text generation end to end: completions through the gateway's HTTP API with the experts on
 // expert nodes (child processes, no injected latency) vs the same model generating in-process
-// (ModelTextGenerator over a local model), with 1 and 32 concurrent requests. Prints generated
+// (ModelTextGenerator over a local model; both with onnxruntime trunk kernels), with 1 and 32 concurrent requests. Prints generated
 // tokens/s and p50/p99 request latency for both and the ratio.
 //   npx tsx bench/gateway-generation.ts [tokens]
 
@@ -8,11 +8,14 @@ import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { loadConfig } from "../src/config/load.ts";
-import { buildLocalModel } from "../src/model/build.ts";
+import { buildExpertHost } from "../src/model/build.ts";
+import { modelConfigFrom } from "../src/model/config.ts";
+import { MoeTransformer } from "../src/model/transformer.ts";
 import { type ChildNode, spawnNode, stopChild } from "../src/swarm/child-nodes.ts";
 import { startGateway } from "../src/swarm/gateway.ts";
 import { ModelTextGenerator } from "../src/swarm/model-generator.ts";
 import { planFromConfig, StaticPlacement } from "../src/swarm/placement.ts";
+import { OnnxKernels } from "../src/tensor/onnx-kernels.ts";
 
 const tokens = Number(process.argv[2] ?? 16);
 
@@ -63,8 +66,13 @@ try {
     host: "127.0.0.1",
     modelId: "local",
   });
-  const local = await buildLocalModel(config);
-  const inProcess = new ModelTextGenerator(local.model, "local");
+  // Both sides run the trunk on onnxruntime kernels (the gateway's default).
+  const local = await buildExpertHost(config);
+  const kernels = await OnnxKernels.create(1);
+  const inProcess = new ModelTextGenerator(
+    new MoeTransformer(modelConfigFrom(config), local, "float32", kernels),
+    "local",
+  );
   const prompt = (i: number) => `Call me Ishmael. ${i}`;
   const viaHttp = async (i: number) => {
     const r = await fetch(`${gateway.url}/v1/completions`, {
@@ -112,7 +120,8 @@ try {
     );
   }
   await gateway.close();
-  await local.host.close();
+  await local.close();
+  await kernels.release();
 } finally {
   await Promise.all(nodes.map((n) => stopChild(n.child)));
   rmSync(dir, { recursive: true, force: true });

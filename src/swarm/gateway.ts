@@ -4,9 +4,10 @@
 // in front. Ready (GET /readyz) when every expert has at least one healthy replica.
 
 import type { SwarmConfig } from "../config/schema.ts";
-import { buildTrunk } from "../model/build.ts";
+import { modelConfigFrom } from "../model/config.ts";
 import type { ExpertHost } from "../model/expert.ts";
-import type { MoeTransformer } from "../model/transformer.ts";
+import { MoeTransformer } from "../model/transformer.ts";
+import { OnnxKernels } from "../tensor/onnx-kernels.ts";
 import { ModelTextGenerator } from "./model-generator.ts";
 import { loadTrunkWeights } from "./model-weights.ts";
 import { type HttpRoute, OpenAiApi } from "./openai-api.ts";
@@ -24,6 +25,8 @@ export interface GatewayInit {
   readonly modelPath?: string;
   readonly modelId?: string;
   readonly hedging?: boolean;
+  /** Trunk kernels: onnx (onnxruntime, the default) or js (the TypeScript ops). */
+  readonly trunk?: "onnx" | "js";
   /** Routes mounted before the API's (issue #8's /metrics and dashboard). */
   readonly extraRoutes?: readonly HttpRoute[];
   /** Wraps the dispatcher before the trunk uses it (issue #8's TracedExpertHost). */
@@ -53,7 +56,9 @@ export async function startGateway(cfg: SwarmConfig, init: GatewayInit): Promise
     links: regionLinksFromConfig(cfg),
     hedging: init.hedging ?? true,
   });
-  const trunk = buildTrunk(cfg, init.wrapExpertHost ? init.wrapExpertHost(dispatcher) : dispatcher);
+  const host = init.wrapExpertHost ? init.wrapExpertHost(dispatcher) : dispatcher;
+  const kernels = (init.trunk ?? "onnx") === "onnx" ? await OnnxKernels.create(1) : null;
+  const trunk = new MoeTransformer(modelConfigFrom(cfg), host, "float32", kernels);
   if (init.modelPath) await loadTrunkWeights(cfg, trunk, init.modelPath);
   const experts = trunk.expertIds();
   const ready = async () => {
@@ -85,6 +90,7 @@ export async function startGateway(cfg: SwarmConfig, init: GatewayInit): Promise
     async close() {
       await api.close();
       dispatcher.close();
+      await kernels?.release();
     },
   };
 }

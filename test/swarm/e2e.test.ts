@@ -79,6 +79,7 @@ describe("swarm end to end (child processes)", { timeout: 120_000 }, () => {
       port: 0,
       host: "127.0.0.1",
       modelId: "local",
+      trunk: "js", // as the in-process reference, for bit-equal logits
     });
     try {
       const local = await buildLocalModel(config, { backend: "js" });

@@ -22,6 +22,12 @@ function intOption(value: string, flag: string, min: number, max: number): numbe
   return n;
 }
 
+function trunkKernels(text: string): "onnx" | "js" {
+  if (text !== "onnx" && text !== "js")
+    throw new UsageError(`--trunk: expected onnx or js; got "${text}"`);
+  return text;
+}
+
 function parseRegions(text: string): string[] {
   const list = text.split(",").map((r) => r.trim().toUpperCase());
   if (
@@ -224,6 +230,7 @@ export function registerSwarm(program: Command, io: CliIO): void {
       "trained model file (default: weights initialised from the model seed)",
     )
     .option("--no-hedging", "do not hedge slow expert calls to a second replica")
+    .option("--trunk <k>", "trunk kernels: onnx (onnxruntime) or js", "onnx")
     .action(async (opts: Record<string, string | boolean | undefined>, command: Command) => {
       const { config } = configFor(command);
       let gateway: Awaited<ReturnType<typeof startGateway>>;
@@ -236,6 +243,7 @@ export function registerSwarm(program: Command, io: CliIO): void {
           region: opts.region as string | undefined,
           modelPath: opts.model as string | undefined,
           hedging: opts.hedging !== false,
+          trunk: trunkKernels(String(opts.trunk)),
         });
       } catch (err) {
         if (err instanceof RangeError) throw new UsageError(err.message);
