@@ -506,6 +506,10 @@ export class SwarmMetrics {
   countFailovers(count: number): void {
     this.#failovers.inc({ tier: "all", reason: "unknown" }, count);
     this.dashboard.recordFailover(count);
+    this.#emit(
+      "failover",
+      `${count} expert call${count === 1 ? "" : "s"} failed over to another replica`,
+    );
   }
 
   /** Hedged calls known only as a count. */

@@ -8,6 +8,7 @@ import { loadConfig, resolveConfig } from "../../src/config/load.ts";
 import { routeAll } from "../../src/observe/http-route.ts";
 import { customMetricName, MetricsConfigError, SwarmMetrics } from "../../src/observe/metrics.ts";
 import { metricsRoute } from "../../src/observe/metrics-http.ts";
+import { SwarmRecorder } from "../../src/observe/swarm-recorder.ts";
 import { parseExposition } from "./exposition.ts";
 
 const servers: Server[] = [];
@@ -264,5 +265,61 @@ describe("DashboardState", () => {
       () => m.setConsensusStatus({ leader: "ORD", view: 1, height: 2 }),
       InvariantError,
     );
+  });
+});
+
+describe("SwarmRecorder", () => {
+  it("turns cumulative routing, dispatch, consensus and API counters into increments", async () => {
+    const { config } = loadConfig();
+    const m = new SwarmMetrics({
+      config,
+      process: "gateway",
+      region: "ORD",
+      defaultMetrics: false,
+    });
+    const events: string[] = [];
+    m.onEvent((e) => events.push(`${e.kind}: ${e.message}`));
+    const r = new SwarmRecorder(m);
+    r.recordRouting([{ layer: 0, admitted: [1, 2, 0], droppedTokens: 1 }]);
+    r.recordRouting([{ layer: 0, admitted: [4, 2, 1], droppedTokens: 1 }]);
+    const iad = { nodeId: "IAD-0", region: "IAD", healthy: true, latencyMsP50: 20 };
+    const ord = { nodeId: "ORD-0", region: "ORD", healthy: true, latencyMsP50: 1 };
+    r.recordDispatch({ failovers: 0, hedges: 0 }, [iad, ord], "ORD", (id) => [`${id}:L0.E1`]);
+    r.recordDispatch({ failovers: 2, hedges: 1 }, [{ ...iad, healthy: false }, ord], "ORD");
+    r.recordConsensus(
+      { view: 3, committedHeight: 10, leaderRegion: "ORD", roundsTotal: 12 },
+      { region: "ORD", gpuType: "a100-80gb", algorithm: "hotstuff_2chain" },
+    );
+    r.recordConsensus(
+      { view: 4, committedHeight: 11, leaderRegion: "IAD", roundsTotal: 15 },
+      { region: "ORD", gpuType: "a100-80gb", algorithm: "hotstuff_2chain" },
+    );
+    r.recordApi({ completionTokens: 5 });
+    r.recordApi({ completionTokens: 9 });
+    const f = await parseExposition(await m.exposition());
+    const activations = (f.moe_swarm_expert_activations_total?.data as PromData[]).map((d) => [
+      d.labels.expert,
+      d.value,
+    ]);
+    assert.deepEqual(activations, [
+      ["0", 4],
+      ["1", 2],
+      ["2", 1],
+    ]);
+    assert.equal((f.moe_swarm_expert_dropped_tokens_total?.data[0] as PromData).value, 1);
+    assert.equal((f.moe_swarm_replica_failovers_total?.data[0] as PromData).value, 2);
+    assert.equal((f.moe_swarm_consensus_rounds_total?.data[0] as PromData).value, 15);
+    assert.equal((f.moe_swarm_tokens_total?.data[0] as PromData).value, 9);
+    const s = m.snapshot();
+    assert.equal(s.consensus?.leader, "IAD");
+    assert.equal(s.consensus?.height, 11);
+    assert.equal(s.links.find((l) => l.a === "IAD" && l.b === "ORD")?.measuredRttSeconds, 0.02);
+    assert.equal(s.nodes.find((n) => n.id === "IAD-0")?.up, false);
+    assert.deepEqual(s.tiers[0]?.activations[0]?.slice(0, 3), [4, 2, 1]);
+    assert.deepEqual(events, [
+      "failover: 2 expert calls failed over to another replica",
+      "node_down: IAD-0 (IAD) is down",
+      "view_change: view 3 → 4, leader IAD",
+    ]);
   });
 });
