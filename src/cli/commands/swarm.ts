@@ -124,6 +124,7 @@ export function registerSwarm(program: Command, io: CliIO): void {
           log: (line) => io.err(line),
         });
       } catch (err) {
+        if (err instanceof UsageError) throw err;
         if (err instanceof RangeError) throw new UsageError(err.message);
         throw new OperationError(
           `moe-swarm up: the swarm did not start: ${(err as Error).message}`,
@@ -198,8 +199,9 @@ export function registerSwarm(program: Command, io: CliIO): void {
               : intOption(String(opts.nodesPerRegion), "--nodes-per-region", 1, 64),
         });
       } catch (err) {
+        if (err instanceof UsageError) throw err;
         if (err instanceof RangeError) throw new UsageError(err.message);
-        throw err;
+        throw new OperationError(`moe-swarm node: ${(err as Error).message}`);
       }
       io.out(
         JSON.stringify({
@@ -246,6 +248,7 @@ export function registerSwarm(program: Command, io: CliIO): void {
           trunk: trunkKernels(String(opts.trunk)),
         });
       } catch (err) {
+        if (err instanceof UsageError) throw err;
         if (err instanceof RangeError) throw new UsageError(err.message);
         throw new OperationError(`moe-swarm gateway: ${(err as Error).message}`);
       }
