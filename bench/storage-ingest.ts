@@ -87,12 +87,12 @@ const restic = resticVersion();
 for (let r = 0; r < rounds; r++) {
   const storeDir = join(root, `store-${r}`);
   const store = storeFromConfig(config, storeDir);
-  const runOurs = () => {
+  const runOurs = async () => {
     const t = process.hrtime.bigint();
     const shards = readdirSync(data)
       .sort()
       .map((n) => ({ name: n, bytes: new Uint8Array(readFileSync(join(data, n))) }));
-    store.save("hot", "bench", shards);
+    await store.saveAsync("hot", "bench", shards);
     ours.push(seconds(t));
     oursBytes = duBytes(join(storeDir, "hot"));
   };
@@ -104,11 +104,11 @@ for (let r = 0; r < rounds; r++) {
     resticBytes = duBytes(repo);
   };
   if (r % 2 === 0) {
-    runOurs();
+    await runOurs();
     runRestic();
   } else {
     runRestic();
-    runOurs();
+    await runOurs();
   }
 }
 const best = (xs: number[]) => Math.min(...xs);

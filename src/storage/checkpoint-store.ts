@@ -46,6 +46,7 @@ import {
 import {
   buildDirectory,
   buildFileDag,
+  buildFileDagAsync,
   checkShardName,
   type DagBlock,
   type FileDag,
@@ -299,6 +300,36 @@ export class CheckpointStore {
     shards: readonly Shard[],
     options: SaveOptions = {},
   ): SaveReport {
+    const sorted = this.#checkShards(name, id, shards);
+    const dags = sorted.map((shard) => ({
+      shard,
+      dag: buildFileDag(shard.bytes, this.#cdc.cuts(shard.bytes)),
+    }));
+    return this.#commit(name, id, dags, undefined, options);
+  }
+
+  /**
+   * `save`, with the chunks hashed concurrently on the thread pool (WebCrypto) while the next
+   * shard is being chunked: the same checkpoint, faster on several cores. Blocks and manifest are
+   * written exactly as by `save`.
+   */
+  async saveAsync(
+    name: TierName,
+    id: string,
+    shards: readonly Shard[],
+    options: SaveOptions = {},
+  ): Promise<SaveReport> {
+    const sorted = this.#checkShards(name, id, shards);
+    const pending = sorted.map((shard) =>
+      buildFileDagAsync(shard.bytes, this.#cdc.cuts(shard.bytes)),
+    );
+    const dags = (await Promise.all(pending)).map((dag, k) => ({ shard: sorted[k] as Shard, dag }));
+    this.#checkNew(name, id); // again: the id may have been taken while the chunks hashed
+    return this.#commit(name, id, dags, undefined, options);
+  }
+
+  /** Validates a save's id and shards; returns the shards sorted by name. */
+  #checkShards(name: TierName, id: string, shards: readonly Shard[]): Shard[] {
     this.#checkNew(name, id);
     const names = new Set<string>();
     for (const s of shards) {
@@ -313,12 +344,7 @@ export class CheckpointStore {
         );
       }
     }
-    const sorted = [...shards].sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0));
-    const dags = sorted.map((shard) => ({
-      shard,
-      dag: buildFileDag(shard.bytes, this.#cdc.cuts(shard.bytes)),
-    }));
-    return this.#commit(name, id, dags, undefined, options);
+    return [...shards].sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0));
   }
 
   /**

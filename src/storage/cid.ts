@@ -3,7 +3,7 @@
 // digest is wrapped as a multihash so that any IPFS implementation computes the same CID.
 // Reference: https://github.com/multiformats/cid, https://github.com/multiformats/multihash
 
-import { createHash } from "node:crypto";
+import { createHash, webcrypto } from "node:crypto";
 import * as dagPb from "@ipld/dag-pb";
 import { CID } from "multiformats/cid";
 import * as raw from "multiformats/codecs/raw";
@@ -19,6 +19,12 @@ export function sha256(bytes: Uint8Array): Uint8Array {
 
 export function cidFor(codec: number, bytes: Uint8Array): CID {
   return CID.createV1(codec, Digest.create(sha256Code, sha256(bytes)));
+}
+
+/** cidFor, hashed on libuv's thread pool (WebCrypto), so that many chunks hash on all cores. */
+export async function cidForAsync(codec: number, bytes: Uint8Array): Promise<CID> {
+  const digest = new Uint8Array(await webcrypto.subtle.digest("SHA-256", bytes));
+  return CID.createV1(codec, Digest.create(sha256Code, digest));
 }
 
 /** True when `bytes` hash to `cid`'s multihash (SHA-256 only: other hashes are rejected as unknown). */

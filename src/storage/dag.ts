@@ -11,7 +11,7 @@
 import * as dagPb from "@ipld/dag-pb";
 import { UnixFS } from "ipfs-unixfs";
 import { invariant } from "../common/assert.ts";
-import { type CID, cidFor, dagPbCode, rawCode } from "./cid.ts";
+import { type CID, cidFor, cidForAsync, dagPbCode, rawCode } from "./cid.ts";
 import { dagDepthMax, dagLinksMax, shardNameBytesMax } from "./constants.ts";
 import { corruptBlock, StorageError } from "./errors.ts";
 
@@ -46,17 +46,47 @@ interface Built {
  * `leaves` names their ranges of `data`.
  */
 export function buildFileDag(data: Uint8Array, cuts: readonly number[]): FileDag {
+  return buildFileDagOver(
+    leafRanges(data, cuts).map((r) => ({
+      ...r,
+      cid: cidFor(rawCode, data.subarray(r.offset, r.offset + r.length)),
+    })),
+  );
+}
+
+/** The same DAG with the leaves hashed concurrently on libuv's thread pool (WebCrypto digest). */
+export async function buildFileDagAsync(
+  data: Uint8Array,
+  cuts: readonly number[],
+): Promise<FileDag> {
+  const leaves = await Promise.all(
+    leafRanges(data, cuts).map(async (r) => ({
+      ...r,
+      cid: await cidForAsync(rawCode, data.subarray(r.offset, r.offset + r.length)),
+    })),
+  );
+  return buildFileDagOver(leaves);
+}
+
+function leafRanges(
+  data: Uint8Array,
+  cuts: readonly number[],
+): { offset: number; length: number }[] {
   invariant(cuts.length === 0 || cuts[cuts.length - 1] === data.length, "cuts end at data.length");
-  const leaves: LeafRef[] = [];
-  let level: Built[] = [];
+  const out: { offset: number; length: number }[] = [];
   let start = 0;
   for (const end of cuts.length === 0 ? [0] : cuts) {
     invariant(end >= start, "cuts ascend");
-    const cid = cidFor(rawCode, data.subarray(start, end));
-    leaves.push({ cid, offset: start, length: end - start });
-    level.push({ cid, fileSize: end - start, tsize: end - start });
+    out.push({ offset: start, length: end - start });
     start = end;
   }
+  return out;
+}
+
+/** The UnixFS file DAG over hashed leaves (in order, contiguous from offset 0). */
+function buildFileDagOver(leaves: LeafRef[]): FileDag {
+  let level: Built[] = leaves.map((l) => ({ cid: l.cid, fileSize: l.length, tsize: l.length }));
+  const size = leaves.reduce((s, l) => s + l.length, 0);
   const nodes: DagBlock[] = [];
   while (level.length > 1) {
     const next: Built[] = [];
@@ -81,7 +111,7 @@ export function buildFileDag(data: Uint8Array, cuts: readonly number[]): FileDag
   }
   const top = level[0];
   invariant(top !== undefined, "a DAG has a root");
-  return { root: top.cid, size: data.length, leaves, nodes };
+  return { root: top.cid, size, leaves, nodes };
 }
 
 export function checkShardName(name: string): void {

@@ -84,6 +84,16 @@ describe("tiered checkpoints", () => {
     assert.deepEqual(Buffer.from(back.bytes), Buffer.from(next[0]?.bytes ?? []));
   });
 
+  it("saveAsync (chunks hashed on the thread pool) stores the same checkpoint as save", async () => {
+    const { store } = freshStore("async");
+    const shards = sampleShards();
+    const a = store.save("hot", "sync", shards);
+    const b = await store.saveAsync("hot", "async", shards);
+    assert.equal(b.manifest.root, a.manifest.root);
+    assert.deepEqual(b.manifest.blocks, a.manifest.blocks);
+    assert.equal(b.duplicateChunks, b.chunks, "every chunk deduplicated against the first save");
+  });
+
   it("copies a checkpoint between tiers with the same root, writing only missing chunks", () => {
     const { store } = freshStore("copy");
     const shards = sampleShards();

@@ -173,7 +173,7 @@ export function registerCheckpoint(program: Command, io: CliIO): void {
         const store = openStore(command, opts);
         const bar = progressBar(`save ${id}`);
         const r = await guarded(() =>
-          store.save(tier, id, shards, {
+          store.saveAsync(tier, id, shards, {
             ...(step !== undefined ? { step } : {}),
             onProgress: bar.update,
           }),
