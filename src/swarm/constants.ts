@@ -53,6 +53,9 @@ export const attemptDeadlineMsMax = 30_000;
 export const computeBudgetMsPrior = 2000;
 /** Hedge after max(recent p95, this floor) so that a fast link does not hedge every request. */
 export const hedgeDelayMsMin = 2;
+/** Each call in flight to a node adds this fraction of its median latency to its expected latency
+ * (less than 1: the node batches concurrent calls, so a queued call costs less than a full one). */
+export const inflightLatencyWeight = 0.25;
 /** Unhealthy nodes are probed again after this, doubling per failure up to the max. */
 export const probeIntervalMsMin = 100;
 export const probeIntervalMsMax = 5000;

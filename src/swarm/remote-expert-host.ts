@@ -31,6 +31,7 @@ import {
   computeBudgetMsPrior,
   deadlineP99Multiplier,
   hedgeDelayMsMin,
+  inflightLatencyWeight,
   probeIntervalMsMax,
   probeIntervalMsMin,
 } from "./constants.ts";
@@ -345,12 +346,18 @@ export class RemoteExpertHost implements ExpertHost {
     return Math.max(hedgeDelayMsMin, n.latency.quantile(0.95) as number);
   }
 
-  /** Replicas in the order to try: fresh and healthy first, then by expected latency. */
+  /**
+   * Replicas in the order to try: fresh and healthy first, then by expected latency, where each
+   * call already in flight to a node adds `inflightLatencyWeight` of its median (least outstanding
+   * requests, weighted by latency): under concurrent load the replicas share the work instead of
+   * all of it queueing on the single fastest node.
+   */
   #candidates(id: ExpertId): NodeState[] {
     const k = expertKey(id);
     const replicas = this.#init.registry.replicas(id).map((a) => this.#node(a));
     const fresh = replicas.filter((n) => !n.stale.has(k));
-    const score = (n: NodeState) => (n.healthy ? 0 : 1e9) + this.#expectedMs(n);
+    const score = (n: NodeState) =>
+      (n.healthy ? 0 : 1e9) + this.#expectedMs(n) * (1 + inflightLatencyWeight * n.client.inflight);
     return fresh.sort(
       (a, b) => score(a) - score(b) || a.address.nodeId.localeCompare(b.address.nodeId),
     );
