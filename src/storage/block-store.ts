@@ -19,7 +19,7 @@ import {
   type RecordHeader,
 } from "./block-record.ts";
 import { bytesMatchCid, type CID, parseCid } from "./cid.ts";
-import { deltaChainMax } from "./constants.ts";
+import { chunkBytesMax, deltaChainMax } from "./constants.ts";
 import { corruptBlock, missingBlock, StorageError } from "./errors.ts";
 import { type CrashHook, noCrash } from "./faults.ts";
 import { ByteLru } from "./lru.ts";
@@ -75,10 +75,19 @@ export class BlockStore {
 
   /**
    * Stores `plaintext` under `cid` unless present; returns the bytes written (0 for a duplicate)
-   * and whether the record became a delta.
+   * and whether the record became a delta. The caller derived `cid` from these very bytes (the
+   * DAG builder, or a CAR import that checked them); re-hashing here would cost a second SHA-256
+   * pass over every checkpoint, so only the cheap checks run, and every read verifies the hash.
    */
   put(cid: CID, plaintext: Uint8Array, options: PutOptions): { bytes: number; delta: boolean } {
-    invariant(bytesMatchCid(cid, plaintext), () => `put: bytes do not match ${cid}`);
+    invariant(
+      cid.multihash.code === 0x12 && cid.multihash.digest.length === 32,
+      "put: a SHA-256 CID",
+    );
+    invariant(
+      plaintext.length <= chunkBytesMax,
+      () => `put: ${plaintext.length} B block above the limit`,
+    );
     if (this.has(cid)) return { bytes: 0, delta: false };
     let delta: { ref: DeltaRef; baseBytes: Uint8Array } | undefined;
     if (options.delta !== undefined) {
