@@ -225,12 +225,19 @@ class Tier {
     }
   }
 
+  /** Every manifest, oldest first; throws on an unreadable one (GC must not guess what is live). */
   manifests(): Manifest[] {
+    return this.manifestFiles()
+      .map((path) => readManifest(path))
+      .sort((a, b) => a.createdAtMs - b.createdAtMs || a.id.localeCompare(b.id));
+  }
+
+  manifestFiles(): string[] {
     if (!existsSync(this.manifestDir)) return [];
     return readdirSync(this.manifestDir)
       .filter((n) => n.endsWith(".json") && !n.startsWith("."))
-      .map((n) => readManifest(join(this.manifestDir, n)))
-      .sort((a, b) => a.createdAtMs - b.createdAtMs || a.id.localeCompare(b.id));
+      .sort()
+      .map((n) => join(this.manifestDir, n));
   }
 }
 
@@ -694,11 +701,13 @@ export class CheckpointStore {
         });
       } else throw err;
     };
-    let manifests: Manifest[] = [];
-    try {
-      manifests = tier.manifests();
-    } catch (err) {
-      report(err);
+    const manifests: Manifest[] = [];
+    for (const path of tier.manifestFiles()) {
+      try {
+        manifests.push(readManifest(path));
+      } catch (err) {
+        report(err);
+      }
     }
     const { blocks } = tier.blocks.list();
     const total = manifests.length + blocks.length;

@@ -190,6 +190,30 @@ describe("tiered checkpoints", () => {
     }
   });
 
+  it("a damaged manifest: verify names it, restore refuses, GC refuses to sweep anything", () => {
+    const { dir, store } = freshStore("manifest");
+    store.save("warm", "good", sampleShards());
+    store.save("warm", "bad", [{ name: "other", bytes: floatBytes(12, 3000) }]);
+    const path = join(dir, "warm", "checkpoints", "bad.json");
+    writeFileSync(path, readFileSync(path, "utf8").replace(/"sizeBytes": \d+/, '"sizeBytes": -1'));
+    const before = store.blockStore("warm").list().blocks.length;
+    const problems = store.verify("warm").problems;
+    assert.ok(
+      problems.some((p) => p.file === path && /malformed/.test(p.message)),
+      JSON.stringify(problems),
+    );
+    assert.throws(
+      () => store.restore("warm", "bad"),
+      (e: unknown) => e instanceof StorageError && e.file === path,
+    );
+    assert.throws(
+      () => store.gc("warm"),
+      (e: unknown) => e instanceof StorageError && e.file === path,
+    );
+    assert.equal(store.blockStore("warm").list().blocks.length, before, "nothing swept");
+    assert.equal(store.restore("warm", "good").length, 4);
+  });
+
   it("reports a missing block with its CID and refuses to restore", () => {
     const { dir, store } = freshStore("missing");
     store.save("warm", "m", sampleShards());
