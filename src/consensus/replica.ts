@@ -1,0 +1,1069 @@
+// One coordinator replica: a pure, deterministic state machine of the Jolteon / DiemBFT v4
+// protocol (HotStuff family, 2-chain commit), https://arxiv.org/abs/2106.10362.
+//
+// - Rounds are (view, k). A leader proposes one block per round, extending the highest QC; votes go
+//   to every replica, so each forms the QC itself. Entering round r needs the QC of round r − 1
+//   (same view) or, for k = 0, the timeout certificate (TC) of the previous view.
+// - Voting rule (safety): vote for a block in round r only once (r > lastVotedRound) and only if its
+//   QC is for round r − 1, or it opens the view with a TC and its QC is at least as high as every
+//   high QC reported in the TC. Timing out of a view raises lastVotedRound to the view's last round.
+// - Commit rule (2-chain): a QC for block B2 whose parent B1 is in the directly preceding round of
+//   the same view commits B1 and all its ancestors.
+// - Pacemaker: a replica with work pending (client requests or uncommitted non-empty blocks) that
+//   sees no new round within the timeout — or a request waiting several timeouts (a censoring
+//   leader) — leaves the view and broadcasts a timeout carrying its highest QC; f + 1 timeouts for
+//   a view make others join; 4 form a TC. Timeouts double per consecutive view change.
+//
+// The replica never reads a clock, a random source or a timer: time arrives as `nowMs` arguments,
+// messages through `onMessage`, and effects leave through the injected network and storage. So the
+// simulator can replay any schedule from a seed. Every message is checked; a bad one is dropped
+// with a logged reason and never throws.
+
+import { invariant } from "../common/assert.ts";
+import type { Signer, Verifier } from "../crypto/signature.ts";
+import { checkQc, checkTc, tcHighQcRound } from "./certificates.ts";
+import {
+  batchRequestsMax,
+  censorshipTimeoutViews,
+  fetchBlocksMax,
+  futureRoundsMax,
+  futureViewsMax,
+  leaderTermRoundsMax,
+  mempoolRequestsMax,
+  parkedProposalsMax,
+  quorumSize,
+  replicaCount,
+  retainedCommittedBlocks,
+  roundsPerView,
+  snapshotEveryBlocks,
+  timeoutBackoffExponentMax,
+  weakQuorumSize,
+} from "./constants.ts";
+import { type RegistryResult, RegistryStateMachine, registryOp } from "./registry.ts";
+import type { ReplicaStorage, SessionEntry, Snapshot, WalRecord } from "./storage.ts";
+import {
+  type Block,
+  type BlocksMsg,
+  blockIdOf,
+  type ClientRequest,
+  type FetchMsg,
+  genesisBlock,
+  genesisQc,
+  type Hex,
+  kOf,
+  lastRoundOf,
+  leaderOf,
+  type ProposalMsg,
+  proposalDigest,
+  type QuorumCert,
+  type ReplicaId,
+  type ReplicaMsg,
+  type ReplyMsg,
+  regionsInLeaderOrder,
+  requestKey,
+  roundAt,
+  type SyncMsg,
+  type TimeoutCert,
+  type TimeoutMsg,
+  type TimeoutSig,
+  timeoutDigest,
+  type VoteMsg,
+  viewOf,
+  voteDigest,
+} from "./types.ts";
+
+export interface ReplicaNetwork {
+  /** Sends to another replica (never to itself). */
+  send(to: ReplicaId, msg: ReplicaMsg): void;
+  /** Sends a committed result to the client that asked. */
+  reply(msg: ReplyMsg): void;
+}
+
+export type ReplicaEvent =
+  | { kind: "reject"; from: ReplicaId | string; reason: string }
+  | { kind: "evidence"; against: ReplicaId; reason: string }
+  | { kind: "view-change"; view: number; leader: ReplicaId }
+  | { kind: "timeout"; view: number }
+  | { kind: "info"; message: string };
+
+export interface ReplicaInit {
+  readonly id: ReplicaId;
+  readonly chainId: string;
+  readonly signer: Signer;
+  readonly verifier: Verifier;
+  readonly storage: ReplicaStorage;
+  readonly network: ReplicaNetwork;
+  /** Base of the exponential view timeout (config consensus.view_timeout). */
+  readonly viewTimeoutMs: number;
+  /** Requests per block (config consensus.max_batch). */
+  readonly maxBatch: number;
+  readonly nowMs: number;
+  readonly log?: (event: ReplicaEvent) => void;
+  /** Called once per committed block, in height order, after its commit record is durable. */
+  readonly onCommit?: (block: Block, results: readonly RegistryResult[]) => void;
+}
+
+export interface ReplicaStatus {
+  readonly id: ReplicaId;
+  readonly region: string;
+  readonly view: number;
+  readonly round: number;
+  readonly leader: ReplicaId;
+  readonly leaderRegion: string;
+  readonly committedHeight: number;
+  readonly committedBlockId: Hex;
+  readonly highQcRound: number;
+  readonly lastVotedRound: number;
+  /** Rounds completed by a QC (swarm_consensus_rounds) and views ended by a TC. */
+  readonly roundsTotal: number;
+  readonly viewChangesTotal: number;
+  readonly blocksCommittedTotal: number;
+  readonly requestsCommittedTotal: number;
+  readonly mempoolSize: number;
+  readonly rejectedTotal: number;
+  readonly evidenceTotal: number;
+  /** Request arrival → commit at this replica, over the last commitLatencySamplesMax requests. */
+  readonly commitLatencyMsP50: number;
+  readonly commitLatencyMsP99: number;
+}
+
+export const commitLatencySamplesMax = 4096;
+const orphanBlocksMax = 4 * fetchBlocksMax;
+
+interface VoteSet {
+  readonly round: number;
+  readonly height: number;
+  readonly sigs: Map<ReplicaId, Uint8Array>;
+  certified: boolean;
+}
+
+export class Replica {
+  readonly id: ReplicaId;
+  readonly #chainId: string;
+  readonly #signer: Signer;
+  readonly #verifier: Verifier;
+  readonly #storage: ReplicaStorage;
+  readonly #net: ReplicaNetwork;
+  readonly #timeoutBaseMs: number;
+  readonly #maxBatch: number;
+  readonly #log: (event: ReplicaEvent) => void;
+  readonly #onCommit: ReplicaInit["onCommit"];
+
+  #now: number;
+  // Safety state (persisted before any vote or timeout leaves).
+  #lastVotedRound = 0;
+  #highQc: QuorumCert;
+  // Pacemaker.
+  #view = 0;
+  #round = 1;
+  #lastTc: TimeoutCert | undefined;
+  #timedOutView = -1;
+  #myTimeout: TimeoutMsg | undefined;
+  #roundDeadlineMs: number;
+  #viewStartMs: number;
+  #consecutiveViewChanges = 0;
+  #proposedRound = 0;
+  // Block tree.
+  readonly #blocks = new Map<Hex, Block>();
+  readonly #orphans = new Map<Hex, Block>();
+  readonly #committedIds = new Map<number, Hex>();
+  #committed: Block;
+  #snapshotHeight = 0;
+  readonly #parked: { from: ReplicaId; msg: ProposalMsg }[] = [];
+  readonly #proposalsByRound = new Map<number, Hex>();
+  // Votes and timeouts being collected.
+  readonly #votes = new Map<Hex, VoteSet>();
+  readonly #voteOf = new Map<string, Hex>();
+  readonly #timeouts = new Map<number, Map<ReplicaId, TimeoutSig>>();
+  // Requests and execution.
+  readonly #mempool = new Map<string, { req: ClientRequest; arrivedMs: number }>();
+  readonly #sessions = new Map<string, SessionEntry>();
+  readonly #sm = new RegistryStateMachine();
+  readonly #selfQueue: ReplicaMsg[] = [];
+  #draining = false;
+  #pendingWal: WalRecord[] = [];
+  // Counters.
+  #roundsTotal = 0;
+  #viewChangesTotal = 0;
+  #blocksCommittedTotal = 0;
+  #requestsCommittedTotal = 0;
+  #rejectedTotal = 0;
+  #evidenceTotal = 0;
+  readonly #latencies: number[] = [];
+
+  constructor(init: ReplicaInit) {
+    invariant(
+      init.id >= 0 && init.id < replicaCount,
+      `replica id ${init.id} in [0, ${replicaCount})`,
+    );
+    invariant(init.signer.replicaId === init.id, "a replica signs with its own key");
+    invariant(init.viewTimeoutMs > 0 && init.maxBatch > 0, "positive timeout and batch");
+    this.id = init.id;
+    this.#chainId = init.chainId;
+    this.#signer = init.signer;
+    this.#verifier = init.verifier;
+    this.#storage = init.storage;
+    this.#net = init.network;
+    this.#timeoutBaseMs = init.viewTimeoutMs;
+    this.#maxBatch = Math.min(init.maxBatch, batchRequestsMax);
+    this.#log = init.log ?? (() => {});
+    this.#onCommit = init.onCommit;
+    this.#now = init.nowMs;
+    this.#roundDeadlineMs = init.nowMs + init.viewTimeoutMs;
+    this.#viewStartMs = init.nowMs;
+    const genesis = genesisBlock(init.chainId);
+    this.#committed = genesis;
+    this.#highQc = genesisQc(init.chainId);
+    this.#blocks.set(genesis.id, genesis);
+    this.#committedIds.set(0, genesis.id);
+    this.#recover();
+  }
+
+  // ---- Recovery ---------------------------------------------------------------------------------
+
+  #recover(): void {
+    const { snapshot, records } = this.#storage.load();
+    if (snapshot) {
+      this.#blocks.clear();
+      this.#committedIds.clear();
+      this.#committed = snapshot.block;
+      this.#blocks.set(snapshot.block.id, snapshot.block);
+      this.#committedIds.set(snapshot.block.height, snapshot.block.id);
+      this.#snapshotHeight = snapshot.block.height;
+      this.#sm.restore(snapshot.registry);
+      for (const s of snapshot.sessions) this.#sessions.set(s.clientId, s);
+      this.#lastVotedRound = snapshot.lastVotedRound;
+      this.#highQc = snapshot.highQc;
+    }
+    let commitTarget: Hex | undefined;
+    let commitHeight = this.#committed.height;
+    for (const r of records) {
+      if (r.kind === "block") {
+        if (r.block.height > this.#committed.height) this.#blocks.set(r.block.id, r.block);
+      } else if (r.kind === "safety") {
+        this.#lastVotedRound = Math.max(this.#lastVotedRound, r.lastVotedRound);
+        if (r.highQc.round > this.#highQc.round) this.#highQc = r.highQc;
+      } else if (r.height > commitHeight) {
+        commitHeight = r.height;
+        commitTarget = r.blockId;
+      }
+    }
+    if (commitTarget !== undefined) {
+      const target = this.#blocks.get(commitTarget);
+      invariant(target, `recovered commit record names block ${commitTarget} that the WAL holds`);
+      this.#commitChain(target, false);
+    }
+    const resumeRound = Math.max(this.#highQc.round + 1, this.#lastVotedRound);
+    this.#view = viewOf(resumeRound);
+    this.#round = Math.max(this.#highQc.round + 1, roundAt(this.#view, 0));
+    if (this.#lastVotedRound === lastRoundOf(this.#view)) this.#timedOutView = this.#view;
+    if (records.length > 0 || snapshot)
+      this.#log({
+        kind: "info",
+        message: `recovered at height ${this.#committed.height}, view ${this.#view}, last voted round ${this.#lastVotedRound}`,
+      });
+  }
+
+  // ---- Entry points -----------------------------------------------------------------------------
+
+  onMessage(from: ReplicaId, msg: ReplicaMsg, nowMs: number): void {
+    this.#now = Math.max(this.#now, nowMs);
+    this.#dispatch(from, msg);
+    this.#drain();
+  }
+
+  /** A client's request (from the client edge, not yet validated). */
+  submit(req: ClientRequest, nowMs: number): void {
+    this.#now = Math.max(this.#now, nowMs);
+    this.#onRequest(req);
+    this.#drain();
+  }
+
+  tick(nowMs: number): void {
+    this.#now = Math.max(this.#now, nowMs);
+    const timeout = this.#currentTimeoutMs();
+    if (this.#now >= this.#roundDeadlineMs) {
+      if (this.#timedOutView >= this.#view && this.#myTimeout) {
+        this.#broadcast(this.#myTimeout); // retransmit until a TC forms
+        this.#roundDeadlineMs = this.#now + timeout;
+      } else if (this.#hasWork()) {
+        this.#localTimeout(this.#view);
+      } else {
+        this.#roundDeadlineMs = this.#now + timeout;
+      }
+    } else if (this.#timedOutView < this.#view && this.#censorshipDeadlineMs() <= this.#now) {
+      this.#localTimeout(this.#view);
+    }
+    this.#drain();
+  }
+
+  /** When the driver should call `tick` next. */
+  nextDeadlineMs(): number {
+    if (this.#timedOutView >= this.#view) return this.#roundDeadlineMs;
+    return Math.min(this.#roundDeadlineMs, this.#censorshipDeadlineMs());
+  }
+
+  status(): ReplicaStatus {
+    const sorted = [...this.#latencies].sort((a, b) => a - b);
+    const pct = (p: number) =>
+      sorted[Math.min(sorted.length - 1, Math.floor(p * sorted.length))] ?? 0;
+    const leader = leaderOf(this.#view);
+    return {
+      id: this.id,
+      region: regionsInLeaderOrder[this.id] ?? String(this.id),
+      view: this.#view,
+      round: this.#round,
+      leader,
+      leaderRegion: regionsInLeaderOrder[leader] ?? String(leader),
+      committedHeight: this.#committed.height,
+      committedBlockId: this.#committed.id,
+      highQcRound: this.#highQc.round,
+      lastVotedRound: this.#lastVotedRound,
+      roundsTotal: this.#roundsTotal,
+      viewChangesTotal: this.#viewChangesTotal,
+      blocksCommittedTotal: this.#blocksCommittedTotal,
+      requestsCommittedTotal: this.#requestsCommittedTotal,
+      mempoolSize: this.#mempool.size,
+      rejectedTotal: this.#rejectedTotal,
+      evidenceTotal: this.#evidenceTotal,
+      commitLatencyMsP50: pct(0.5),
+      commitLatencyMsP99: pct(0.99),
+    };
+  }
+
+  /** The committed block at `height`, if still retained (for checkers and state reads). */
+  committedBlockAt(height: number): Hex | undefined {
+    return this.#committedIds.get(height);
+  }
+
+  /** Read-only view of the registry at the committed height (not linearizable on its own). */
+  registrySnapshot() {
+    return this.#sm.snapshot();
+  }
+
+  // ---- Dispatch ---------------------------------------------------------------------------------
+
+  #dispatch(from: ReplicaId, msg: ReplicaMsg): void {
+    switch (msg.type) {
+      case "proposal": {
+        this.#onProposal(from, msg);
+        return;
+      }
+      case "vote": {
+        this.#onVote(from, msg);
+        return;
+      }
+      case "timeout": {
+        this.#onTimeout(from, msg);
+        return;
+      }
+      case "fetch": {
+        this.#onFetch(from, msg);
+        return;
+      }
+      case "blocks": {
+        this.#onBlocks(from, msg);
+        return;
+      }
+      case "sync": {
+        this.#onSync(from, msg);
+        return;
+      }
+    }
+  }
+
+  #drain(): void {
+    if (this.#draining) return;
+    this.#draining = true;
+    try {
+      for (let msg = this.#selfQueue.shift(); msg; msg = this.#selfQueue.shift())
+        this.#dispatch(this.id, msg);
+    } finally {
+      this.#draining = false;
+    }
+  }
+
+  #reject(from: ReplicaId | string, reason: string): void {
+    this.#rejectedTotal += 1;
+    this.#log({ kind: "reject", from, reason });
+  }
+
+  #evidence(against: ReplicaId, reason: string): void {
+    this.#evidenceTotal += 1;
+    this.#log({ kind: "evidence", against, reason });
+  }
+
+  #broadcast(msg: ReplicaMsg): void {
+    for (let to = 0; to < replicaCount; to++) if (to !== this.id) this.#net.send(to, msg);
+  }
+
+  #flushWal(): void {
+    if (this.#pendingWal.length === 0) return;
+    const records = this.#pendingWal;
+    this.#pendingWal = [];
+    this.#storage.append(records);
+  }
+
+  // ---- Requests ---------------------------------------------------------------------------------
+
+  #onRequest(req: ClientRequest): void {
+    if (
+      typeof req?.clientId !== "string" ||
+      req.clientId.length === 0 ||
+      req.clientId.length > 64 ||
+      !Number.isSafeInteger(req.seq) ||
+      req.seq < 1
+    ) {
+      this.#reject("client", "request without a valid clientId and seq");
+      return;
+    }
+    const parsed = registryOp.safeParse(req.op);
+    if (!parsed.success) {
+      this.#reject(req.clientId, `invalid operation: ${parsed.error.issues[0]?.message}`);
+      return;
+    }
+    const session = this.#sessions.get(req.clientId);
+    if (session && session.seq >= req.seq) {
+      if (session.seq === req.seq) this.#sendReply(session, this.#committed.height);
+      return;
+    }
+    const key = requestKey(req);
+    if (this.#mempool.has(key)) return;
+    if (this.#mempool.size >= mempoolRequestsMax) {
+      this.#reject(req.clientId, `mempool full (${mempoolRequestsMax} requests)`);
+      return;
+    }
+    this.#mempool.set(key, {
+      req: { clientId: req.clientId, seq: req.seq, op: parsed.data },
+      arrivedMs: this.#now,
+    });
+    this.#tryPropose();
+  }
+
+  #sendReply(s: SessionEntry, height: number): void {
+    this.#net.reply({
+      type: "reply",
+      clientId: s.clientId,
+      seq: s.seq,
+      replica: this.id,
+      height,
+      result: s.result,
+    });
+  }
+
+  // ---- Proposals and votes ----------------------------------------------------------------------
+
+  #checkBlockShape(b: Block): string | undefined {
+    if (blockIdOf(this.#chainId, b) !== b.id) return "block id does not match its contents";
+    if (b.parentId !== b.qc.blockId) return "block does not extend the block its QC certifies";
+    if (b.height !== b.qc.height + 1) return `block height ${b.height} is not its QC's height + 1`;
+    if (b.round <= b.qc.round)
+      return `block round ${b.round} is not above its QC's round ${b.qc.round}`;
+    if (kOf(b.round) >= roundsPerView - 2) return "block round at the end of a view";
+    if (b.payload.length > this.#maxBatch)
+      return `block carries ${b.payload.length} requests > ${this.#maxBatch}`;
+    return checkQc(b.qc, this.#chainId, this.#verifier);
+  }
+
+  #onProposal(from: ReplicaId, p: ProposalMsg): void {
+    const b = p.block;
+    const view = viewOf(b.round);
+    if (from !== b.author) {
+      this.#reject(from, `proposal by ${b.author} relayed by ${from}`);
+      return;
+    }
+    if (b.author !== leaderOf(view)) {
+      this.#reject(from, `proposal for view ${view} from non-leader ${b.author}`);
+      return;
+    }
+    if (view > this.#view + futureViewsMax) {
+      this.#reject(from, `proposal for future view ${view}`);
+      return;
+    }
+    if (b.round < this.#round && b.round <= this.#lastVotedRound && from !== this.id) {
+      // Old proposal (retransmitted, replayed or late): only useful if it fills a gap in our tree.
+      if (this.#blocks.has(b.id)) return;
+    }
+    if (
+      from !== this.id &&
+      !this.#verifier.verify(b.author, proposalDigest(this.#chainId, b.id), p.sig)
+    ) {
+      this.#reject(from, `proposal ${b.id.slice(0, 8)} has an invalid signature`);
+      return;
+    }
+    const bad = this.#checkBlockShape(b);
+    if (bad) {
+      this.#reject(from, `proposal: ${bad}`);
+      return;
+    }
+    if (p.tc) {
+      const badTc = checkTc(p.tc, this.#chainId, this.#verifier);
+      if (badTc) {
+        this.#reject(from, `proposal: ${badTc}`);
+        return;
+      }
+    }
+    const seen = this.#proposalsByRound.get(b.round);
+    if (seen !== undefined && seen !== b.id) {
+      this.#evidence(
+        b.author,
+        `equivocation: two proposals in round ${b.round} (${seen.slice(0, 8)}, ${b.id.slice(0, 8)})`,
+      );
+      return;
+    }
+    this.#processQc(b.qc, from);
+    if (p.tc) this.#processTc(p.tc);
+    if (!this.#blocks.has(b.parentId)) {
+      if (b.qc.height <= this.#committed.height) {
+        this.#reject(
+          from,
+          `proposal extends ${b.parentId.slice(0, 8)}, not on the committed chain`,
+        );
+        return;
+      }
+      this.#park(from, p);
+      return;
+    }
+    const parent = this.#blocks.get(b.parentId) as Block;
+    if (b.timestampMs < parent.timestampMs) {
+      this.#reject(from, "proposal timestamp below its parent's");
+      return;
+    }
+    if (!this.#extendsCommitted(parent)) {
+      this.#reject(from, `proposal does not extend committed block ${this.#committed.height}`);
+      return;
+    }
+    this.#proposalsByRound.set(b.round, b.id);
+    this.#insertBlock(b);
+
+    // Voting rule (Jolteon): once per round, only in the round we are in, with a QC of the previous
+    // round or a TC whose high QCs this block's QC covers.
+    const r = b.round;
+    const viaQc = kOf(r) >= 1 && b.qc.round === r - 1;
+    const viaTc =
+      kOf(r) === 0 &&
+      p.tc !== undefined &&
+      p.tc.view + 1 === view &&
+      b.qc.round >= tcHighQcRound(p.tc);
+    if (r === this.#round && r > this.#lastVotedRound && (viaQc || viaTc)) {
+      this.#lastVotedRound = r;
+      this.#pendingWal.push({ kind: "safety", lastVotedRound: r, highQc: this.#highQc });
+      this.#flushWal(); // the block and the vote's round are on disk before the vote leaves
+      const sig = this.#signer.sign(voteDigest(this.#chainId, b.id, b.round, b.height));
+      const vote: VoteMsg = {
+        type: "vote",
+        blockId: b.id,
+        round: b.round,
+        height: b.height,
+        author: this.id,
+        sig,
+      };
+      this.#broadcast(vote);
+      this.#selfQueue.push(vote);
+    } else {
+      this.#flushWal();
+    }
+    this.#retryParked();
+    // The new block may complete a 2-chain whose QC (from votes) arrived before the block did.
+    this.#tryCommit(this.#highQc);
+  }
+
+  #extendsCommitted(parent: Block): boolean {
+    let b: Block | undefined = parent;
+    while (b && b.height > this.#committed.height) b = this.#blocks.get(b.parentId);
+    return b !== undefined && b.id === this.#committed.id;
+  }
+
+  #insertBlock(b: Block): void {
+    if (this.#blocks.has(b.id)) return;
+    // A certified block and a different signed proposal in one round: the leader equivocated.
+    const seen = this.#proposalsByRound.get(b.round);
+    if (seen !== undefined && seen !== b.id)
+      this.#evidence(
+        b.author,
+        `equivocation: blocks ${seen.slice(0, 8)} and ${b.id.slice(0, 8)} in round ${b.round}`,
+      );
+    else this.#proposalsByRound.set(b.round, b.id);
+    this.#blocks.set(b.id, b);
+    this.#pendingWal.push({ kind: "block", block: b });
+  }
+
+  #park(from: ReplicaId, p: ProposalMsg): void {
+    if (this.#parked.length >= parkedProposalsMax) this.#parked.shift();
+    this.#parked.push({ from, msg: p });
+    this.#net.send(from, { type: "fetch", blockId: p.block.parentId });
+  }
+
+  #retryParked(): void {
+    const ready = this.#parked.filter((x) => this.#blocks.has(x.msg.block.parentId));
+    if (ready.length === 0) return;
+    for (const x of ready) this.#parked.splice(this.#parked.indexOf(x), 1);
+    for (const x of ready) this.#onProposal(x.from, x.msg);
+  }
+
+  #onVote(from: ReplicaId, v: VoteMsg): void {
+    if (from !== v.author) {
+      this.#reject(from, `vote by ${v.author} relayed by ${from}`);
+      return;
+    }
+    if (v.round <= this.#highQc.round && this.#votes.get(v.blockId)?.certified !== false) {
+      return; // stale: that round is already certified or passed
+    }
+    if (v.round > this.#round + futureRoundsMax || viewOf(v.round) > this.#view + futureViewsMax) {
+      this.#reject(from, `vote for future round ${v.round}`);
+      return;
+    }
+    if (!Number.isSafeInteger(v.height) || v.height <= this.#committed.height) return; // late
+    if (
+      from !== this.id &&
+      !this.#verifier.verify(
+        v.author,
+        voteDigest(this.#chainId, v.blockId, v.round, v.height),
+        v.sig,
+      )
+    ) {
+      this.#reject(from, `vote for round ${v.round} has an invalid signature`);
+      return;
+    }
+    const key = `${v.author}:${v.round}`;
+    const prior = this.#voteOf.get(key);
+    if (prior !== undefined && prior !== v.blockId) {
+      this.#evidence(
+        v.author,
+        `conflicting votes in round ${v.round} (${prior.slice(0, 8)}, ${v.blockId.slice(0, 8)})`,
+      );
+      return;
+    }
+    this.#voteOf.set(key, v.blockId);
+    const ours = this.#proposalsByRound.get(v.round);
+    if (
+      ours !== undefined &&
+      ours !== v.blockId &&
+      !this.#votes.has(v.blockId) &&
+      !this.#blocks.has(v.blockId)
+    )
+      this.#net.send(from, { type: "fetch", blockId: v.blockId }); // another block in our round: look
+    let set = this.#votes.get(v.blockId);
+    if (!set) {
+      set = { round: v.round, height: v.height, sigs: new Map(), certified: false };
+      this.#votes.set(v.blockId, set);
+    }
+    if (set.round !== v.round || set.height !== v.height) {
+      this.#evidence(
+        v.author,
+        `vote for ${v.blockId.slice(0, 8)} with a different round or height`,
+      );
+      return;
+    }
+    set.sigs.set(v.author, v.sig);
+    if (!set.certified && set.sigs.size >= quorumSize) {
+      set.certified = true;
+      const votes = [...set.sigs.entries()]
+        .sort((a, b) => a[0] - b[0])
+        .slice(0, quorumSize)
+        .map(([author, sig]) => ({ author, sig }));
+      this.#processQc({ blockId: v.blockId, round: v.round, height: v.height, votes }, from);
+    }
+  }
+
+  /** Takes in a verified QC: raises the high QC, commits by the 2-chain rule, enters the next round. */
+  #processQc(qc: QuorumCert, from: ReplicaId): void {
+    if (qc.round > this.#highQc.round) this.#highQc = qc;
+    if (qc.votes.length > 0 && !this.#blocks.has(qc.blockId) && qc.height > this.#committed.height)
+      this.#net.send(from === this.id ? leaderOf(viewOf(qc.round)) : from, {
+        type: "fetch",
+        blockId: qc.blockId,
+      });
+    this.#tryCommit(qc);
+    if (qc.round >= this.#round && viewOf(qc.round) >= this.#view) {
+      this.#roundsTotal += 1;
+      this.#enterRound(qc.round + 1);
+    }
+  }
+
+  #tryCommit(qc: QuorumCert): void {
+    const b2 = this.#blocks.get(qc.blockId);
+    if (!b2) return;
+    const b1 = this.#blocks.get(b2.qc.blockId);
+    if (!b1 || b1.height <= this.#committed.height) return;
+    if (viewOf(b1.round) === viewOf(b2.round) && b2.round === b1.round + 1)
+      this.#commitChain(b1, true);
+  }
+
+  #commitChain(target: Block, live: boolean): void {
+    const chain: Block[] = [];
+    let b: Block | undefined = target;
+    while (b && b.height > this.#committed.height) {
+      chain.push(b);
+      b = this.#blocks.get(b.parentId);
+    }
+    // Safety: a committed block always extends the previous one. If it did not, two quorums would
+    // have certified conflicting blocks — the protocol's core guarantee is broken; stop.
+    invariant(
+      b && b.id === this.#committed.id,
+      () => `commit of ${target.id} does not extend committed ${this.#committed.id}`,
+    );
+    chain.reverse();
+    const replies: SessionEntry[] = [];
+    const perBlock: RegistryResult[][] = [];
+    for (const block of chain) {
+      const results: RegistryResult[] = [];
+      for (const req of block.payload) {
+        const key = requestKey(req);
+        const prev = this.#sessions.get(req.clientId);
+        if (prev && prev.seq >= req.seq) {
+          results.push(
+            prev.seq === req.seq ? prev.result : { ok: false, error: "duplicate request" },
+          );
+          this.#mempool.delete(key);
+          continue;
+        }
+        const result = this.#sm.apply(req.op, block.timestampMs);
+        const entry = { clientId: req.clientId, seq: req.seq, result };
+        this.#sessions.set(req.clientId, entry);
+        results.push(result);
+        const waiting = this.#mempool.get(key);
+        if (waiting) {
+          this.#mempool.delete(key);
+          if (live) this.#recordLatency(this.#now - waiting.arrivedMs);
+        }
+        replies.push(entry);
+        this.#requestsCommittedTotal += live ? 1 : 0;
+      }
+      this.#committed = block;
+      this.#committedIds.set(block.height, block.id);
+      perBlock.push(results);
+      if (live) this.#blocksCommittedTotal += 1;
+    }
+    if (!live) return;
+    this.#consecutiveViewChanges = 0;
+    this.#pendingWal.push({
+      kind: "commit",
+      height: this.#committed.height,
+      blockId: this.#committed.id,
+    });
+    this.#flushWal(); // durable before any client hears of it
+    chain.forEach((block, i) => {
+      this.#onCommit?.(block, perBlock[i] ?? []);
+    });
+    for (const r of replies) this.#sendReply(r, this.#committed.height);
+    if (this.#committed.height - this.#snapshotHeight >= snapshotEveryBlocks) this.#takeSnapshot();
+    if (this.#committed.height % 64 === 0) this.#prune();
+  }
+
+  #recordLatency(ms: number): void {
+    if (this.#latencies.length >= commitLatencySamplesMax) this.#latencies.shift();
+    this.#latencies.push(ms);
+  }
+
+  #takeSnapshot(): void {
+    const keep: WalRecord[] = [];
+    for (const b of this.#blocks.values())
+      if (b.height > this.#committed.height) keep.push({ kind: "block", block: b });
+    keep.sort((a, b) =>
+      a.kind === "block" && b.kind === "block" ? a.block.height - b.block.height : 0,
+    );
+    keep.push({ kind: "safety", lastVotedRound: this.#lastVotedRound, highQc: this.#highQc });
+    const snapshot: Snapshot = {
+      block: this.#committed,
+      registry: this.#sm.snapshot(),
+      sessions: [...this.#sessions.values()],
+      lastVotedRound: this.#lastVotedRound,
+      highQc: this.#highQc,
+    };
+    this.#flushWal();
+    this.#storage.saveSnapshot(snapshot, keep);
+    this.#snapshotHeight = this.#committed.height;
+  }
+
+  #prune(): void {
+    const h = this.#committed.height;
+    for (const [id, b] of this.#blocks) {
+      if (
+        b.height < h - retainedCommittedBlocks ||
+        (b.height <= h && this.#committedIds.get(b.height) !== id)
+      )
+        this.#blocks.delete(id);
+    }
+    for (const height of this.#committedIds.keys())
+      if (height < h - retainedCommittedBlocks) this.#committedIds.delete(height);
+    for (const [id, set] of this.#votes)
+      if (set.round < this.#highQc.round - 2 * futureRoundsMax || set.height <= h - 2)
+        this.#votes.delete(id);
+    for (const [key, id] of this.#voteOf) if (!this.#votes.has(id)) this.#voteOf.delete(key);
+    for (const round of this.#proposalsByRound.keys())
+      if (round < this.#round - futureRoundsMax) this.#proposalsByRound.delete(round);
+    for (const view of this.#timeouts.keys())
+      if (view < this.#view - 1) this.#timeouts.delete(view);
+    for (const [id, b] of this.#orphans) if (b.height <= h) this.#orphans.delete(id);
+  }
+
+  // ---- Pacemaker --------------------------------------------------------------------------------
+
+  #currentTimeoutMs(): number {
+    return (
+      this.#timeoutBaseMs * 2 ** Math.min(this.#consecutiveViewChanges, timeoutBackoffExponentMax)
+    );
+  }
+
+  #censorshipDeadlineMs(): number {
+    if (this.#mempool.size === 0) return Number.POSITIVE_INFINITY;
+    const oldest = this.#mempool.values().next().value as { arrivedMs: number };
+    return (
+      Math.max(oldest.arrivedMs, this.#viewStartMs) +
+      censorshipTimeoutViews * this.#currentTimeoutMs()
+    );
+  }
+
+  #hasWork(): boolean {
+    if (this.#mempool.size > 0) return true;
+    let b = this.#blocks.get(this.#highQc.blockId);
+    while (b && b.height > this.#committed.height) {
+      if (b.payload.length > 0) return true;
+      b = this.#blocks.get(b.parentId);
+    }
+    return false;
+  }
+
+  #enterRound(r: number): void {
+    if (r <= this.#round) return;
+    const newView = viewOf(r);
+    this.#round = r;
+    if (newView > this.#view) {
+      this.#view = newView;
+      this.#viewStartMs = this.#now;
+      this.#viewChangesTotal += 1;
+      this.#log({ kind: "view-change", view: newView, leader: leaderOf(newView) });
+    }
+    this.#roundDeadlineMs = this.#now + this.#currentTimeoutMs();
+    this.#tryPropose();
+  }
+
+  #localTimeout(view: number): void {
+    // After a restart the view may be timed out (persisted) without the message: sign it again.
+    if (
+      view < this.#timedOutView ||
+      (view === this.#timedOutView && this.#myTimeout?.view === view)
+    )
+      return;
+    this.#log({ kind: "timeout", view });
+    if (view > this.#view) {
+      this.#view = view;
+      this.#round = roundAt(view, 0);
+      this.#viewStartMs = this.#now;
+    }
+    this.#timedOutView = view;
+    this.#lastVotedRound = Math.max(this.#lastVotedRound, lastRoundOf(view));
+    this.#pendingWal.push({
+      kind: "safety",
+      lastVotedRound: this.#lastVotedRound,
+      highQc: this.#highQc,
+    });
+    this.#flushWal();
+    const sig = this.#signer.sign(timeoutDigest(this.#chainId, view, this.#highQc.round));
+    const msg: TimeoutMsg = {
+      type: "timeout",
+      view,
+      highQc: this.#highQc,
+      author: this.id,
+      sig,
+      ...(this.#lastTc && this.#lastTc.view === view - 1 ? { lastTc: this.#lastTc } : {}),
+    };
+    this.#myTimeout = msg;
+    this.#roundDeadlineMs = this.#now + this.#currentTimeoutMs();
+    this.#broadcast(msg);
+    this.#selfQueue.push(msg);
+  }
+
+  #onTimeout(from: ReplicaId, t: TimeoutMsg): void {
+    if (from !== t.author) {
+      this.#reject(from, `timeout by ${t.author} relayed by ${from}`);
+      return;
+    }
+    // A lagging replica (older view or lower high QC): hand it the certificates that moved us on.
+    if (from !== this.id && (t.view < this.#view || t.highQc.round < this.#highQc.round))
+      this.#net.send(from, {
+        type: "sync",
+        highQc: this.#highQc,
+        ...(this.#lastTc ? { tc: this.#lastTc } : {}),
+      });
+    if (t.view < this.#view) return;
+    if (t.view > this.#view + futureViewsMax) {
+      this.#reject(from, `timeout for future view ${t.view}`);
+      return;
+    }
+    if (
+      from !== this.id &&
+      !this.#verifier.verify(t.author, timeoutDigest(this.#chainId, t.view, t.highQc.round), t.sig)
+    ) {
+      this.#reject(from, `timeout for view ${t.view} has an invalid signature`);
+      return;
+    }
+    const badQc = checkQc(t.highQc, this.#chainId, this.#verifier);
+    if (badQc) {
+      this.#reject(from, `timeout: ${badQc}`);
+      return;
+    }
+    if (t.lastTc) {
+      const badTc = checkTc(t.lastTc, this.#chainId, this.#verifier);
+      if (badTc) {
+        this.#reject(from, `timeout: ${badTc}`);
+        return;
+      }
+    }
+    this.#processQc(t.highQc, from);
+    if (t.lastTc) this.#processTc(t.lastTc);
+    if (t.view < this.#view) return;
+    let set = this.#timeouts.get(t.view);
+    if (!set) {
+      set = new Map();
+      this.#timeouts.set(t.view, set);
+    }
+    set.set(t.author, { author: t.author, highQcRound: t.highQc.round, sig: t.sig });
+    if (set.size >= weakQuorumSize && t.view > this.#timedOutView) this.#localTimeout(t.view);
+    if (set.size >= quorumSize) {
+      const timeouts = [...set.values()].sort((a, b) => a.author - b.author);
+      this.#processTc({ view: t.view, timeouts });
+    }
+  }
+
+  #processTc(tc: TimeoutCert): void {
+    if (tc.view < this.#view) return;
+    if (this.#lastTc === undefined || tc.view > this.#lastTc.view) this.#lastTc = tc;
+    if (roundAt(tc.view + 1, 0) > this.#round) {
+      this.#consecutiveViewChanges += 1;
+      this.#enterRound(roundAt(tc.view + 1, 0));
+    }
+  }
+
+  #tryPropose(): void {
+    const r = this.#round;
+    const view = this.#view;
+    if (leaderOf(view) !== this.id || this.#proposedRound >= r || r <= this.#lastVotedRound) return;
+    if (this.#timedOutView >= view) return;
+    const k = kOf(r);
+    if (k >= roundsPerView - 3 || (this.id !== 0 && k > leaderTermRoundsMax)) return;
+    const parent = this.#blocks.get(this.#highQc.blockId);
+    if (!parent) return;
+    let tc: TimeoutCert | undefined;
+    if (k === 0) {
+      tc = this.#lastTc;
+      if (!tc || tc.view !== view - 1 || this.#highQc.round < tcHighQcRound(tc)) return;
+    } else if (this.#highQc.round !== r - 1) return;
+    // Requests already in the uncommitted chain or executed are not proposed again.
+    const inFlight = new Set<string>();
+    let pendingBlocks = false;
+    for (
+      let b: Block | undefined = parent;
+      b && b.height > this.#committed.height;
+      b = this.#blocks.get(b.parentId)
+    ) {
+      for (const req of b.payload) inFlight.add(requestKey(req));
+      if (b.payload.length > 0) pendingBlocks = true;
+    }
+    const payload: ClientRequest[] = [];
+    for (const [key, { req }] of this.#mempool) {
+      if (payload.length >= this.#maxBatch) break;
+      if (inFlight.has(key)) continue;
+      const s = this.#sessions.get(req.clientId);
+      if (s && s.seq >= req.seq) continue;
+      payload.push(req);
+    }
+    if (payload.length === 0 && !pendingBlocks) return;
+    const fields = {
+      parentId: parent.id,
+      round: r,
+      height: parent.height + 1,
+      author: this.id,
+      timestampMs: Math.max(this.#now, parent.timestampMs),
+      payload,
+      qc: this.#highQc,
+    };
+    const block: Block = { id: blockIdOf(this.#chainId, fields), ...fields };
+    this.#proposedRound = r;
+    const msg: ProposalMsg = {
+      type: "proposal",
+      block,
+      ...(tc ? { tc } : {}),
+      sig: this.#signer.sign(proposalDigest(this.#chainId, block.id)),
+    };
+    // Vote for our own block first (durably), so a restart can never propose twice in a round.
+    this.#onProposal(this.id, msg);
+    this.#broadcast(msg);
+  }
+
+  #onSync(from: ReplicaId, m: SyncMsg): void {
+    if (m.highQc.round <= this.#highQc.round && (!m.tc || m.tc.view < this.#view)) return;
+    const badQc = checkQc(m.highQc, this.#chainId, this.#verifier);
+    if (badQc) {
+      this.#reject(from, `sync: ${badQc}`);
+      return;
+    }
+    if (m.tc) {
+      const badTc = checkTc(m.tc, this.#chainId, this.#verifier);
+      if (badTc) {
+        this.#reject(from, `sync: ${badTc}`);
+        return;
+      }
+    }
+    this.#processQc(m.highQc, from);
+    if (m.tc) this.#processTc(m.tc);
+  }
+
+  // ---- Block fetching ---------------------------------------------------------------------------
+
+  #onFetch(from: ReplicaId, f: FetchMsg): void {
+    if (from === this.id) return;
+    const chain: Block[] = [];
+    let b = this.#blocks.get(f.blockId);
+    while (b && chain.length < fetchBlocksMax && b.height > 0) {
+      chain.push(b);
+      b = this.#blocks.get(b.parentId);
+    }
+    if (chain.length === 0) return;
+    chain.reverse();
+    const msg: BlocksMsg = { type: "blocks", blocks: chain };
+    this.#net.send(from, msg);
+  }
+
+  #onBlocks(from: ReplicaId, m: BlocksMsg): void {
+    if (m.blocks.length > fetchBlocksMax) {
+      this.#reject(from, `blocks response of ${m.blocks.length} > ${fetchBlocksMax}`);
+      return;
+    }
+    for (const b of m.blocks) {
+      if (this.#blocks.has(b.id) || b.height <= this.#committed.height) continue;
+      const bad = this.#checkBlockShape(b);
+      if (bad) {
+        this.#reject(from, `fetched block: ${bad}`);
+        return;
+      }
+      if (this.#orphans.size >= orphanBlocksMax)
+        this.#orphans.delete(this.#orphans.keys().next().value as string);
+      this.#orphans.set(b.id, b);
+    }
+    // Insert every orphan whose parent is known, lowest first, until none connects.
+    let progress = true;
+    while (progress) {
+      progress = false;
+      const ready = [...this.#orphans.values()]
+        .filter((b) => this.#blocks.has(b.parentId))
+        .sort((a, b) => a.height - b.height);
+      for (const b of ready) {
+        this.#orphans.delete(b.id);
+        const parent = this.#blocks.get(b.parentId) as Block;
+        if (!this.#extendsCommitted(parent)) continue;
+        this.#insertBlock(b);
+        this.#processQc(b.qc, from);
+        progress = true;
+      }
+    }
+    this.#flushWal();
+    const lowest = [...this.#orphans.values()].sort((a, b) => a.height - b.height)[0];
+    if (lowest && !this.#blocks.has(lowest.parentId) && lowest.height - 1 > this.#committed.height)
+      this.#net.send(from, { type: "fetch", blockId: lowest.parentId });
+    this.#retryParked();
+    // Blocks we now hold may complete a 2-chain whose QC we saw before the blocks.
+    this.#tryCommit(this.#highQc);
+  }
+}
