@@ -92,8 +92,12 @@ for (let r = 0; r < rounds; r++) {
     const shards = readdirSync(data)
       .sort()
       .map((n) => ({ name: n, bytes: new Uint8Array(readFileSync(join(data, n))) }));
+    const read = seconds(t);
     await store.saveAsync("hot", "bench", shards);
     ours.push(seconds(t));
+    console.log(
+      `  (round ${r}: read ${read.toFixed(2)} s, chunk+hash+write ${(seconds(t) - read).toFixed(2)} s)`,
+    );
     oursBytes = duBytes(join(storeDir, "hot"));
   };
   const runRestic = () => {
