@@ -89,18 +89,28 @@ export class BlockStore {
       () => `put: ${plaintext.length} B block above the limit`,
     );
     if (this.has(cid)) return { bytes: 0, delta: false };
+    // A base that cannot be read (damaged, missing) only costs compression: store the block whole.
+    const readable = <T>(read: () => T): T | undefined => {
+      try {
+        return read();
+      } catch (err) {
+        if (err instanceof StorageError) return undefined;
+        throw err;
+      }
+    };
     let delta: { ref: DeltaRef; baseBytes: Uint8Array } | undefined;
     if (options.delta !== undefined) {
-      invariant(options.delta.baseDepth < deltaChainMax, "delta base below the chain limit");
-      delta = {
-        ref: options.delta,
-        baseBytes: this.baseRange(options.delta.bases, options.delta.offset, plaintext.length),
-      };
+      const ref = options.delta;
+      invariant(ref.baseDepth < deltaChainMax, "delta base below the chain limit");
+      const baseBytes = readable(() => this.baseRange(ref.bases, ref.offset, plaintext.length));
+      if (baseBytes !== undefined) delta = { ref, baseBytes };
     }
     let dict: { ref: DeltaRef; baseBytes: Uint8Array } | undefined;
     if (options.dict !== undefined) {
-      invariant(options.dict.baseDepth < deltaChainMax, "dictionary base below the chain limit");
-      dict = { ref: options.dict, baseBytes: this.get(options.dict.bases[0] as CID) };
+      const ref = options.dict;
+      invariant(ref.baseDepth < deltaChainMax, "dictionary base below the chain limit");
+      const baseBytes = readable(() => this.get(ref.bases[0] as CID));
+      if (baseBytes !== undefined) dict = { ref, baseBytes };
     }
     const record = encodeRecord({
       cid,

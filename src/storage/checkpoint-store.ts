@@ -562,29 +562,38 @@ export class CheckpointStore {
   }
 
   /** The delta reference for `leaf` when the base range at the same offset is similar enough. */
-  #deltaFor(tier: Tier, baseLeaves: LeafRef[] | undefined, leaf: LeafRef, bytes: Uint8Array) {
+  #deltaFor(
+    tier: Tier,
+    baseLeaves: LeafRef[] | undefined,
+    leaf: LeafRef,
+    bytes: Uint8Array,
+  ): DeltaRef | undefined {
     if (baseLeaves === undefined || leaf.length < 16) return undefined;
     const end = leaf.offset + leaf.length;
     const covering = baseLeaves.filter((b) => b.offset < end && b.offset + b.length > leaf.offset);
     if (covering.length === 0 || covering.length > deltaBasesMax) return undefined;
     const first = covering[0] as LeafRef;
     const offset = leaf.offset - first.offset;
-    let baseDepth = 0;
-    for (const b of covering) {
-      if (b.cid.equals(leaf.cid)) return undefined;
-      baseDepth = Math.max(baseDepth, tier.blocks.header(b.cid).depth);
+    try {
+      let baseDepth = 0;
+      for (const b of covering) {
+        if (b.cid.equals(leaf.cid)) return undefined;
+        baseDepth = Math.max(baseDepth, tier.blocks.header(b.cid).depth);
+      }
+      if (baseDepth + 1 > deltaChainMax) return undefined;
+      const bases = covering.map((b) => b.cid);
+      const baseBytes = tier.blocks.baseRange(bases, offset, leaf.length);
+      const resemblance = float32Resemblance(
+        bytes,
+        baseBytes,
+        leaf.offset & 3,
+        similaritySampleWordsMax,
+      );
+      return resemblance < this.#threshold ? undefined : { bases, offset, baseDepth };
+    } catch (err) {
+      if (err instanceof StorageError) return undefined; // a damaged base only costs compression
+      throw err;
     }
-    if (baseDepth + 1 > deltaChainMax) return undefined;
-    const bases = covering.map((b) => b.cid);
-    const baseBytes = tier.blocks.baseRange(bases, offset, leaf.length);
-    const resemblance = float32Resemblance(
-      bytes,
-      baseBytes,
-      leaf.offset & 3,
-      similaritySampleWordsMax,
-    );
-    if (resemblance < this.#threshold) return undefined;
-    return { bases, offset, baseDepth };
   }
 
   /**

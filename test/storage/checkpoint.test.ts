@@ -214,6 +214,24 @@ describe("tiered checkpoints", () => {
     assert.equal(store.restore("warm", "good").length, 4);
   });
 
+  it("a damaged delta base costs compression, never a save", () => {
+    const { store } = freshStore("damaged-base");
+    const w = floatBytes(21, 6000);
+    store.save("warm", "a", [{ name: "w", bytes: w }]);
+    for (const c of store.manifest("warm", "a").blocks) {
+      if (CID.parse(c).code !== 0x55) continue; // damage the chunks, keep the DAG readable
+      const path = store.blockStore("warm").pathOf(c);
+      const b = readFileSync(path);
+      b[b.length - 1] = (b[b.length - 1] as number) ^ 1;
+      writeFileSync(path, b);
+    }
+    const next = perturbed(w, 22, 0.0002);
+    const fresh = openTestStore(store.blockStore("warm").dir.replace(/\/warm\/blocks$/, ""));
+    const r = fresh.save("warm", "b", [{ name: "w", bytes: next }]);
+    assert.equal(r.deltaChunks, 0);
+    assert.deepEqual(Buffer.from(fresh.restore("warm", "b")[0]?.bytes ?? []), Buffer.from(next));
+  });
+
   it("reports a missing block with its CID and refuses to restore", () => {
     const { dir, store } = freshStore("missing");
     store.save("warm", "m", sampleShards());
