@@ -29,13 +29,18 @@ interface StoreOpts {
   key?: string;
 }
 
-function progressBar(label: string): {
+/** A progress bar on stderr (terminals only); `unit` "MB" shows byte counts in megabytes. */
+function progressBar(
+  label: string,
+  unit: "MB" | "blocks" | "items" = "MB",
+): {
   update: (done: number, total: number) => void;
   stop: () => void;
 } {
   if (!process.stderr.isTTY) return { update: () => {}, stop: () => {} };
+  const show = (n: number) => (unit === "MB" ? (n / 1e6).toFixed(1) : String(n));
   const bar = new SingleBar({
-    format: `${label} [{bar}] {percentage}% | {value}/{total}`,
+    format: `${label} [{bar}] {percentage}% | {shown}/{all} ${unit}`,
     stream: process.stderr,
     hideCursor: true,
   });
@@ -43,11 +48,11 @@ function progressBar(label: string): {
   return {
     update: (done, total) => {
       if (!started) {
-        bar.start(total, 0);
+        bar.start(total, 0, { shown: show(0), all: show(total) });
         started = true;
       }
       bar.setTotal(total);
-      bar.update(done);
+      bar.update(done, { shown: show(done), all: show(total) });
     },
     stop: () => {
       if (started) bar.stop();
@@ -255,7 +260,7 @@ export function registerCheckpoint(program: Command, io: CliIO): void {
     const tiers = opts.tier === "all" ? store.tierNames : [tierOf(opts.tier)];
     let problems = 0;
     for (const tier of tiers) {
-      const bar = progressBar(`verify ${tier}`);
+      const bar = progressBar(`verify ${tier}`, "items");
       const r = await guarded(() => store.verify(tier, bar.update)).finally(bar.stop);
       problems += r.problems.length;
       io.out(
@@ -336,7 +341,7 @@ export function registerCheckpoint(program: Command, io: CliIO): void {
     .action(
       async (id: string, file: string, opts: StoreOpts & { shard?: string }, command: Command) => {
         const store = openStore(command, opts);
-        const bar = progressBar(`export ${id}`);
+        const bar = progressBar(`export ${id}`, "blocks");
         const r = await guarded(() =>
           exportCar(store, tierOf(opts.tier), id, file, {
             ...(opts.shard !== undefined ? { shard: opts.shard } : {}),
