@@ -1,13 +1,177 @@
-// `moe-swarm coordinator`: one replica of the BFT registry (issue #6).
+// `moe-swarm coordinator`: one replica of the BFT registry (issue #6), plus the tools around it:
+// key generation, the deterministic simulator (a failing seed reproduces with one command) and a
+// status query.
 
+import { join } from "node:path";
 import type { Command } from "commander";
-import { type CliIO, notBuilt } from "../context.ts";
+import { oneWayLatencySeconds } from "../../config/schema.ts";
+import { RegistryClient } from "../../consensus/client.ts";
+import { generateClusterKeys, loadClusterKeys } from "../../consensus/keys.ts";
+import { CoordinatorNode, clientPort } from "../../consensus/node.ts";
+import { runSimulation } from "../../consensus/sim/simulation.ts";
+import { regionsInLeaderOrder } from "../../consensus/types.ts";
+import { type CliIO, configFor, UsageError } from "../context.ts";
 
-export function registerCoordinator(program: Command, _io: CliIO): void {
-  notBuilt(
-    program,
-    "coordinator",
-    "run one BFT coordinator replica (ORD, IAD, SJC, AMS or SYD)",
-    6,
-  );
+export const portBaseDefault = 7400;
+
+function intOption(name: string, text: string | undefined, fallback: number): number {
+  if (text === undefined) return fallback;
+  const n = Number(text);
+  if (!Number.isSafeInteger(n) || n < 0)
+    throw new UsageError(`${name}: expected a non-negative integer; got "${text}"`);
+  return n;
+}
+
+export function registerCoordinator(program: Command, io: CliIO): void {
+  const cmd = program
+    .command("coordinator")
+    .description(
+      "run one BFT coordinator replica (ORD, IAD, SJC, AMS or SYD); subcommands: keygen, simulate, status",
+    )
+    .option("-r, --region <code>", `which coordinator (${regionsInLeaderOrder.join(", ")})`)
+    .option("--keys <dir>", "directory made by `coordinator keygen`", "./data/coordinator-keys")
+    .option(
+      "--data-dir <dir>",
+      "WAL and snapshots (default: <swarm.data_dir>/coordinators/<region>)",
+    )
+    .option(
+      "--port-base <n>",
+      `replica i listens on n+i, clients on n+10+i`,
+      String(portBaseDefault),
+    )
+    .option("--chain-id <id>", "cluster id bound into every signature", "moe-swarm")
+    .action(
+      async (
+        opts: {
+          region?: string;
+          keys: string;
+          dataDir?: string;
+          portBase: string;
+          chainId: string;
+        },
+        c: Command,
+      ) => {
+        if (!opts.region)
+          throw new UsageError(
+            "coordinator: --region is required (or use a subcommand: keygen, simulate, status)",
+          );
+        const id = regionsInLeaderOrder.indexOf(
+          opts.region as (typeof regionsInLeaderOrder)[number],
+        );
+        if (id < 0)
+          throw new UsageError(
+            `coordinator --region: expected one of ${regionsInLeaderOrder.join(", ")}; got "${opts.region}"`,
+          );
+        const cfg = configFor(c).config;
+        const portBase = intOption("--port-base", opts.portBase, portBaseDefault);
+        let keys: ReturnType<typeof loadClusterKeys>;
+        try {
+          keys = loadClusterKeys(opts.keys, opts.region);
+        } catch (err) {
+          throw new UsageError((err as Error).message);
+        }
+        const { secretKey, publicKeys } = keys;
+        const region = opts.region;
+        const node = new CoordinatorNode({
+          id,
+          chainId: opts.chainId,
+          host: cfg.swarm.host === "0.0.0.0" ? "127.0.0.1" : cfg.swarm.host,
+          portBase,
+          dataDir: opts.dataDir ?? join(cfg.swarm.data_dir, "coordinators", region),
+          secretKey,
+          publicKeys,
+          viewTimeoutMs: cfg.consensus.view_timeout.seconds * 1000,
+          keyEpochMs: cfg.consensus.key_epoch.seconds * 1000,
+          maxBatch: cfg.consensus.max_batch,
+          latencyMs: (peer) =>
+            1000 * oneWayLatencySeconds(cfg, region, regionsInLeaderOrder[peer] as string),
+          log: (line) => io.err(`[${region}] ${line}`),
+        });
+        await node.start();
+        io.out(
+          `coordinator ${region} (replica ${id}) up: peers on ${portBase + id}, clients on ${clientPort(portBase, id)}`,
+        );
+        await new Promise<void>((resolve) => {
+          const stop = () => {
+            node.stop();
+            resolve();
+          };
+          process.once("SIGINT", stop);
+          process.once("SIGTERM", stop);
+        });
+      },
+    );
+
+  cmd
+    .command("keygen")
+    .description("create ML-DSA-65 identity keys for the five coordinators")
+    .requiredOption("--out <dir>", "directory for <REGION>.seed (secret) and public-keys.json")
+    .action((opts: { out: string }) => {
+      generateClusterKeys(opts.out);
+      io.out(
+        `wrote ${regionsInLeaderOrder.map((r) => `${r}.seed`).join(", ")} and public-keys.json to ${opts.out}`,
+      );
+    });
+
+  cmd
+    .command("simulate")
+    .description(
+      "run seeded deterministic simulations (faults + one Byzantine replica); prints failing seeds",
+    )
+    .option("--seed <n>", "first seed", "1")
+    .option("--seeds <n>", "how many consecutive seeds", "1")
+    .option("--ml-dsa", "sign with real ML-DSA-65 instead of the simulation MAC (slow)")
+    .option("-v, --verbose", "print every run's statistics")
+    .action((opts: { seed: string; seeds: string; mlDsa?: boolean; verbose?: boolean }) => {
+      const first = intOption("--seed", opts.seed, 1);
+      const count = intOption("--seeds", opts.seeds, 1);
+      const started = performance.now();
+      const failed: number[] = [];
+      for (let seed = first; seed < first + count; seed++) {
+        const r = runSimulation({
+          seed,
+          ...(opts.mlDsa ? { signatures: "ml-dsa-65" as const } : {}),
+        });
+        if (!r.ok) {
+          failed.push(seed);
+          io.out(
+            `seed ${seed} FAILED: ${r.violations.join("; ")}\n  byzantine: ${JSON.stringify(r.byzantine)}\n  reproduce: ${r.reproduce}`,
+          );
+        } else if (opts.verbose || count === 1) {
+          io.out(
+            `seed ${seed} ok: ${JSON.stringify(r.stats)} byzantine ${JSON.stringify(r.byzantine)}`,
+          );
+          if (count === 1)
+            for (const [reason, n] of r.rejectReasons) io.out(`  rejected ×${n}: ${reason}`);
+        }
+      }
+      const s = (performance.now() - started) / 1000;
+      io.out(`${count - failed.length}/${count} seeds passed in ${s.toFixed(1)} s`);
+      if (failed.length > 0) throw new UsageError(`failing seeds: ${failed.join(", ")}`);
+    });
+
+  cmd
+    .command("status")
+    .description("print each coordinator's view, leader, committed height and counters")
+    .option("--port-base <n>", "as given to the coordinators", String(portBaseDefault))
+    .action(async (opts: { portBase: string }) => {
+      const portBase = intOption("--port-base", opts.portBase, portBaseDefault);
+      const client = new RegistryClient({
+        endpoints: regionsInLeaderOrder.map((_, i) => ({
+          host: "127.0.0.1",
+          port: clientPort(portBase, i),
+        })),
+      });
+      try {
+        for (let i = 0; i < regionsInLeaderOrder.length; i++) {
+          try {
+            io.out(`${regionsInLeaderOrder[i]}: ${JSON.stringify(await client.status(i))}`);
+          } catch (err) {
+            io.out(`${regionsInLeaderOrder[i]}: down (${(err as Error).message})`);
+          }
+        }
+      } finally {
+        client.close();
+      }
+    });
 }

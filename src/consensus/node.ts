@@ -1,0 +1,335 @@
+// A live coordinator process: the pure `Replica` driven by real time, a file WAL with fsync, TCP
+// links to the other four coordinators through the hybrid ML-KEM-768 + X25519 handshake with
+// ML-DSA-65 mutual authentication (crypto/hybrid-link.ts), and a client port for RegistryClient.
+// This file is the only place with sockets and timers; everything it feeds the replica is decoded
+// and validated first, and a bad frame or handshake is logged with its reason and dropped.
+//
+// Inter-region latency of the local emulation is added on the sending side: each frame to peer j
+// leaves after the configured one-way delay between the two regions.
+
+import { createServer, connect as netConnect, type Server, type Socket } from "node:net";
+import {
+  handshake1Bytes,
+  handshakeAccept,
+  handshakeFinish,
+  handshakeRespond,
+  handshakeStart,
+  type LinkCipher,
+  LinkError,
+  type LinkIdentity,
+} from "../crypto/hybrid-link.ts";
+import { MlDsa65Signer, MlDsa65Verifier } from "../crypto/signature.ts";
+import { clientFrame, decodeReplicaMsg, decodeWith, encodeMessage } from "./codec.ts";
+import { messageBytesMax, replicaCount } from "./constants.ts";
+import { FrameReader, writeFrame } from "./framing.ts";
+import { Replica, type ReplicaEvent } from "./replica.ts";
+import type { ReplicaId, ReplicaMsg, ReplyMsg } from "./types.ts";
+import { FileWal } from "./wal.ts";
+
+export interface CoordinatorNodeInit {
+  readonly id: ReplicaId;
+  readonly chainId: string;
+  readonly host: string;
+  /** Replica i listens for peers on portBase + i and for clients on portBase + 10 + i. */
+  readonly portBase: number;
+  readonly dataDir: string;
+  readonly secretKey: Uint8Array;
+  readonly publicKeys: readonly Uint8Array[];
+  readonly viewTimeoutMs: number;
+  readonly keyEpochMs: number;
+  readonly maxBatch: number;
+  /** One-way delay to peer j in ms (0 without emulation). */
+  readonly latencyMs: (peer: ReplicaId) => number;
+  readonly log: (line: string) => void;
+}
+
+export const handshakeTimeoutMs = 5_000;
+export const reconnectDelayMs = 250;
+/** Client connections accepted at once. */
+export const clientConnectionsMax = 1_024;
+
+export function peerPort(portBase: number, id: ReplicaId): number {
+  return portBase + id;
+}
+export function clientPort(portBase: number, id: ReplicaId): number {
+  return portBase + 10 + id;
+}
+
+interface Link {
+  socket: Socket;
+  cipher: LinkCipher;
+}
+
+export class CoordinatorNode {
+  readonly #init: CoordinatorNodeInit;
+  readonly #identity: LinkIdentity;
+  readonly #replica: Replica;
+  readonly #wal: FileWal;
+  readonly #links: (Link | undefined)[] = new Array(replicaCount).fill(undefined);
+  readonly #clients = new Map<string, Socket>();
+  #peerServer: Server | undefined;
+  #clientServer: Server | undefined;
+  #timer: NodeJS.Timeout | undefined;
+  #timerAt = Number.POSITIVE_INFINITY;
+  #stopped = false;
+  readonly #reconnects: NodeJS.Timeout[] = [];
+
+  constructor(init: CoordinatorNodeInit) {
+    this.#init = init;
+    const signer = new MlDsa65Signer(init.id, init.secretKey);
+    const verifier = new MlDsa65Verifier(init.publicKeys);
+    this.#identity = { selfId: init.id, signer, verifier, peers: replicaCount };
+    this.#wal = new FileWal(init.dataDir);
+    const log = (e: ReplicaEvent) => {
+      if (e.kind === "reject") init.log(`reject from ${e.from}: ${e.reason}`);
+      else if (e.kind === "evidence") init.log(`evidence against ${e.against}: ${e.reason}`);
+      else if (e.kind === "view-change") init.log(`view ${e.view}, leader ${e.leader}`);
+      else if (e.kind === "timeout") init.log(`timed out of view ${e.view}`);
+      else init.log(e.message);
+    };
+    this.#replica = new Replica({
+      id: init.id,
+      chainId: init.chainId,
+      signer,
+      verifier,
+      storage: this.#wal,
+      network: { send: (to, msg) => this.#sendToPeer(to, msg), reply: (msg) => this.#reply(msg) },
+      viewTimeoutMs: init.viewTimeoutMs,
+      maxBatch: init.maxBatch,
+      nowMs: Date.now(),
+      log,
+    });
+  }
+
+  get replica(): Replica {
+    return this.#replica;
+  }
+
+  async start(): Promise<void> {
+    const { host, portBase, id } = this.#init;
+    this.#peerServer = createServer((s) => this.#acceptPeer(s));
+    this.#clientServer = createServer((s) => this.#acceptClient(s));
+    this.#clientServer.maxConnections = clientConnectionsMax;
+    await Promise.all([
+      listen(this.#peerServer, host, peerPort(portBase, id)),
+      listen(this.#clientServer, host, clientPort(portBase, id)),
+    ]);
+    for (let j = id + 1; j < replicaCount; j++) this.#dial(j);
+    this.#arm();
+  }
+
+  stop(): void {
+    this.#stopped = true;
+    clearTimeout(this.#timer);
+    for (const t of this.#reconnects) clearTimeout(t);
+    for (const l of this.#links) l?.socket.destroy();
+    for (const s of this.#clients.values()) s.destroy();
+    this.#peerServer?.close();
+    this.#clientServer?.close();
+    this.#wal.close();
+  }
+
+  // ---- Timers -------------------------------------------------------------------------------------
+
+  #arm(): void {
+    if (this.#stopped) return;
+    const at = this.#replica.nextDeadlineMs();
+    if (at >= this.#timerAt && this.#timer) return;
+    clearTimeout(this.#timer);
+    this.#timerAt = at;
+    this.#timer = setTimeout(
+      () => {
+        this.#timerAt = Number.POSITIVE_INFINITY;
+        this.#timer = undefined;
+        this.#replica.tick(Date.now());
+        this.#arm();
+      },
+      Math.max(0, Math.min(at - Date.now(), 2 ** 31 - 1)),
+    );
+  }
+
+  // ---- Peer links ---------------------------------------------------------------------------------
+
+  #epoch(): number {
+    return Math.floor(Date.now() / this.#init.keyEpochMs);
+  }
+
+  #dial(j: ReplicaId): void {
+    if (this.#stopped) return;
+    const s = netConnect(peerPort(this.#init.portBase, j), this.#init.host);
+    s.setNoDelay(true);
+    const reader = new FrameReader(messageBytesMax + 64);
+    const pending = handshakeStart(this.#identity, j, this.#epoch());
+    let stage: "await-2" | "open" = "await-2";
+    const timer = setTimeout(() => s.destroy(), handshakeTimeoutMs);
+    s.on("connect", () => writeFrame(s, pending.msg1));
+    s.on("data", (chunk: Buffer) => {
+      const { frames, error } = reader.push(chunk);
+      for (const f of frames) {
+        if (stage === "await-2") {
+          try {
+            const { msg3, link } = handshakeFinish(this.#identity, pending, f);
+            writeFrame(s, msg3);
+            clearTimeout(timer);
+            stage = "open";
+            this.#setLink(j, { socket: s, cipher: link });
+          } catch (err) {
+            this.#init.log(`link to ${j} refused: ${(err as Error).message}`);
+            s.destroy();
+            return;
+          }
+        } else this.#onLinkFrame(j, f);
+      }
+      if (error) {
+        this.#init.log(`link to ${j}: ${error}`);
+        s.destroy();
+      }
+    });
+    s.on("error", () => s.destroy());
+    s.on("close", () => {
+      clearTimeout(timer);
+      if (this.#links[j]?.socket === s) this.#links[j] = undefined;
+      if (!this.#stopped) this.#reconnects.push(setTimeout(() => this.#dial(j), reconnectDelayMs));
+    });
+  }
+
+  #acceptPeer(s: Socket): void {
+    s.setNoDelay(true);
+    const reader = new FrameReader(messageBytesMax + 64);
+    let stage: "await-1" | "await-3" | "open" = "await-1";
+    let responder: ReturnType<typeof handshakeRespond> | undefined;
+    let peer = -1;
+    const timer = setTimeout(() => s.destroy(), handshakeTimeoutMs);
+    s.on("data", (chunk: Buffer) => {
+      const { frames, error } = reader.push(chunk);
+      for (const f of frames) {
+        try {
+          if (stage === "await-1") {
+            if (f.length !== handshake1Bytes)
+              throw new LinkError("malformed", `handshake 1 of ${f.length} bytes`);
+            responder = handshakeRespond(this.#identity, f);
+            peer = responder.peerId;
+            writeFrame(s, responder.msg2);
+            stage = "await-3";
+          } else if (stage === "await-3" && responder) {
+            const cipher = handshakeAccept(this.#identity, responder, f);
+            clearTimeout(timer);
+            stage = "open";
+            this.#setLink(peer, { socket: s, cipher });
+          } else this.#onLinkFrame(peer, f);
+        } catch (err) {
+          this.#init.log(
+            `link from ${peer >= 0 ? peer : s.remoteAddress} refused: ${(err as Error).message}`,
+          );
+          s.destroy();
+          return;
+        }
+      }
+      if (error) {
+        this.#init.log(`link from ${peer}: ${error}`);
+        s.destroy();
+      }
+    });
+    s.on("error", () => s.destroy());
+    s.on("close", () => {
+      clearTimeout(timer);
+      if (peer >= 0 && this.#links[peer]?.socket === s) this.#links[peer] = undefined;
+    });
+  }
+
+  #setLink(j: ReplicaId, link: Link): void {
+    const old = this.#links[j];
+    this.#links[j] = link;
+    if (old && old.socket !== link.socket) old.socket.destroy();
+    this.#init.log(`link with ${j} up (ML-KEM-768 + X25519, ML-DSA-65 authenticated)`);
+  }
+
+  #onLinkFrame(j: ReplicaId, frame: Uint8Array): void {
+    const link = this.#links[j];
+    if (!link) return;
+    let plain: Uint8Array;
+    try {
+      plain = link.cipher.open(frame);
+    } catch (err) {
+      this.#init.log(`link with ${j} closed: ${(err as Error).message}`);
+      link.socket.destroy();
+      return;
+    }
+    const d = decodeReplicaMsg(plain);
+    if (!d.ok) {
+      this.#init.log(`reject from ${j}: ${d.reason}`);
+      return;
+    }
+    this.#replica.onMessage(j, d.value, Date.now());
+    this.#arm();
+  }
+
+  #sendToPeer(to: ReplicaId, msg: ReplicaMsg): void {
+    const bytes = encodeMessage(msg);
+    const go = () => {
+      const link = this.#links[to];
+      if (!link || link.socket.destroyed) return; // the protocol retransmits what matters
+      link.cipher.rekey(this.#epoch());
+      writeFrame(link.socket, link.cipher.seal(bytes));
+    };
+    const delay = this.#init.latencyMs(to);
+    if (delay > 0) setTimeout(go, delay);
+    else go();
+  }
+
+  // ---- Clients ------------------------------------------------------------------------------------
+
+  #acceptClient(s: Socket): void {
+    s.setNoDelay(true);
+    const reader = new FrameReader(messageBytesMax);
+    const ids = new Set<string>();
+    s.on("data", (chunk: Buffer) => {
+      const { frames, error } = reader.push(chunk);
+      for (const f of frames) {
+        const d = decodeWith(clientFrame, f);
+        if (!d.ok) {
+          this.#init.log(`reject from client ${s.remoteAddress}:${s.remotePort}: ${d.reason}`);
+          continue;
+        }
+        const m = d.value;
+        if (m.type === "status") {
+          writeFrame(
+            s,
+            encodeMessage({
+              type: "status",
+              status: { ...this.#replica.status(), walFsyncs: this.#wal.fsyncs },
+            }),
+          );
+          continue;
+        }
+        ids.add(m.request.clientId);
+        this.#clients.set(m.request.clientId, s);
+        this.#replica.submit(m.request, Date.now());
+        this.#arm();
+      }
+      if (error) {
+        this.#init.log(`client ${s.remoteAddress}: ${error}`);
+        s.destroy();
+      }
+    });
+    s.on("error", () => s.destroy());
+    s.on("close", () => {
+      for (const id of ids) if (this.#clients.get(id) === s) this.#clients.delete(id);
+    });
+  }
+
+  #reply(msg: ReplyMsg): void {
+    const s = this.#clients.get(msg.clientId);
+    if (s && !s.destroyed) writeFrame(s, encodeMessage(msg));
+  }
+}
+
+function listen(server: Server, host: string, port: number): Promise<void> {
+  return new Promise((resolve, reject) => {
+    server.once("error", reject);
+    server.listen(port, host, () => {
+      server.off("error", reject);
+      resolve();
+    });
+  });
+}
