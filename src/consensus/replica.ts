@@ -98,6 +98,8 @@ export interface ReplicaInit {
   /** Requests per block (config consensus.max_batch). */
   readonly maxBatch: number;
   readonly nowMs: number;
+  /** Committed blocks between snapshots (WAL truncation); default snapshotEveryBlocks. */
+  readonly snapshotEveryBlocks?: number;
   readonly log?: (event: ReplicaEvent) => void;
   /** Called once per committed block, in height order, after its commit record is durable. */
   readonly onCommit?: (block: Block, results: readonly RegistryResult[]) => void;
@@ -148,6 +150,7 @@ export class Replica {
   readonly #maxBatch: number;
   readonly #log: (event: ReplicaEvent) => void;
   readonly #onCommit: ReplicaInit["onCommit"];
+  readonly #snapshotEvery: number;
 
   #now: number;
   // Safety state (persisted before any vote or timeout leaves).
@@ -208,6 +211,7 @@ export class Replica {
     this.#maxBatch = Math.min(init.maxBatch, batchRequestsMax);
     this.#log = init.log ?? (() => {});
     this.#onCommit = init.onCommit;
+    this.#snapshotEvery = init.snapshotEveryBlocks ?? snapshotEveryBlocks;
     this.#now = init.nowMs;
     this.#roundDeadlineMs = init.nowMs + init.viewTimeoutMs;
     this.#viewStartMs = init.nowMs;
@@ -747,7 +751,7 @@ export class Replica {
       this.#onCommit?.(block, perBlock[i] ?? []);
     });
     for (const r of replies) this.#sendReply(r, this.#committed.height);
-    if (this.#committed.height - this.#snapshotHeight >= snapshotEveryBlocks) this.#takeSnapshot();
+    if (this.#committed.height - this.#snapshotHeight >= this.#snapshotEvery) this.#takeSnapshot();
     if (this.#committed.height % 64 === 0) this.#prune();
   }
 

@@ -243,6 +243,8 @@ export function runSimulation(options: SimulationOptions): SimulationResult {
       network: net,
       viewTimeoutMs,
       maxBatch: options.maxBatch ?? 16,
+      // Small, so that snapshots and WAL truncation happen (and are crashed through) in every run.
+      snapshotEveryBlocks: 4,
       nowMs: q.nowMs,
       log,
       onCommit: (block) => {
