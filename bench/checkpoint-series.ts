@@ -6,24 +6,16 @@
 // nothing; what helps is float-aware encoding (byte planes, XOR delta against the similar chunk).
 // Run: npx tsx bench/checkpoint-series.ts [d] [h] [steps between checkpoints]
 
-import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import * as zstd from "zstd-napi";
 import { generateOperatorKeyPair } from "../src/crypto/envelope.ts";
 import type { Shard } from "../src/storage/checkpoint-store.ts";
 import { CheckpointStore } from "../src/storage/checkpoint-store.ts";
 import { chunkSizesFromAverage } from "../src/storage/fastcdc.ts";
-import { toBytePlanes, xorBytes } from "../src/storage/float-transform.ts";
 import { tiersIn } from "../test/storage/fixtures/store.ts";
 import { ExpertTrainer } from "../test/storage/fixtures/train-expert.ts";
-import {
-  duBytes,
-  resticBackup,
-  resticInit,
-  resticVersion,
-  zstdPerFileBytes,
-} from "./storage-peers.ts";
+import { duBytes, printPeers, seriesPeers } from "./storage-peers.ts";
 
 const d = Number(process.argv[2] ?? 128);
 const h = Number(process.argv[3] ?? 512);
@@ -57,61 +49,11 @@ console.log(
 );
 
 // ---- peers: restic (one snapshot per checkpoint into one repo) and zstd-9 per file ----
-const restic = resticVersion();
-interface PeerFigures {
-  raw: number;
-  restic: number | undefined;
-  zstd: number;
-  planes: number;
-  xorOracle: number;
-}
-function peers(label: string, select: (s: Shard) => boolean): PeerFigures {
-  const series = checkpoints.map((shards) => shards.filter(select));
-  const raw = series.flat().reduce((s, x) => s + x.bytes.length, 0);
-  const dirs = series.map((shards, c) => {
-    const dir = join(root, `${label}-ckpt-${c}`);
-    mkdirSync(dir);
-    for (const s of shards) writeFileSync(join(dir, s.name), s.bytes);
-    return dir;
-  });
-  let resticBytes: number | undefined;
-  if (restic !== undefined) {
-    const repo = join(root, `${label}-restic`);
-    resticInit(repo);
-    for (const dir of dirs) resticBackup(repo, dir);
-    resticBytes = duBytes(repo);
-  }
-  const zstdPlain = dirs.reduce((s, dir) => s + zstdPerFileBytes(dir), 0);
-  const zstdPlanes = dirs.reduce(
-    (s, dir) => s + zstdPerFileBytes(dir, (b) => (b.length % 4 === 0 ? toBytePlanes(b, 0) : b)),
-    0,
+const peers = (label: string, select: (s: Shard) => boolean) =>
+  seriesPeers(
+    checkpoints.map((shards) => shards.filter(select)),
+    join(root, label),
   );
-  // Whole-file XOR against the previous checkpoint + byte planes + zstd-9 (an oracle that knows the pairs).
-  let xorOracle = 0;
-  series.forEach((shards, c) => {
-    for (const s of shards) {
-      const prev = c > 0 ? series[c - 1]?.find((p) => p.name === s.name) : undefined;
-      const body =
-        prev !== undefined && s.bytes.length % 4 === 0
-          ? toBytePlanes(xorBytes(s.bytes, prev.bytes), 0)
-          : s.bytes;
-      xorOracle += zstd.compress(body, { compressionLevel: 9 }).length;
-    }
-  });
-  return { raw, restic: resticBytes, zstd: zstdPlain, planes: zstdPlanes, xorOracle };
-}
-function printPeers(label: string, f: PeerFigures): void {
-  const fr = (b: number) => (b / f.raw).toFixed(3);
-  console.log(
-    `${label}: raw ${(f.raw / 1e6).toFixed(2)} MB; bytes stored as a fraction of raw (lossless):`,
-  );
-  if (f.restic !== undefined)
-    console.log(`  ${restic?.split(" compiled")[0]} (5 snapshots): ${fr(f.restic)}×`);
-  else console.log("  restic not installed: no restic figure");
-  console.log(`  zstd-9 per file: ${fr(f.zstd)}×`);
-  console.log(`  zstd-9 after byte-plane grouping: ${fr(f.planes)}×`);
-  console.log(`  whole-file XOR vs previous + planes + zstd-9 (oracle): ${fr(f.xorOracle)}×`);
-}
 const allPeers = peers("all", () => true);
 const weightPeers = peers("weights", (s) => s.name.startsWith("expert."));
 const fraction = (bytes: number) => (bytes / raw).toFixed(3);

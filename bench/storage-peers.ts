@@ -3,9 +3,11 @@
 // repository, and plain zstd level 9 per file. Not a benchmark itself: imported by the others.
 
 import { spawnSync } from "node:child_process";
-import { readdirSync, readFileSync, statSync } from "node:fs";
+import { mkdirSync, readdirSync, readFileSync, statSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import * as zstd from "zstd-napi";
+import type { Shard } from "../src/storage/checkpoint-store.ts";
+import { toBytePlanes, xorBytes } from "../src/storage/float-transform.ts";
 
 export function resticVersion(): string | undefined {
   const r = spawnSync("restic", ["version"], { encoding: "utf8" });
@@ -48,4 +50,65 @@ export function zstdPerFileBytes(
     total += zstd.compress(transform(bytes), { compressionLevel: 9 }).length;
   }
   return total;
+}
+
+export interface PeerFigures {
+  readonly raw: number;
+  readonly restic: number | undefined;
+  readonly zstd: number;
+  readonly planes: number;
+  readonly xorOracle: number;
+}
+
+/**
+ * Bytes the peers store for a series of checkpoints: restic (one snapshot per checkpoint into
+ * one repository), zstd-9 per file, zstd-9 after byte-plane grouping, and whole-file XOR against
+ * the previous checkpoint + planes + zstd-9 (an oracle that knows which files pair up).
+ */
+export function seriesPeers(series: readonly Shard[][], workDir: string): PeerFigures {
+  const raw = series.flat().reduce((s, x) => s + x.bytes.length, 0);
+  const dirs = series.map((shards, c) => {
+    const dir = join(workDir, `ckpt-${c}`);
+    mkdirSync(dir, { recursive: true });
+    for (const s of shards) writeFileSync(join(dir, s.name), s.bytes);
+    return dir;
+  });
+  let resticBytes: number | undefined;
+  if (resticVersion() !== undefined) {
+    const repo = join(workDir, "restic");
+    resticInit(repo);
+    for (const dir of dirs) resticBackup(repo, dir);
+    resticBytes = duBytes(repo);
+  }
+  const zstdPlain = dirs.reduce((s, dir) => s + zstdPerFileBytes(dir), 0);
+  const grouped = (b: Uint8Array) => (b.length % 4 === 0 ? toBytePlanes(b, 0) : b);
+  const zstdPlanes = dirs.reduce((s, dir) => s + zstdPerFileBytes(dir, grouped), 0);
+  let xorOracle = 0;
+  series.forEach((shards, c) => {
+    for (const s of shards) {
+      const prev = c > 0 ? series[c - 1]?.find((p) => p.name === s.name) : undefined;
+      const body =
+        prev !== undefined && s.bytes.length % 4 === 0
+          ? toBytePlanes(xorBytes(s.bytes, prev.bytes), 0)
+          : s.bytes;
+      xorOracle += zstd.compress(body, { compressionLevel: 9 }).length;
+    }
+  });
+  return { raw, restic: resticBytes, zstd: zstdPlain, planes: zstdPlanes, xorOracle };
+}
+
+export function printPeers(label: string, f: PeerFigures): void {
+  const fr = (b: number) => (b / f.raw).toFixed(3);
+  console.log(
+    `${label}: raw ${(f.raw / 1e6).toFixed(2)} MB; bytes stored as a fraction of raw (lossless):`,
+  );
+  const restic = resticVersion();
+  if (f.restic !== undefined)
+    console.log(
+      `  ${restic?.split(" compiled")[0]} (one snapshot per checkpoint): ${fr(f.restic)}×`,
+    );
+  else console.log("  restic not installed: no restic figure");
+  console.log(`  zstd-9 per file: ${fr(f.zstd)}×`);
+  console.log(`  zstd-9 after byte-plane grouping: ${fr(f.planes)}×`);
+  console.log(`  whole-file XOR vs previous + planes + zstd-9 (oracle): ${fr(f.xorOracle)}×`);
 }
