@@ -12,13 +12,14 @@
 // computer. Mutual authentication comes from the identity signatures (ML-DSA-65, FIPS 204); a
 // wrong peer, a tampered message or a replayed message 2/3 fails signature verification.
 //
-// Transport frames are ChaCha20-Poly1305 (RFC 8439) with a per-direction 64-bit counter nonce;
+// Transport frames are ChaCha20-Poly1305 (RFC 8439, OpenSSL through node:crypto: ≈ 20× the
+// throughput of the pure-JS cipher, see bench/crypto.ts) with a per-direction 64-bit counter nonce;
 // the receiver accepts only the next counter, so replayed, reordered or dropped frames are errors.
 // Rekeying: at every key epoch both directions ratchet their key with HKDF and erase the old one
 // (forward secrecy between epochs); a reconnect runs a fresh hybrid handshake.
-// All primitives come from the audited @noble libraries; nothing here is hand-rolled crypto.
+// All primitives come from audited libraries (@noble, OpenSSL); nothing here is hand-rolled crypto.
 
-import { chacha20poly1305 } from "@noble/ciphers/chacha.js";
+import { createCipheriv, createDecipheriv } from "node:crypto";
 import { x25519 } from "@noble/curves/ed25519.js";
 import { hkdf } from "@noble/hashes/hkdf.js";
 import { sha256 } from "@noble/hashes/sha2.js";
@@ -283,8 +284,13 @@ export class LinkCipher {
     dv.setUint32(0, d.epoch);
     dv.setBigUint64(4, d.counter);
     d.counter += 1n;
-    const ct = chacha20poly1305(d.key, nonceFor(header), header).encrypt(plaintext);
-    return concat(header, ct);
+    const c = createCipheriv("chacha20-poly1305", d.key, nonceFor(header), {
+      authTagLength: aeadTagBytes,
+    });
+    c.setAAD(header, { plaintextLength: plaintext.length });
+    const body = c.update(plaintext);
+    c.final();
+    return concat(header, body, c.getAuthTag());
   }
 
   open(frame: Uint8Array): Uint8Array {
@@ -310,9 +316,15 @@ export class LinkCipher {
     const key = epoch === d.epoch ? d.key : ratchetChain(d.key, d.epoch, epoch);
     let pt: Uint8Array;
     try {
-      pt = chacha20poly1305(key, nonceFor(header), header).decrypt(
-        frame.subarray(frameHeaderBytes),
-      );
+      const body = frame.subarray(frameHeaderBytes, frame.length - aeadTagBytes);
+      const dec = createDecipheriv("chacha20-poly1305", key, nonceFor(header), {
+        authTagLength: aeadTagBytes,
+      });
+      dec.setAAD(header, { plaintextLength: body.length });
+      dec.setAuthTag(frame.subarray(frame.length - aeadTagBytes));
+      const out = dec.update(body);
+      dec.final();
+      pt = new Uint8Array(out.buffer, out.byteOffset, out.length);
     } catch {
       throw new LinkError("bad-tag", "frame failed authentication");
     }
