@@ -4,6 +4,7 @@
 // tokens/s and p50/p99 request latency for both and the ratio.
 //   npx tsx bench/gateway-generation.ts [tokens]
 
+import { setMaxListeners } from "node:events";
 import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -90,6 +91,8 @@ try {
     await r.json();
   };
   const direct = async (i: number) => {
+    const signal = new AbortController().signal;
+    setMaxListeners(4096, signal); // as the gateway does for each completion
     await inProcess.generate(
       {
         prompt: prompt(i),
@@ -98,7 +101,7 @@ try {
         topP: 1,
         seed: i,
         stop: [],
-        signal: new AbortController().signal,
+        signal,
       },
       () => {},
     );
@@ -119,6 +122,10 @@ try {
       `| ${c} | ${a.tps.toFixed(0)} | ${a.p50.toFixed(0)} | ${a.p99.toFixed(0)} | ${b.tps.toFixed(0)} | ${b.p50.toFixed(0)} | ${b.p99.toFixed(0)} | ${(a.tps / b.tps).toFixed(2)}× |`,
     );
   }
+  const c = gateway.dispatcher.counters;
+  console.log(
+    `gateway dispatcher: ${c.calls} expert calls, ${c.hedges} hedged (${c.hedgeWins} won), ${c.failovers} failovers`,
+  );
   await gateway.close();
   await local.close();
   await kernels.release();

@@ -47,6 +47,7 @@ interface InFlight {
   readonly resolve: (f: Frame) => void;
   readonly reject: (e: Error) => void;
   readonly timer: NodeJS.Timeout;
+  readonly cleanup: (() => void) | undefined;
 }
 
 export class NodeClient {
@@ -87,25 +88,38 @@ export class NodeClient {
       tensors: req.tensors ?? [],
     });
     return new Promise<Frame>((resolve, reject) => {
-      const timer = setTimeout(() => {
-        this.#pending.delete(requestId);
-        reject(new DeadlineError(this.address.nodeId, req.timeoutMs));
-      }, req.timeoutMs);
-      this.#pending.set(requestId, { resolve, reject, timer });
       const signal = req.ctx?.signal;
+      const onAbort = () =>
+        this.#take(requestId)?.reject(
+          signal?.reason instanceof Error ? signal.reason : new Error("aborted"),
+        );
+      const timer = setTimeout(
+        () => this.#take(requestId)?.reject(new DeadlineError(this.address.nodeId, req.timeoutMs)),
+        req.timeoutMs,
+      );
+      // The abort listener is removed when the call settles, so a long-lived signal (one HTTP
+      // request making thousands of expert calls) does not collect listeners.
+      const cleanup = signal ? () => signal.removeEventListener("abort", onAbort) : undefined;
+      this.#pending.set(requestId, { resolve, reject, timer, cleanup });
       if (signal) {
-        const onAbort = () => {
-          const p = this.#pending.get(requestId);
-          if (!p) return;
-          clearTimeout(p.timer);
-          this.#pending.delete(requestId);
-          reject(signal.reason instanceof Error ? signal.reason : new Error("aborted"));
-        };
-        if (signal.aborted) onAbort();
-        else signal.addEventListener("abort", onAbort, { once: true });
+        if (signal.aborted) {
+          onAbort();
+          return;
+        }
+        signal.addEventListener("abort", onAbort, { once: true });
       }
       shapedWrite(socket, this.#shaper, frame);
     });
+  }
+
+  /** Removes a call in flight (timer, abort listener) and returns it, if still pending. */
+  #take(requestId: number): InFlight | undefined {
+    const p = this.#pending.get(requestId);
+    if (!p) return undefined;
+    this.#pending.delete(requestId);
+    clearTimeout(p.timer);
+    p.cleanup?.();
+    return p;
   }
 
   close(): void {
@@ -115,11 +129,8 @@ export class NodeClient {
   }
 
   #failAll(reason: string): void {
-    for (const [id, p] of this.#pending) {
-      clearTimeout(p.timer);
-      this.#pending.delete(id);
-      p.reject(new NodeUnavailableError(this.address.nodeId, reason));
-    }
+    for (const id of [...this.#pending.keys()])
+      this.#take(id)?.reject(new NodeUnavailableError(this.address.nodeId, reason));
   }
 
   #connect(): Promise<Socket> {
@@ -172,10 +183,8 @@ export class NodeClient {
   }
 
   #onFrame(frame: Frame): void {
-    const p = this.#pending.get(frame.requestId);
+    const p = this.#take(frame.requestId);
     if (!p) return; // late answer to a call that already timed out or was hedged away
-    clearTimeout(p.timer);
-    this.#pending.delete(frame.requestId);
     if (frame.kind === FrameKind.error)
       p.reject(new RemoteCallError(frame.scalars[0] ?? 0, frame.text, this.address.nodeId));
     else p.resolve(frame);

@@ -12,6 +12,7 @@
 // Other modules mount routes (issue #8's /metrics, dashboard) through `extraRoutes`, tried first.
 
 import { randomUUID } from "node:crypto";
+import { setMaxListeners } from "node:events";
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from "node:http";
 import { z } from "zod";
 import { invariant } from "../common/assert.ts";
@@ -31,6 +32,8 @@ export const httpRequestsInflightMax = 64;
 export const stopSequencesMax = 4;
 /** Most chat messages in one request. */
 export const chatMessagesMax = 256;
+/** Listeners one completion's abort signal may hold (concurrent expert calls of a layer). */
+export const abortListenersMax = 4096;
 /** How long an idle keep-alive connection is kept open. */
 export const httpKeepAliveMs = 65_000;
 /** Wall-clock budget of one completion; every expert call of it carries what is left. */
@@ -273,6 +276,8 @@ export class OpenAiApi {
     const id = `${chat ? "chatcmpl" : "cmpl"}-${randomUUID()}`;
     const created = Math.floor(Date.now() / 1000);
     const abort = new AbortController();
+    // Every expert call of this completion listens on it: up to all experts of a layer at once.
+    setMaxListeners(abortListenersMax, abort.signal);
     res.on("close", () => {
       if (!res.writableFinished) abort.abort(new Error("client disconnected"));
     });

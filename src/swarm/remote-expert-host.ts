@@ -27,6 +27,7 @@ import {
 import {
   attemptDeadlineMsMax,
   attemptDeadlineMsMin,
+  batchTokensMax,
   callAttemptsMax,
   computeBudgetMsPrior,
   deadlineP99Multiplier,
@@ -58,7 +59,40 @@ export interface RemoteExpertHostInit {
   readonly links?: RegionLinks;
   /** Hedge slow reads to a second replica (default true). */
   readonly hedging?: boolean;
+  /** Coalesce same-turn forward calls for one expert into one wire call (default true). */
+  readonly coalesce?: boolean;
   readonly nowMs?: () => number;
+}
+
+interface ForwardPart {
+  readonly x: Float32Array;
+  readonly tokens: number;
+  readonly ctx: ExpertCallContext | undefined;
+  readonly resolve: (y: Float32Array) => void;
+  readonly reject: (e: unknown) => void;
+}
+
+/** A signal that aborts once all of `signals` have aborted; `dispose` removes its listeners. */
+function allAborted(signals: readonly AbortSignal[]): { signal: AbortSignal; dispose: () => void } {
+  const controller = new AbortController();
+  let left = signals.length;
+  const listeners: [AbortSignal, () => void][] = [];
+  for (const sg of signals) {
+    const one = () => {
+      if (--left === 0) controller.abort(sg.reason);
+    };
+    if (sg.aborted) one();
+    else {
+      sg.addEventListener("abort", one, { once: true });
+      listeners.push([sg, one]);
+    }
+  }
+  return {
+    signal: controller.signal,
+    dispose: () => {
+      for (const [sg, one] of listeners) sg.removeEventListener("abort", one);
+    },
+  };
 }
 
 interface NodeState {
@@ -88,6 +122,7 @@ export class RemoteExpertHost implements ExpertHost {
   /** Expert key → newest weight version any replica reported. */
   readonly #versions = new Map<string, number>();
   readonly #now: () => number;
+  readonly #pendingForward = new Map<string, { id: ExpertId; parts: ForwardPart[] }>();
   #closed = false;
 
   constructor(init: RemoteExpertHostInit) {
@@ -98,13 +133,105 @@ export class RemoteExpertHost implements ExpertHost {
 
   // ---- ExpertHost ------------------------------------------------------------------------------
 
-  async forward(
+  /**
+   * Forward calls for one expert issued in the same event-loop turn (concurrent requests at the
+   * gateway reaching the same layer together) are coalesced into one wire call of their
+   * concatenated rows, up to batchTokensMax tokens; each caller gets back exactly its rows.
+   * Experts are token-wise, so this changes no result, only the number of frames.
+   */
+  forward(
     id: ExpertId,
     x: Float32Array,
     tokens: number,
     ctx?: ExpertCallContext,
   ): Promise<Float32Array> {
     this.#checkRows(x, tokens, "x");
+    if (this.#init.coalesce === false) return this.#forwardNow(id, x, tokens, ctx);
+    return new Promise<Float32Array>((resolve, reject) => {
+      const k = expertKey(id);
+      let batch = this.#pendingForward.get(k);
+      if (!batch) {
+        batch = { id, parts: [] };
+        this.#pendingForward.set(k, batch);
+        setImmediate(() => this.#flushForward(k));
+      }
+      batch.parts.push({ x, tokens, ctx, resolve, reject });
+    });
+  }
+
+  #flushForward(k: string): void {
+    const batch = this.#pendingForward.get(k);
+    this.#pendingForward.delete(k);
+    if (!batch) return;
+    const d = this.#init.dModel;
+    // Callers that already gave up are answered now and not sent.
+    const parts = batch.parts.filter((p) => {
+      if (!p.ctx?.signal?.aborted) return true;
+      p.reject(p.ctx.signal.reason instanceof Error ? p.ctx.signal.reason : new Error("aborted"));
+      return false;
+    });
+    while (parts.length > 0) {
+      const group: ForwardPart[] = [];
+      let tokens = 0;
+      while (
+        parts.length > 0 &&
+        (group.length === 0 || tokens + (parts[0] as ForwardPart).tokens <= batchTokensMax)
+      ) {
+        const p = parts.shift() as ForwardPart;
+        group.push(p);
+        tokens += p.tokens;
+      }
+      if (group.length === 1) {
+        const p = group[0] as ForwardPart;
+        this.#forwardNow(batch.id, p.x, p.tokens, p.ctx).then(p.resolve, p.reject);
+        continue;
+      }
+      this.counters.coalescedCalls += group.length - 1;
+      const x = new Float32Array(tokens * d);
+      let o = 0;
+      for (const p of group) {
+        x.set(p.x, o);
+        o += p.tokens * d;
+      }
+      // The merged call lives as long as its latest caller wants it, and is cancelled only when
+      // every caller has gone away.
+      const deadlines = group.map((p) => p.ctx?.deadlineMs);
+      const deadlineMs = deadlines.some((t) => t === undefined)
+        ? undefined
+        : Math.max(...(deadlines as number[]));
+      const signals = group.map((p) => p.ctx?.signal);
+      const all = signals.every((sg) => sg !== undefined)
+        ? allAborted(signals as AbortSignal[])
+        : undefined;
+      const signal = all?.signal;
+      const ctx: ExpertCallContext = {
+        deadlineMs,
+        signal,
+        traceparent: group[0]?.ctx?.traceparent,
+      };
+      this.#forwardNow(batch.id, x, tokens, ctx).then(
+        (y) => {
+          all?.dispose();
+          let at = 0;
+          for (const p of group) {
+            p.resolve(y.slice(at, at + p.tokens * d));
+            at += p.tokens * d;
+          }
+        },
+        (err: unknown) => {
+          all?.dispose();
+          for (const p of group) p.reject(err);
+        },
+      );
+    }
+  }
+
+  async #forwardNow(
+    id: ExpertId,
+    x: Float32Array,
+    tokens: number,
+    ctx?: ExpertCallContext,
+  ): Promise<Float32Array> {
     const frame = await this.#read(id, ctx, (client, timeoutMs, signal) =>
       client.call({
         op: Op.forward,
@@ -410,8 +537,15 @@ export class RemoteExpertHost implements ExpertHost {
       let started = 0;
       let done = false;
       let hedgeTimer: NodeJS.Timeout | undefined;
+      const callerSignal = ctx?.signal;
+      // One listener on the caller's signal for the whole call, removed when it settles.
+      const onCallerAbort = () => {
+        for (const c of controllers) c.abort(callerSignal?.reason);
+      };
+      callerSignal?.addEventListener("abort", onCallerAbort, { once: true });
       const finish = () => {
         done = true;
+        callerSignal?.removeEventListener("abort", onCallerAbort);
         if (hedgeTimer) clearTimeout(hedgeTimer);
         for (const c of controllers) c.abort(new Error("another replica answered"));
       };
@@ -420,7 +554,6 @@ export class RemoteExpertHost implements ExpertHost {
         this.counters.failedCalls++;
         reject(new NoReplicaError(key, errors));
       };
-      const callerSignal = ctx?.signal;
       const launch = (kind: "first" | "hedge" | "failover"): boolean => {
         if (this.#closed || callerSignal?.aborted) return false;
         // Past the caller's deadline nobody awaits an answer: stop trying.
@@ -438,10 +571,7 @@ export class RemoteExpertHost implements ExpertHost {
         controllers.push(controller);
         const timeoutMs = this.#attemptTimeoutMs(n, ctx);
         const t0 = this.#now();
-        const signal = callerSignal
-          ? AbortSignal.any([callerSignal, controller.signal])
-          : controller.signal;
-        attempt(n.client, timeoutMs, signal).then(
+        attempt(n.client, timeoutMs, controller.signal).then(
           (frame) => {
             running--;
             if (done) return;

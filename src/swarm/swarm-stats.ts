@@ -22,6 +22,8 @@ export interface NodeStats {
 export class DispatchCounters {
   /** Expert calls made by the model (forward + backward + norm + update). */
   calls = 0;
+  /** Forward calls that rode along in another caller's wire call (coalesced in one turn). */
+  coalescedCalls = 0;
   /** Calls that failed after every replica was tried. */
   failedCalls = 0;
   /** Attempts started on another replica after one failed (error, deadline, closed connection). */

@@ -280,3 +280,38 @@ describe("caller cancellation", () => {
     assert.equal(dispatcher.counters.failovers, 0);
   });
 });
+
+describe("coalescing", () => {
+  it("same-turn forward calls for one expert go as one wire call; each caller gets its own rows", async () => {
+    const { dispatcher, swarm, reference } = await setup(noDelay, false);
+    const id = { layer: 0, expert: 2 };
+    const inputs = Array.from({ length: 8 }, (_, i) => randn(100 + i, (1 + (i % 3)) * d));
+    const before = swarm.nodes.reduce((s, n) => s + n.host.forwardCalls, 0);
+    const got = await Promise.all(inputs.map((x) => dispatcher.forward(id, x, x.length / d)));
+    for (const [i, x] of inputs.entries())
+      assert.deepEqual(got[i], await reference.forward(id, x, x.length / d));
+    assert.equal(dispatcher.counters.coalescedCalls, 7);
+    assert.equal(
+      swarm.nodes.reduce((s, n) => s + n.host.forwardCalls, 0) - before,
+      1,
+      "one expert call on the nodes",
+    );
+  });
+
+  it("a caller that aborted is answered alone; the others still get their rows", async () => {
+    const { dispatcher, reference } = await setup(noDelay, false);
+    const id = { layer: 0, expert: 1 };
+    const gone = new AbortController();
+    gone.abort(new Error("went away"));
+    const x = randn(7, d);
+    const [a, b] = await Promise.allSettled([
+      dispatcher.forward(id, x, 1, { signal: gone.signal }),
+      dispatcher.forward(id, x, 1),
+    ]);
+    assert.equal(a.status, "rejected");
+    assert.deepEqual(
+      b.status === "fulfilled" ? b.value : undefined,
+      await reference.forward(id, x, 1),
+    );
+  });
+});
