@@ -41,6 +41,7 @@ import {
   hotCacheBytesMax,
   keepLatestMin,
   shardBytesMax,
+  similarityBytesMin,
   similaritySampleWordsMax,
 } from "./constants.ts";
 import {
@@ -145,9 +146,6 @@ interface SimilarityIndex {
   readonly bySuperFeature: Map<number, string>;
   readonly add: (cid: string, f: Uint32Array) => void;
 }
-
-/** Chunks shorter than this are not indexed for similarity (too few sampled substrings). */
-const similarityBytesMin = 256;
 
 class Tier {
   readonly init: TierInit;

@@ -25,6 +25,8 @@ export const deltaChainMax = 4;
 export const deltaBasesMax = 64;
 /** Words sampled when estimating the similarity of a chunk and its candidate base. */
 export const similaritySampleWordsMax = 4096;
+/** Chunks shorter than this are not indexed for similarity (too few sampled substrings). */
+export const similarityBytesMin = 256;
 /** Checkpoints of each tier that retention never deletes, however old. */
 export const keepLatestMin = 1;
 /** Shard names are UnixFS directory entry names: no '/', no NUL, at most this many bytes. */
