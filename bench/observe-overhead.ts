@@ -17,13 +17,17 @@
 //
 //   npx tsx bench/observe-overhead.ts [--sample 1] [--emulation] [--clients 4] [--tokens 8] [--phase 6] [--rounds 2]
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { createServer } from "node:http";
+import type { AddressInfo } from "node:net";
 import { cpus, loadavg, tmpdir } from "node:os";
 import { join } from "node:path";
 import { parseArgs } from "node:util";
 import { WebSocket } from "ws";
 import { loadConfig } from "../src/config/load.ts";
 import type { ExpertHost } from "../src/model/expert.ts";
+import { routeAll } from "../src/observe/http-route.ts";
 import { SwarmMetrics } from "../src/observe/metrics.ts";
+import { otlpTraceRoute } from "../src/observe/otlp-receiver.ts";
 import { TraceRingBuffer } from "../src/observe/trace-buffer.ts";
 import { TracedExpertHost } from "../src/observe/traced-expert-host.ts";
 import { SwarmTracing } from "../src/observe/tracing.ts";
@@ -45,12 +49,29 @@ const tokens = Number(values.tokens);
 const phaseSeconds = Number(values.phase);
 const rounds = Number(values.rounds);
 
-// ---- 1. the cost of one instrumented expert call, in isolation ---------------------------------
-// A no-op ExpertHost called 50k times in a loop: what TracedExpertHost adds per call. The first
-// figure is taken before any tracer exists; creating one installs OpenTelemetry's
-// AsyncLocalStorage context manager, which on Node 20 makes every promise in the process slightly
-// dearer, so "plain, context manager on" shows that cost alone.
-async function perCallCosts(): Promise<[string, number][]> {
+// ---- 1. what each instrumented operation costs, in isolation -----------------------------------
+// CPU time (process.cpuUsage) per operation, median of 5 runs, on this process alone — robust to
+// other work on the machine, unlike wall-clock throughput:
+//   metrics per expert call   TracedExpertHost with metrics only, minus the plain no-op host;
+//   gateway span per call     TracedExpertHost with tracing only (client span → ring buffer);
+//   node span, exported       a node's server span exported over OTLP/HTTP JSON and received,
+//                             validated and stored by the gateway's receiver (both in this process).
+async function cpuMicros(run: () => Promise<void>, n: number): Promise<number> {
+  const runs: number[] = [];
+  for (let r = 0; r < 5; r++) {
+    const c0 = process.cpuUsage();
+    await run();
+    const c = process.cpuUsage(c0);
+    runs.push((c.user + c.system) / n);
+  }
+  return runs.sort((p, q) => p - q)[2] as number;
+}
+
+async function operationCosts(): Promise<{
+  metricsUs: number;
+  gatewaySpanUs: number;
+  nodeSpanUs: number;
+}> {
   const { config } = loadConfig();
   const y = new Float32Array(64);
   const noop: ExpertHost = {
@@ -61,35 +82,64 @@ async function perCallCosts(): Promise<[string, number][]> {
   };
   const x = new Float32Array(64);
   const id = { layer: 0, expert: 3 };
-  const time = async (host: ExpertHost) => {
-    const runs: number[] = [];
-    for (let r = 0; r < 5; r++) {
-      const t0 = process.hrtime.bigint();
-      for (let i = 0; i < 50_000; i++) await host.forward(id, x, 1);
-      runs.push(Number(process.hrtime.bigint() - t0) / 50_000);
-    }
-    return runs.sort((p, q) => p - q)[2] as number;
+  const calls = 50_000;
+  const loop = (host: ExpertHost) => async () => {
+    for (let i = 0; i < calls; i++) await host.forward(id, x, 1);
   };
-  const out: [string, number][] = [["plain, no tracer in the process", await time(noop)]];
   const metrics = new SwarmMetrics({ config, process: "bench", defaultMetrics: false });
   const tracing = new SwarmTracing({
     serviceName: "bench",
     ringBuffer: new TraceRingBuffer(),
     otlpEndpoint: null,
   });
-  out.push(["plain, context manager on", await time(noop)]);
-  out.push(["metrics only", await time(new TracedExpertHost(noop, { metrics }))]);
-  out.push([
-    "tracing only (span → ring buffer)",
-    await time(new TracedExpertHost(noop, { tracing })),
-  ]);
-  out.push(["metrics + tracing", await time(new TracedExpertHost(noop, { tracing, metrics }))]);
-  return out;
+  await cpuMicros(loop(noop), calls); // warm-up
+  const plain = await cpuMicros(loop(noop), calls);
+  const withMetrics = await cpuMicros(loop(new TracedExpertHost(noop, { metrics })), calls);
+  const withSpans = await cpuMicros(loop(new TracedExpertHost(noop, { tracing })), calls);
+
+  const ring = new TraceRingBuffer();
+  const receiver = createServer(routeAll([otlpTraceRoute(ring)]));
+  await new Promise<void>((r) => receiver.listen(0, "127.0.0.1", r));
+  const url = `http://127.0.0.1:${(receiver.address() as AddressInfo).port}/v1/traces`;
+  const node = new SwarmTracing({
+    serviceName: "AMS-0",
+    otlpEndpoint: url,
+    otlpScheduledDelayMs: 50,
+  });
+  const spans = 1500; // below the batch processor's queue (2048), which drops beyond it
+  const parent = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+  const nodeSpans = async () => {
+    const a0 = ring.added;
+    for (let i = 0; i < spans; i++) {
+      node
+        .startServerSpan("expert.node.forward", parent, {
+          "moe.node": "AMS-0",
+          "moe.expert": "L0.E3",
+          "moe.experts": 1,
+          "moe.tokens": 12,
+          "moe.caller_region": "ORD",
+        })
+        .end();
+    }
+    await node.flush();
+    while (ring.added - a0 < spans) await new Promise((r) => setTimeout(r, 5));
+  };
+  await nodeSpans();
+  const nodeSpanUs = await cpuMicros(nodeSpans, spans);
+  await node.shutdown();
+  receiver.close();
+  return {
+    metricsUs: withMetrics - plain,
+    gatewaySpanUs: withSpans - plain,
+    nodeSpanUs,
+  };
 }
 
-console.log("per expert call, no-op host in process (median of 5 × 50k calls):");
-for (const [name, ns] of await perCallCosts())
-  console.log(`  ${name.padEnd(36)} ${ns.toFixed(0).padStart(6)} ns`);
+const costs = await operationCosts();
+console.log("CPU per instrumented operation (median of 5 runs, this process alone):");
+console.log(`  metrics per expert call            ${costs.metricsUs.toFixed(2)} µs`);
+console.log(`  gateway client span per call       ${costs.gatewaySpanUs.toFixed(2)} µs`);
+console.log(`  node server span, OTLP out and in  ${costs.nodeSpanUs.toFixed(2)} µs`);
 
 // ---- 2. swarm throughput, on vs off ------------------------------------------------------------
 const dir = mkdtempSync(join(tmpdir(), "moe-swarm-observe-bench-"));
@@ -145,11 +195,16 @@ function swarmCpuSeconds(): number {
   return total;
 }
 
-async function phase(
-  on: boolean,
-): Promise<{ on: boolean; rps: number; tps: number; cpuMsPerToken: number }> {
+async function phase(on: boolean): Promise<{
+  on: boolean;
+  rps: number;
+  tps: number;
+  cpuMsPerToken: number;
+  callsPerToken: number;
+}> {
   swarm.setObserving(on);
   await new Promise((r) => setTimeout(r, 500)); // let in-flight requests of the last phase drain
+  const calls0 = swarm.gateway.dispatcher.counters.calls;
   const c0 = completed;
   const g0 = generated;
   const cpu0 = swarmCpuSeconds();
@@ -163,6 +218,7 @@ async function phase(
     rps: (completed - c0) / s,
     tps: tokensDone / s,
     cpuMsPerToken: tokensDone > 0 ? (cpu * 1000) / tokensDone : Number.NaN,
+    callsPerToken: (swarm.gateway.dispatcher.counters.calls - calls0) / tokensDone,
   };
 }
 
@@ -175,7 +231,7 @@ for (const on of order) {
   const p = await phase(on);
   results.push(p);
   console.log(
-    `  phase ${on ? "on " : "off"}: ${p.rps.toFixed(2)} requests/s, ${p.tps.toFixed(1)} tokens/s`,
+    `  phase ${on ? "on " : "off"}: ${p.rps.toFixed(2)} requests/s, ${p.tps.toFixed(1)} tokens/s, ${p.cpuMsPerToken.toFixed(2)} CPU ms/token, ${p.callsPerToken.toFixed(1)} expert calls/token`,
   );
 }
 stop = true;
@@ -207,4 +263,11 @@ console.log(
   `  load average at the end: ${loadavg()
     .map((l) => l.toFixed(1))
     .join(" ")} on ${cpus().length} cores (other work on the machine moves throughput)`,
+);
+const sample = Number(values.sample);
+const callsPerToken = mean(results.map((p) => p.callsPerToken));
+const addedUs =
+  callsPerToken * (2 * costs.metricsUs + sample * (costs.gatewaySpanUs + costs.nodeSpanUs));
+console.log(
+  `  estimate from the isolated costs: ${callsPerToken.toFixed(1)} expert calls per token × (metrics at gateway and node ${(2 * costs.metricsUs).toFixed(1)} µs + ${sample} × spans ${(costs.gatewaySpanUs + costs.nodeSpanUs).toFixed(1)} µs) = ${(addedUs / 1000).toFixed(2)} ms per token = ${((addedUs / 1000 / cpuOff) * 100).toFixed(1)}% of the swarm's ${cpuOff.toFixed(2)} CPU ms per token`,
 );

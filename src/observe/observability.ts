@@ -81,7 +81,11 @@ export interface GatewayObservabilityInit {
   readonly enabled?: () => boolean;
   /** Live-feed tick (default feedSnapshotIntervalSeconds). */
   readonly feedIntervalSeconds?: number;
-  /** Fraction of requests traced (default 1); nodes follow the gateway's decision. */
+  /**
+   * Fraction of requests traced; nodes follow the gateway's decision. Default: 1 in the local
+   * profile (every request inspectable), 0.1 in production, where tracing every expert call of
+   * every request costs more CPU than the 3 % budget (bench/observe-overhead.ts).
+   */
   readonly traceSampleRatio?: number;
 }
 
@@ -99,7 +103,7 @@ export function gatewayObservability(
     serviceName: process,
     ringBuffer: traces,
     resource: { "moe.region": init.region },
-    ...(init.traceSampleRatio !== undefined ? { sampleRatio: init.traceSampleRatio } : {}),
+    sampleRatio: init.traceSampleRatio ?? (config.profile === "production" ? 0.1 : 1),
   });
   const dashboard = new Dashboard({
     metrics,
