@@ -297,7 +297,8 @@ describe("SwarmRecorder", () => {
     r.recordApi({ completionTokens: 5 });
     r.recordApi({ completionTokens: 9 });
     const f = await parseExposition(await m.exposition());
-    const activations = (f.moe_swarm_expert_activations_total?.data as PromData[]).map((d) => [
+    const samples = (name: string) => (f[name]?.data ?? []) as PromData[];
+    const activations = samples("moe_swarm_expert_activations_total").map((d) => [
       d.labels.expert,
       d.value,
     ]);
@@ -306,10 +307,10 @@ describe("SwarmRecorder", () => {
       ["1", 2],
       ["2", 1],
     ]);
-    assert.equal((f.moe_swarm_expert_dropped_tokens_total?.data[0] as PromData).value, 1);
-    assert.equal((f.moe_swarm_replica_failovers_total?.data[0] as PromData).value, 2);
-    assert.equal((f.moe_swarm_consensus_rounds_total?.data[0] as PromData).value, 15);
-    assert.equal((f.moe_swarm_tokens_total?.data[0] as PromData).value, 9);
+    assert.equal(samples("moe_swarm_expert_dropped_tokens_total")[0]?.value, 1);
+    assert.equal(samples("moe_swarm_replica_failovers_total")[0]?.value, 2);
+    assert.equal(samples("moe_swarm_consensus_rounds_total")[0]?.value, 15);
+    assert.equal(samples("moe_swarm_tokens_total")[0]?.value, 9);
     const s = m.snapshot();
     assert.equal(s.consensus?.leader, "IAD");
     assert.equal(s.consensus?.height, 11);
