@@ -83,7 +83,7 @@ export function saveModel(
 }
 
 /** The first path at which two JSON values differ, or undefined if equal. */
-function firstDifference(a: unknown, b: unknown, path = "config"): string | undefined {
+export function firstDifference(a: unknown, b: unknown, path = "config"): string | undefined {
   if (typeof a !== "object" || a === null || typeof b !== "object" || b === null)
     return a === b
       ? undefined
@@ -118,7 +118,7 @@ function decodeSafetensorsChecked(bytes: Uint8Array, source: string) {
   }
 }
 
-function parseStoredConfig(
+export function parseStoredConfig(
   metadata: Readonly<Record<string, string>>,
   source: string,
 ): ModelConfig {

@@ -35,6 +35,20 @@ export interface ExpertUpdate {
   readonly gradScale: number;
 }
 
+/**
+ * Everything an expert's training depends on, for checkpoints that resume bit-exactly: per tensor
+ * (w1, b1, w2, b2) its weights and AdamW first/second moments, float32 row-major.
+ */
+export interface ExpertTrainingState {
+  readonly id: ExpertId;
+  readonly tensors: Readonly<
+    Record<
+      string,
+      { readonly weights: Float32Array; readonly m: Float32Array; readonly v: Float32Array }
+    >
+  >;
+}
+
 export interface ExpertHost {
   /** y = FFN_e(x). `x` is [tokens, d_model] row-major float32; so is the result. */
   forward(
@@ -58,4 +72,14 @@ export interface ExpertHost {
   gradSquaredNorm(ids: readonly ExpertId[]): Promise<number>;
   /** Applies and clears the accumulated gradients of these experts. */
   applyUpdate(ids: readonly ExpertId[], update: ExpertUpdate): Promise<void>;
+  /**
+   * Optional (training checkpoints): copies of these experts' weights and optimizer moments. Only
+   * meaningful between steps, when no gradient is pending. A host without it cannot be resumed.
+   */
+  exportTrainingState?(ids: readonly ExpertId[]): Promise<ExpertTrainingState[]>;
+  /**
+   * Optional: replaces these experts' weights and moments and clears their pending gradients.
+   * Checks every state before changing any, so a rejected input leaves the host as it was.
+   */
+  importTrainingState?(states: readonly ExpertTrainingState[]): Promise<void>;
 }

@@ -25,6 +25,7 @@ import {
   type ExpertCallContext,
   type ExpertHost,
   type ExpertId,
+  type ExpertTrainingState,
   type ExpertUpdate,
   expertKey,
 } from "./expert.ts";
@@ -308,6 +309,61 @@ export class LocalExpertHost implements ExpertHost {
         );
     }
     for (const n of expertTensorNames) e.params[n].set(values[n]);
+  }
+
+  async exportTrainingState(ids: readonly ExpertId[]): Promise<ExpertTrainingState[]> {
+    const experts = ids.map((id) => ({ id, e: this.#get(id) }));
+    if (this.dtype !== "float32")
+      throw new ExpertInputError("exportTrainingState: training checkpoints are float32 only");
+    return experts.map(({ id, e }) => {
+      if (e.pending !== 0)
+        throw new ExpertInputError(
+          `exportTrainingState: ${expertKey(id)} has gradients pending; export between steps`,
+        );
+      const tensors: Record<string, { weights: Float32Array; m: Float32Array; v: Float32Array }> =
+        {};
+      for (const n of expertTensorNames)
+        tensors[n] = {
+          weights: Float32Array.from(e.params[n]),
+          m: Float32Array.from(e.state[n].m),
+          v: Float32Array.from(e.state[n].v),
+        };
+      return { id: { layer: id.layer, expert: id.expert }, tensors };
+    });
+  }
+
+  async importTrainingState(states: readonly ExpertTrainingState[]): Promise<void> {
+    if (this.dtype !== "float32")
+      throw new ExpertInputError("importTrainingState: training checkpoints are float32 only");
+    // Every state is checked before the first buffer is written: all or nothing.
+    const checked = states.map((s) => {
+      const e = this.#get(s.id);
+      const names = Object.keys(s.tensors).sort();
+      if (names.join(",") !== [...expertTensorNames].sort().join(","))
+        throw new ExpertInputError(
+          `${expertKey(s.id)}: expected tensors ${expertTensorNames.join(", ")}; got ${names.join(", ")}`,
+        );
+      for (const n of expertTensorNames) {
+        const t = s.tensors[n] as ExpertTrainingState["tensors"][string];
+        const want = e.params[n].length;
+        for (const part of ["weights", "m", "v"] as const)
+          if (t[part].length !== want)
+            throw new ExpertInputError(
+              `${expertKey(s.id)}.${n}.${part}: expected shape [${expertTensorShape(n, e.params.d, e.params.h)}]; got ${t[part].length} values`,
+            );
+      }
+      return { s, e };
+    });
+    for (const { s, e } of checked) {
+      for (const n of expertTensorNames) {
+        const t = s.tensors[n] as ExpertTrainingState["tensors"][string];
+        e.params[n].set(t.weights);
+        e.state[n].m.set(t.m);
+        e.state[n].v.set(t.v);
+        e.grads[n].fill(0);
+      }
+      e.pending = 0;
+    }
   }
 
   async close(): Promise<void> {

@@ -121,6 +121,34 @@ export class AdamW {
     });
   }
 
+  /** Copies of every parameter's moment buffers, in parameter order (for resuming training). */
+  exportState(): AdamWState[] {
+    return this.#state.map((s) => ({ m: s.m.slice(), v: s.v.slice() }));
+  }
+
+  /**
+   * Replaces every parameter's moments (in parameter order). All are checked before any is
+   * written, so a bad input changes nothing; the checkpoint reader names tensors for its users.
+   */
+  importState(states: readonly AdamWState[]): void {
+    if (states.length !== this.#state.length)
+      throw new RangeError(
+        `AdamW state: expected ${this.#state.length} parameters; got ${states.length}`,
+      );
+    states.forEach((s, i) => {
+      const p = this.#params[i] as Tensor;
+      if (s.m.length !== p.size || s.v.length !== p.size)
+        throw new RangeError(
+          `AdamW state of ${p.name}: expected ${p.size} values; got m ${s.m.length}, v ${s.v.length}`,
+        );
+    });
+    states.forEach((s, i) => {
+      const own = this.#state[i] as AdamWState;
+      own.m.set(s.m);
+      own.v.set(s.v);
+    });
+  }
+
   /** The moment buffers, by parameter name (for resuming training). */
   stateOf(p: Tensor): AdamWState {
     const i = this.#params.indexOf(p);
