@@ -67,6 +67,8 @@ export interface TrainingMeta {
   readonly step: number;
   /** Names the run; checkpoints of a run and its resumptions share it. */
   readonly runId: string;
+  /** The checkpoint this run was resumed from, if any (lineage). */
+  readonly resumedFrom?: string;
   readonly recipe: TrainingRecipe;
   readonly sampler: SamplerPosition;
   /** Kernels that produced the state (bit-exact resume needs the same ones). */
@@ -84,6 +86,7 @@ const metaSchema = z.strictObject({
   format: z.literal(trainingStateFormat),
   step: count,
   runId: z.string().min(1).max(128),
+  resumedFrom: z.string().min(1).max(128).optional(),
   recipe: z.strictObject({
     seed: count,
     batch: z.number().int().min(1),

@@ -3,13 +3,19 @@
 // (warmup + cosine, global-norm clipping) under a progress bar (loss, tokens/s, ETA, validation
 // bits per byte) and saves the weights as safetensors at
 // `<swarm.data_dir>/models/<profile>.safetensors`; generation samples from that file.
+// Training checkpoints its full state (weights, AdamW moments, step, data position, recipe) into
+// the tiered store at `checkpoint_strategy.frequency` (or `--checkpoint-every`), hot always, warm
+// and cold every Nth (src/model/training-checkpoints.ts); `--resume-from <id|latest>` continues a
+// run bit-exactly from any tier.
 
-import { existsSync } from "node:fs";
-import { join } from "node:path";
+import { existsSync, readFileSync } from "node:fs";
+import { join, resolve } from "node:path";
 import { SingleBar } from "cli-progress";
 import type { Command } from "commander";
 import { Prng } from "../../common/prng.ts";
 import type { SwarmConfig } from "../../config/schema.ts";
+import { decodeOperatorKey, EnvelopeError, publicKeyOfSecret } from "../../crypto/envelope.ts";
+import { BatchSampler } from "../../model/batch-sampler.ts";
 import {
   CheckpointError,
   loadModelInto,
@@ -18,12 +24,31 @@ import {
   storedConfig,
 } from "../../model/checkpoint.ts";
 import { modelConfigFrom } from "../../model/config.ts";
-import { mobyDick, sampleBatch, sequentialBatches } from "../../model/dataset.ts";
+import { mobyDick, sequentialBatches } from "../../model/dataset.ts";
 import { generateBytes } from "../../model/generate.ts";
 import { type ExpertBackend, LocalExpertHost } from "../../model/local-expert-host.ts";
 import { learningRate } from "../../model/schedule.ts";
 import { bitsPerByte, Trainer } from "../../model/trainer.ts";
+import {
+  type CheckpointFrequency,
+  coldEveryDefault,
+  newRunId,
+  readTrainingCheckpoint,
+  TrainingCheckpointer,
+  warmEveryDefault,
+} from "../../model/training-checkpoints.ts";
+import {
+  applyTrainingState,
+  type ParsedTrainingState,
+  type TrainingRecipe,
+  TrainingStateError,
+} from "../../model/training-state.ts";
 import { MoeTransformer } from "../../model/transformer.ts";
+import type { CheckpointStore } from "../../storage/checkpoint-store.ts";
+import { StorageError } from "../../storage/errors.ts";
+import { storeFromConfig } from "../../storage/from-config.ts";
+import { type TierName, tierNames } from "../../storage/manifest.ts";
+import { adamwHyper } from "../../tensor/adamw.ts";
 import { OnnxKernels } from "../../tensor/onnx-kernels.ts";
 import { type CliIO, configFor, OperationError, UsageError } from "../context.ts";
 
@@ -80,6 +105,14 @@ interface TrainOptions {
   threads: number;
   out?: string;
   resume?: boolean;
+  resumeFrom?: string;
+  tier: string;
+  key?: string;
+  store?: string;
+  checkpointEvery?: number;
+  warmEvery: number;
+  coldEvery: number;
+  stopAt?: number;
   progress: boolean;
 }
 
@@ -102,6 +135,82 @@ function withCheckpointErrors<T>(fn: () => T): T {
   } catch (err) {
     if (err instanceof CheckpointError) throw new OperationError(err.message);
     throw err;
+  }
+}
+
+/** Expected failures of the checkpoint store and of training state → exit 1 with their message. */
+async function withStoreErrors<T>(fn: () => T | Promise<T>): Promise<T> {
+  try {
+    return await fn();
+  } catch (err) {
+    if (
+      err instanceof StorageError ||
+      err instanceof EnvelopeError ||
+      err instanceof TrainingStateError ||
+      err instanceof CheckpointError
+    )
+      throw new OperationError(err.message);
+    throw err;
+  }
+}
+
+function tierOption(text: string): TierName {
+  if ((tierNames as readonly string[]).includes(text)) return text as TierName;
+  throw new UsageError(`--tier: expected one of ${tierNames.join(", ")}; got "${text}"`);
+}
+
+/** The store of training checkpoints, with the operator key of `--key` (public or secret). */
+function openTrainingStore(cfg: SwarmConfig, opts: TrainOptions): CheckpointStore {
+  const dir = resolve(opts.store ?? join(cfg.swarm.data_dir, "checkpoints"));
+  let keys: { operatorPublicKey?: Uint8Array; operatorSecretKey?: Uint8Array } = {};
+  if (opts.key !== undefined) {
+    let text: string;
+    try {
+      text = readFileSync(opts.key, "utf8");
+    } catch {
+      throw new UsageError(`--key: cannot read ${opts.key}`);
+    }
+    const { kind, key } = (() => {
+      try {
+        return decodeOperatorKey(text, opts.key);
+      } catch (err) {
+        if (err instanceof EnvelopeError) throw new UsageError(`--key: ${err.message}`);
+        throw err;
+      }
+    })();
+    keys =
+      kind === "secret"
+        ? { operatorPublicKey: publicKeyOfSecret(key), operatorSecretKey: key }
+        : { operatorPublicKey: key };
+  }
+  return storeFromConfig(cfg, dir, keys);
+}
+
+/** Flags whose values the recipe of a resumed run fixes, with the recipe's value for each. */
+function recipeFlags(r: TrainingRecipe): [flag: string, key: keyof TrainOptions, value: number][] {
+  return [
+    ["--seed", "seed", r.seed],
+    ["--batch", "batch", r.batch],
+    ["--seq", "seq", r.seq],
+    ["--lr", "lr", r.schedule.peak],
+    ["--min-lr", "minLr", r.schedule.min],
+    ["--warmup", "warmup", r.schedule.warmupSteps],
+    ["--steps", "steps", r.schedule.totalSteps],
+    ["--clip", "clip", r.clipNorm],
+    ["--weight-decay", "weightDecay", r.adamw.weightDecay],
+  ];
+}
+
+/** A resumed run keeps its recipe: a flag given on the command line must agree with it. */
+function checkResumeFlags(r: TrainingRecipe, opts: TrainOptions, cmd: Command, id: string): void {
+  for (const [flag, key, value] of recipeFlags(r)) {
+    if (cmd.getOptionValueSource(key) !== "cli") continue;
+    const given = opts[key];
+    if (given !== value)
+      throw new UsageError(
+        `${flag} ${given} differs from checkpoint ${id}, which was trained with ${flag} ${value}; ` +
+          `a resumed run keeps its recipe so that it continues the same loss curve (omit ${flag})`,
+      );
   }
 }
 
@@ -152,11 +261,43 @@ export function registerModel(program: Command, io: CliIO): void {
     .option("--trunk <k>", "trunk kernels: onnx (onnxruntime) or js", trunkOption, "onnx")
     .option("--threads <n>", "onnxruntime intra-op threads", intOption("threads", 1, 64), 1)
     .option("--out <file>", "where to save (default <swarm.data_dir>/models/<profile>.safetensors)")
-    .option("--resume", "start from the weights at --out if the file exists")
+    .option("--resume", "start from the weights at --out if the file exists (weights only)")
+    .option(
+      "--resume-from <id>",
+      "continue a run bit-exactly from a training checkpoint in the store (an id, or latest)",
+    )
+    .option("--tier <name>", "tier to resume from: hot, warm or cold", tierOption, "hot")
+    .option(
+      "--key <file>",
+      "operator ML-KEM-768 key (public: also seal checkpoints into cold; secret: also resume from cold)",
+    )
+    .option("--store <dir>", "checkpoint store folder (default: <swarm.data_dir>/checkpoints)")
+    .option(
+      "--checkpoint-every <n>",
+      "checkpoint every n steps (default: checkpoint_strategy.frequency; 0 = never)",
+      intOption("checkpoint-every", 0),
+    )
+    .option(
+      "--warm-every <n>",
+      "copy every n-th checkpoint to the warm tier (0 = never)",
+      intOption("warm-every", 0),
+      warmEveryDefault,
+    )
+    .option(
+      "--cold-every <n>",
+      "seal every n-th checkpoint into the cold tier when --key is given (0 = never)",
+      intOption("cold-every", 0),
+      coldEveryDefault,
+    )
+    .option(
+      "--stop-at <step>",
+      "stop after this step; the schedule still spans --steps (resume later with --resume-from)",
+      intOption("stop-at", 1),
+    )
     .option("--no-progress", "print one line per validation instead of a progress bar")
     .action(async (opts: TrainOptions, cmd: Command) => {
       const { config: cfg } = configFor(cmd);
-      await train(cfg, opts, io);
+      await train(cfg, opts, io, cmd);
     });
 
   program
@@ -220,13 +361,41 @@ export function registerModel(program: Command, io: CliIO): void {
     });
 }
 
-async function train(cfg: SwarmConfig, opts: TrainOptions, io: CliIO): Promise<void> {
+async function train(cfg: SwarmConfig, opts: TrainOptions, io: CliIO, cmd: Command): Promise<void> {
   const mc = modelConfigFrom(cfg);
-  const T = opts.seq ?? mc.context;
+  if (opts.resume && opts.resumeFrom !== undefined)
+    throw new UsageError(
+      "--resume (weights only) and --resume-from (full training state) exclude each other",
+    );
+  const frequency: CheckpointFrequency | null =
+    opts.checkpointEvery === undefined
+      ? cfg.checkpoint_strategy.frequency
+      : opts.checkpointEvery === 0
+        ? null
+        : {
+            kind: "steps",
+            steps: opts.checkpointEvery,
+            text: `every_${opts.checkpointEvery}_steps`,
+          };
+  const store =
+    frequency !== null || opts.resumeFrom !== undefined ? openTrainingStore(cfg, opts) : null;
+  // Resuming: read and verify the whole checkpoint before building anything.
+  let resumed: { id: string; state: ParsedTrainingState } | undefined;
+  if (opts.resumeFrom !== undefined && store !== null) {
+    const name = opts.resumeFrom;
+    resumed = await withStoreErrors(() =>
+      readTrainingCheckpoint(store, tierOption(opts.tier), name),
+    );
+    checkResumeFlags(resumed.state.meta.recipe, opts, cmd, resumed.id);
+  }
+  const fixed = resumed?.state.meta.recipe;
+  const T = fixed?.seq ?? opts.seq ?? mc.context;
   if (T > mc.context)
     throw new UsageError(`--seq: at most model.context_length (${mc.context}); got ${T}`);
+  const batchSize = fixed?.batch ?? opts.batch;
+  const clipNorm = fixed?.clipNorm ?? opts.clip;
   const out = opts.out ?? defaultModelPath(cfg);
-  const adamw = { weightDecay: opts.weightDecay };
+  const adamw = fixed?.adamw ?? adamwHyper({ weightDecay: opts.weightDecay });
   const host = await LocalExpertHost.create(mc, {
     backend: opts.backend,
     threads: opts.threads,
@@ -239,25 +408,74 @@ async function train(cfg: SwarmConfig, opts: TrainOptions, io: CliIO): Promise<v
       withCheckpointErrors(() => loadModelInto(readModelFile(out), model, host, out));
       io.err(`resumed weights from ${out}`);
     }
-    const trainer = new Trainer(model, { adamw, clipNorm: opts.clip });
+    const trainer = new Trainer(model, { adamw, clipNorm });
     const data = mobyDick();
-    const valBatches = sequentialBatches(data.validation, opts.batch, T, opts.evalWindows);
-    const rng = new Prng(opts.seed ?? mc.seed);
-    const budgetMs = opts.minutes === undefined ? Number.POSITIVE_INFINITY : opts.minutes * 60_000;
-    let totalSteps = opts.steps ?? (opts.minutes === undefined ? 1000 : Number.POSITIVE_INFINITY);
-    const fitToBudget = !Number.isFinite(totalSteps);
-    const schedule = () => ({
-      peak: opts.lr,
-      min: opts.minLr ?? opts.lr / 10,
-      warmupSteps:
-        opts.warmup ??
-        Math.max(1, Math.round(0.05 * (Number.isFinite(totalSteps) ? totalSteps : 1000))),
-      totalSteps: Number.isFinite(totalSteps) ? totalSteps : 1000,
+    const kernelNames = { experts: host.backend, trunk: opts.trunk };
+    let sampler = new BatchSampler(data.train, batchSize, T, {
+      seed: opts.seed ?? mc.seed,
+      draws: 0,
     });
+    if (resumed !== undefined) {
+      const { id, state } = resumed;
+      await withStoreErrors(() => applyTrainingState(state, trainer, `checkpoint ${id}`, fixed));
+      sampler = new BatchSampler(data.train, batchSize, T, state.meta.sampler);
+      io.err(
+        `resumed ${id} from the ${opts.tier} tier at step ${trainer.step}/${state.meta.recipe.schedule.totalSteps} (run ${state.meta.runId})`,
+      );
+      const k = state.meta.kernels;
+      if (k.experts !== kernelNames.experts || k.trunk !== kernelNames.trunk)
+        io.err(
+          `note: the checkpoint was trained with experts on ${k.experts}, trunk on ${k.trunk}; ` +
+            `this run uses ${kernelNames.experts}/${kernelNames.trunk}, so the curve continues within float rounding, not bit-exactly`,
+        );
+    }
+    if (resumed !== undefined && trainer.step >= resumed.state.meta.recipe.schedule.totalSteps) {
+      io.out(
+        `checkpoint ${resumed.id} is at the last step (${trainer.step}) of its schedule: nothing to train; ${out} is unchanged`,
+      );
+      return;
+    }
+    const valBatches = sequentialBatches(data.validation, batchSize, T, opts.evalWindows);
+    const budgetMs = opts.minutes === undefined ? Number.POSITIVE_INFINITY : opts.minutes * 60_000;
+    let totalSteps =
+      fixed?.schedule.totalSteps ??
+      opts.steps ??
+      (opts.minutes === undefined ? 1000 : Number.POSITIVE_INFINITY);
+    const fitToBudget = !Number.isFinite(totalSteps);
+    const schedule = () =>
+      fixed?.schedule ?? {
+        peak: opts.lr,
+        min: opts.minLr ?? opts.lr / 10,
+        warmupSteps:
+          opts.warmup ??
+          Math.max(1, Math.round(0.05 * (Number.isFinite(totalSteps) ? totalSteps : 1000))),
+        totalSteps: Number.isFinite(totalSteps) ? totalSteps : 1000,
+      };
+    const recipe = (): TrainingRecipe => ({
+      seed: sampler.seed,
+      batch: batchSize,
+      seq: T,
+      schedule: schedule(),
+      clipNorm,
+      adamw: trainer.optimizer.hyper,
+    });
+    const runId = newRunId(Date.now());
+    const checkpointer =
+      store !== null && frequency !== null
+        ? new TrainingCheckpointer(store, {
+            frequency,
+            warmEvery: opts.warmEvery,
+            coldEvery: opts.coldEvery,
+            coldEnabled: opts.key !== undefined,
+          })
+        : null;
     io.err(
       `training ${mc.tiers.map((t) => `${t.name} ${t.experts}×${t.activation}`).join(", ")}; d_model ${mc.dModel}, ` +
-        `batch ${opts.batch}×${T} bytes, ${data.train.length} train / ${data.validation.length} validation bytes, ` +
-        `experts on ${host.backend}, trunk on ${opts.trunk}, ${opts.threads} thread(s)`,
+        `batch ${batchSize}×${T} bytes, ${data.train.length} train / ${data.validation.length} validation bytes, ` +
+        `experts on ${host.backend}, trunk on ${opts.trunk}, ${opts.threads} thread(s)` +
+        (checkpointer === null
+          ? "; no checkpoints"
+          : `; checkpoints ${frequency?.text} into ${resolve(opts.store ?? join(cfg.swarm.data_dir, "checkpoints"))} as ${runId}-step-N`),
     );
     const bar = opts.progress
       ? new SingleBar({
@@ -268,18 +486,24 @@ async function train(cfg: SwarmConfig, opts: TrainOptions, io: CliIO): Promise<v
           etaBuffer: 50,
         })
       : null;
+    /** A line above the bar: clear the bar's line first so the bar redraws below the text. */
+    const logLine = (line: string) => {
+      if (bar !== null && process.stderr.isTTY) process.stderr.write("\r\x1b[2K");
+      io.err(line);
+    };
     let val = Number.NaN;
     const t0 = performance.now();
     let tokens = 0;
     let trainMs = 0;
     let lastLoss = Number.NaN;
-    bar?.start(Number.isFinite(totalSteps) ? totalSteps : 1000, 0, {
+    const firstStep = trainer.step + 1;
+    bar?.start(Number.isFinite(totalSteps) ? totalSteps : 1000, trainer.step, {
       loss: "-",
       tps: "-",
       val: "-",
     });
-    for (let step = 1; step <= totalSteps; step++) {
-      const batch = sampleBatch(data.train, opts.batch, T, rng);
+    for (let step = firstStep; step <= totalSteps; step++) {
+      const batch = sampler.next();
       const s0 = performance.now();
       const r = await trainer.trainStep(batch, learningRate(schedule(), step));
       trainMs += performance.now() - s0;
@@ -289,11 +513,12 @@ async function train(cfg: SwarmConfig, opts: TrainOptions, io: CliIO): Promise<v
       if (fitToBudget && step === timingStepsForBudget) {
         totalSteps = Math.max(step + 1, Math.floor((budgetMs / elapsed) * step));
         bar?.setTotal(totalSteps);
-        io.err(
-          `\nfitted the schedule to ${opts.minutes} min: ${totalSteps} steps (replay with --steps ${totalSteps})`,
+        logLine(
+          `fitted the schedule to ${opts.minutes} min: ${totalSteps} steps (replay with --steps ${totalSteps})`,
         );
       }
-      if (step % opts.evalEvery === 0 || step === totalSteps || elapsed >= budgetMs) {
+      const stopping = elapsed >= budgetMs || step === opts.stopAt;
+      if (step % opts.evalEvery === 0 || step === totalSteps || stopping) {
         val = await bitsPerByte(model, valBatches);
         if (!bar)
           io.err(`step ${step}: loss ${r.ce.toFixed(3)} nats, val ${val.toFixed(3)} bits/byte`);
@@ -303,10 +528,24 @@ async function train(cfg: SwarmConfig, opts: TrainOptions, io: CliIO): Promise<v
         tps: Math.round((tokens / trainMs) * 1000),
         val: Number.isNaN(val) ? "-" : val.toFixed(3),
       });
-      if (elapsed >= budgetMs) {
-        totalSteps = step;
-        break;
+      if (checkpointer?.due(step)) {
+        const c0 = performance.now();
+        const saved = await withStoreErrors(() =>
+          checkpointer.save(trainer, {
+            runId,
+            ...(resumed !== undefined ? { resumedFrom: resumed.id } : {}),
+            recipe: recipe(),
+            sampler: sampler.position(),
+            kernels: kernelNames,
+          }),
+        );
+        logLine(
+          `checkpoint ${saved.id} → hot${saved.copies.map((c) => `, ${c.tier}`).join("")}: ` +
+            `${(saved.hot.rawBytes / 1e6).toFixed(2)} MB, wrote ${(saved.hot.storedBytes / 1e6).toFixed(2)} MB ` +
+            `in ${((performance.now() - c0) / 1000).toFixed(2)} s`,
+        );
       }
+      if (stopping) break;
     }
     bar?.stop();
     const seconds = (performance.now() - t0) / 1000;
@@ -317,8 +556,10 @@ async function train(cfg: SwarmConfig, opts: TrainOptions, io: CliIO): Promise<v
     const stats = model.routingStats();
     const dropped = stats.reduce((s, l) => s + l.droppedAssignments, 0);
     const requested = stats.reduce((s, l) => s + l.requested.reduce((a, b) => a + b, 0), 0);
+    const ran = trainer.step - firstStep + 1;
     io.out(
-      `trained ${trainer.step} steps in ${seconds.toFixed(0)} s: ${Math.round((tokens / trainMs) * 1000)} tokens/s (training steps only), ` +
+      `trained ${trainer.step} steps${resumed !== undefined ? ` (${ran} after resuming)` : ""} in ${seconds.toFixed(0)} s: ` +
+        `${Math.round((tokens / trainMs) * 1000)} tokens/s (training steps only), ` +
         `final train loss ${(lastLoss / Math.LN2).toFixed(3)} bits/byte, validation ${val.toFixed(3)} bits/byte, ` +
         `dropped ${((100 * dropped) / Math.max(1, requested)).toFixed(2)}% of expert assignments; ` +
         `saved ${(bytes / 1e6).toFixed(1)} MB to ${out}`,
