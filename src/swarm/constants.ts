@@ -16,8 +16,8 @@ export const frameBytesMax = 64 * 1024 * 1024;
 export const frameHeaderBytes = 24;
 /** Most dimensions of one tensor. */
 export const tensorDimsMax = 4;
-/** Most tensors in one frame (backward carries x and dy). */
-export const frameTensorsMax = 4;
+/** Most tensors in one frame (training state: weights, m and v of w1, b1, w2, b2 = 12). */
+export const frameTensorsMax = 16;
 /** Most tokens (rows) in one request. */
 export const requestTokensMax = 65_536;
 /** Largest model width (columns) a node accepts. */

@@ -16,7 +16,12 @@
 
 import { createServer, type Server, type Socket } from "node:net";
 import { InvariantError, invariant } from "../common/assert.ts";
-import { type ExpertHost, type ExpertId, expertKey } from "../model/expert.ts";
+import {
+  type ExpertHost,
+  type ExpertId,
+  type ExpertTrainingState,
+  expertKey,
+} from "../model/expert.ts";
 import {
   batchTokensMax,
   modelWidthMax,
@@ -24,7 +29,15 @@ import {
   requestTokensMax,
 } from "./constants.ts";
 import { FrameDecodeError, WireErrorCode } from "./errors.ts";
-import { decodeFrame, encodeFrame, type Frame, FrameKind, Op, peekRequestId } from "./frame.ts";
+import {
+  decodeFrame,
+  encodeFrame,
+  type Frame,
+  FrameKind,
+  Op,
+  peekRequestId,
+  type WireTensor,
+} from "./frame.ts";
 import { FrameReader, shapedWrite } from "./frame-stream.ts";
 import { LinkShaper, type RegionLinks } from "./region-links.ts";
 
@@ -271,6 +284,73 @@ export class ExpertNode {
             scalars: nodeLoadFields.map((f) => this.load()[f]),
             ids: [...this.#hosted.values()].slice(0, 4096),
           });
+        case Op.exportState: {
+          const [id] = this.#checkHosted(frame.ids.length === 1 ? frame.ids : []);
+          const host = this.#init.host;
+          if (!id)
+            throw new RequestError(WireErrorCode.badShape, "exportState needs exactly 1 expert id");
+          if (!host.exportTrainingState)
+            throw new RequestError(
+              WireErrorCode.unknownOp,
+              `node ${this.#init.nodeId} cannot export training state`,
+            );
+          const [state] = await this.#host(() =>
+            (host.exportTrainingState as NonNullable<ExpertHost["exportTrainingState"]>)([id]),
+          );
+          if (!state) throw new RequestError(WireErrorCode.hostFailure, "host exported no state");
+          const names = Object.keys(state.tensors);
+          return reply({
+            scalars: [this.#versions.get(expertKey(id)) ?? 0],
+            text: names.join(","),
+            tensors: names.flatMap((n) => {
+              const t = state.tensors[n] as ExpertTrainingState["tensors"][string];
+              return [t.weights, t.m, t.v].map((data) => ({ dims: [data.length], data }));
+            }),
+          });
+        }
+        case Op.importState: {
+          const [id] = this.#checkHosted(frame.ids.length === 1 ? frame.ids : []);
+          const host = this.#init.host;
+          const names = frame.text === "" ? [] : frame.text.split(",");
+          const version = frame.scalars[0];
+          if (
+            !id ||
+            names.length * 3 !== frame.tensors.length ||
+            names.some((n) => !/^[a-z0-9_]{1,32}$/.test(n)) ||
+            new Set(names).size !== names.length ||
+            !Number.isInteger(version) ||
+            (version as number) < 0
+          )
+            throw new RequestError(
+              WireErrorCode.badShape,
+              "importState needs 1 expert id, tensor names in text, 3 tensors (weights, m, v) per name and scalars [version]",
+            );
+          if (!host.importTrainingState)
+            throw new RequestError(
+              WireErrorCode.unknownOp,
+              `node ${this.#init.nodeId} cannot import training state`,
+            );
+          const tensors: Record<
+            string,
+            { weights: Float32Array; m: Float32Array; v: Float32Array }
+          > = {};
+          names.forEach((n, i) => {
+            const [w, m, v] = frame.tensors.slice(3 * i, 3 * i + 3) as [
+              WireTensor,
+              WireTensor,
+              WireTensor,
+            ];
+            tensors[n] = { weights: w.data, m: m.data, v: v.data };
+          });
+          // The host checks names and shapes before changing anything (all or nothing).
+          await this.#host(() =>
+            (host.importTrainingState as NonNullable<ExpertHost["importTrainingState"]>)([
+              { id, tensors },
+            ]),
+          );
+          this.#versions.set(expertKey(id), version as number);
+          return reply({ scalars: [version as number] });
+        }
         case Op.getWeights: {
           const [id] = this.#checkHosted(frame.ids.length === 1 ? frame.ids : []);
           const source = this.#init.weights;

@@ -47,6 +47,10 @@ export const Op = {
   ping: 5,
   /** The weights of one expert (checkpoints of a swarm-trained model). */
   getWeights: 6,
+  /** Weights and optimizer moments of one expert (training checkpoints, replica resync). */
+  exportState: 7,
+  /** Replaces an expert's weights and moments (resume, resync of a stale replica). */
+  importState: 8,
 } as const;
 export type Op = (typeof Op)[keyof typeof Op];
 

@@ -38,6 +38,8 @@ export interface NodeCall {
   readonly ids: readonly ExpertId[];
   readonly scalars?: readonly number[];
   readonly tensors?: readonly WireTensor[];
+  /** Text field of the frame (e.g. tensor names of a training state). */
+  readonly text?: string;
   /** This attempt's deadline in ms from now. */
   readonly timeoutMs: number;
   readonly ctx?: ExpertCallContext;
@@ -86,6 +88,7 @@ export class NodeClient {
       ids: req.ids,
       scalars: req.scalars ?? [],
       tensors: req.tensors ?? [],
+      text: req.text ?? "",
     });
     return new Promise<Frame>((resolve, reject) => {
       const signal = req.ctx?.signal;

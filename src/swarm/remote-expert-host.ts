@@ -21,6 +21,7 @@ import {
   type ExpertCallContext,
   type ExpertHost,
   type ExpertId,
+  type ExpertTrainingState,
   type ExpertUpdate,
   expertKey,
 } from "../model/expert.ts";
@@ -44,7 +45,7 @@ import {
   WireErrorCode,
 } from "./errors.ts";
 import { type ExpertWeights, type NodeLoad, nodeLoadFields } from "./expert-node.ts";
-import { type Frame, Op } from "./frame.ts";
+import { type Frame, Op, type WireTensor } from "./frame.ts";
 import { LatencyWindow } from "./latency-window.ts";
 import { type NodeAddress, NodeClient } from "./node-client.ts";
 import type { PlacementRegistry } from "./placement.ts";
@@ -70,6 +71,33 @@ interface ForwardPart {
   readonly ctx: ExpertCallContext | undefined;
   readonly resolve: (y: Float32Array) => void;
   readonly reject: (e: unknown) => void;
+}
+
+function parseKey(k: string): ExpertId {
+  const m = /^L(\d+)\.E(\d+)$/.exec(k);
+  invariant(m !== null, () => `expert key ${k}`);
+  return { layer: Number(m[1]), expert: Number(m[2]) };
+}
+
+/** An exportState answer → the model's ExpertTrainingState. */
+function stateFromFrame(id: ExpertId, f: Frame): ExpertTrainingState {
+  const names = f.text === "" ? [] : f.text.split(",");
+  if (names.length === 0 || names.length * 3 !== f.tensors.length)
+    throw new RemoteCallError(
+      WireErrorCode.badShape,
+      `exportState answer for ${expertKey(id)}: ${names.length} names, ${f.tensors.length} tensors`,
+      "?",
+    );
+  const tensors: Record<string, { weights: Float32Array; m: Float32Array; v: Float32Array }> = {};
+  names.forEach((n, i) => {
+    const [w, m, v] = f.tensors.slice(3 * i, 3 * i + 3);
+    tensors[n] = {
+      weights: (w as WireTensor).data,
+      m: (m as WireTensor).data,
+      v: (v as WireTensor).data,
+    };
+  });
+  return { id: { layer: id.layer, expert: id.expert }, tensors };
 }
 
 /** A signal that aborts once all of `signals` have aborted; `dispose` removes its listeners. */
@@ -317,6 +345,102 @@ export class RemoteExpertHost implements ExpertHost {
         timeoutMs,
       }),
     );
+  }
+
+  /**
+   * Weights and AdamW moments of these experts, each from one up-to-date replica (the model's
+   * training checkpoints call this between steps, when no gradient is pending).
+   */
+  async exportTrainingState(ids: readonly ExpertId[]): Promise<ExpertTrainingState[]> {
+    return Promise.all(
+      ids.map(async (id) => {
+        const f = await this.#read(id, undefined, (client, timeoutMs, signal) =>
+          client.call({ op: Op.exportState, ids: [id], timeoutMs, ctx: { signal } }),
+        );
+        return stateFromFrame(id, f);
+      }),
+    );
+  }
+
+  /**
+   * Replaces these experts' weights and moments on every replica — stale ones included, which
+   * makes them up to date again (resume from a checkpoint, or resync). Needs one success per expert.
+   */
+  async importTrainingState(states: readonly ExpertTrainingState[]): Promise<void> {
+    this.counters.calls++;
+    await Promise.all(states.map((state) => this.#importOne(state, undefined)));
+  }
+
+  /**
+   * Copies weights and optimizer moments from an up-to-date replica to every healthy replica that
+   * missed a write, so it serves and trains again. Call between training steps (no gradient
+   * pending anywhere). Resolves with the number of replicas brought up to date.
+   */
+  async resyncStaleReplicas(): Promise<number> {
+    this.#syncNodes();
+    const byExpert = new Map<string, { id: ExpertId; nodes: NodeState[] }>();
+    for (const n of this.#nodes.values()) {
+      if (!n.healthy) continue;
+      for (const k of n.stale) {
+        const entry = byExpert.get(k) ?? { id: parseKey(k), nodes: [] };
+        entry.nodes.push(n);
+        byExpert.set(k, entry);
+      }
+    }
+    let synced = 0;
+    for (const { id, nodes } of byExpert.values()) {
+      const [state] = await this.exportTrainingState([id]);
+      if (!state) continue;
+      synced += await this.#importOne(state, nodes);
+    }
+    this.counters.resyncedReplicas += synced;
+    return synced;
+  }
+
+  /** Sends one expert's state to `targets` (default: every replica); returns the successes. */
+  async #importOne(state: ExpertTrainingState, targets: NodeState[] | undefined): Promise<number> {
+    const k = expertKey(state.id);
+    const version = this.#versions.get(k) ?? 0;
+    const names = Object.keys(state.tensors);
+    const tensors = names.flatMap((n) => {
+      const t = state.tensors[n] as ExpertTrainingState["tensors"][string];
+      return [t.weights, t.m, t.v].map((data) => ({ dims: [data.length], data }));
+    });
+    const nodes = targets ?? this.#init.registry.replicas(state.id).map((a) => this.#node(a));
+    const results = await Promise.allSettled(
+      nodes.map((n) =>
+        this.#timed(n, (t) =>
+          n.client.call({
+            op: Op.importState,
+            ids: [state.id],
+            text: names.join(","),
+            scalars: [version],
+            tensors,
+            timeoutMs: t,
+          }),
+        ),
+      ),
+    );
+    let ok = 0;
+    const errors: string[] = [];
+    results.forEach((r, i) => {
+      const n = nodes[i] as NodeState;
+      if (r.status === "fulfilled") {
+        ok++;
+        n.stale.delete(k);
+        n.versions.set(k, version);
+        this.#markHealthy(n);
+      } else {
+        errors.push(`${n.address.nodeId}: ${(r.reason as Error).message}`);
+        this.#markFailure(n, r.reason);
+        n.stale.add(k);
+      }
+    });
+    if (ok === 0 && targets === undefined) {
+      this.counters.failedCalls++;
+      throw new NoReplicaError(k, errors);
+    }
+    return ok;
   }
 
   /** The current weights of an expert, from one fresh replica (for checkpoints). */

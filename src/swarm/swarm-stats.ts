@@ -34,6 +34,8 @@ export class DispatchCounters {
   hedgeWins = 0;
   /** Answers refused because the replica's expert weights were behind the others. */
   staleReplicas = 0;
+  /** Stale replicas brought up to date by resyncStaleReplicas. */
+  resyncedReplicas = 0;
   /** Nodes marked unhealthy / healthy again. */
   nodesMarkedDown = 0;
   nodesRecovered = 0;

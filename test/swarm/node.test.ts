@@ -143,6 +143,22 @@ describe("expert node", () => {
       }),
       (e: RemoteCallError) => e.code === WireErrorCode.badShape,
     );
+    await assert.rejects(
+      client.call({ op: Op.exportState, ids: [experts[0] as ExpertId], timeoutMs: 2000 }),
+      (e: RemoteCallError) =>
+        e.code === WireErrorCode.unknownOp && /cannot export training state/.test(e.message),
+    );
+    await assert.rejects(
+      client.call({
+        op: Op.importState,
+        ids: [experts[0] as ExpertId],
+        text: "w1",
+        tensors: [],
+        scalars: [0],
+        timeoutMs: 2000,
+      }),
+      (e: RemoteCallError) => e.code === WireErrorCode.badShape,
+    );
     const ping = await client.call({ op: Op.ping, ids: [], timeoutMs: 2000 });
     assert.equal(ping.ids.length, 2);
   });

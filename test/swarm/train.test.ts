@@ -118,3 +118,90 @@ describe("training through the swarm", { timeout: 60_000 }, () => {
     }
   });
 });
+
+describe("replica resync", { timeout: 60_000 }, () => {
+  it("a node that missed training steps is brought up to date (weights and AdamW moments) and training stays on the local curve", async () => {
+    const { config } = parseConfigText(
+      "profile: local\nswarm:\n  emulation:\n    enabled: false\n",
+    );
+    const plan = planFromConfig(config);
+    const d = config.model.d_model;
+    const running = new Map<string, { node: ExpertNode; host: LocalExpertHost; port: number }>();
+    const start = async (p: (typeof plan)[number], port = 0) => {
+      const host = await buildExpertHost(config, { ids: p.experts, backend: "js" });
+      const node = new ExpertNode({
+        nodeId: p.nodeId,
+        region: p.region,
+        host,
+        experts: p.experts,
+        dModel: d,
+        links: directLinks,
+        port,
+      });
+      const bound = await node.listen();
+      running.set(p.nodeId, { node, host, port: bound.port });
+    };
+    for (const p of plan) await start(p);
+    const entries = plan.map((p) => ({
+      nodeId: p.nodeId,
+      region: p.region,
+      host: "127.0.0.1",
+      port: running.get(p.nodeId)?.port ?? 0,
+      experts: p.experts,
+    }));
+    const remote = new RemoteExpertHost({
+      registry: new StaticPlacement(entries),
+      region: "ORD",
+      dModel: d,
+    });
+    const local = await buildLocalModel(config, { backend: "js" });
+    try {
+      const swarmTrainer = new Trainer(buildTrunk(config, remote));
+      const localTrainer = new Trainer(local.model);
+      const text = mobyDick().train;
+      const rngA = new Prng(9);
+      const rngB = new Prng(9);
+      const step = async () => {
+        const a = await swarmTrainer.trainStep(sampleBatch(text, 2, 16, rngA), 3e-3);
+        const b = await localTrainer.trainStep(sampleBatch(text, 2, 16, rngB), 3e-3);
+        assert.ok(
+          Math.abs(a.loss - b.loss) <= 1e-4 * Math.abs(b.loss),
+          `swarm ${a.loss} vs local ${b.loss}`,
+        );
+      };
+      await step();
+      const victim = plan.find((p) => p.nodeId === "IAD-0") as (typeof plan)[number];
+      const old = running.get("IAD-0");
+      await old?.node.close();
+      await old?.host.close();
+      await step(); // IAD-0 misses this step: its replicas go stale
+      await step();
+      await start(victim, old?.port); // back with initial weights and empty moments
+      assert.equal(await remote.probeAll(), plan.length);
+      const synced = await remote.resyncStaleReplicas();
+      assert.equal(synced, victim.experts.length, "every expert of the returning node resynced");
+      await step(); // all replicas train again
+      await step();
+      const back = running.get("IAD-0") as { host: LocalExpertHost };
+      for (const id of victim.experts) {
+        const w = back.host.params(id).w2;
+        const want = local.host.params(id).w2;
+        let maxDiff = 0;
+        for (let k = 0; k < w.length; k++)
+          maxDiff = Math.max(maxDiff, Math.abs((w[k] as number) - (want[k] as number)));
+        assert.ok(
+          maxDiff < 1e-5,
+          `IAD-0 L${id.layer}.E${id.expert}: max |Δw2| ${maxDiff} after resync and 2 more steps`,
+        );
+      }
+      assert.equal(remote.counters.resyncedReplicas, victim.experts.length);
+    } finally {
+      remote.close();
+      for (const r of running.values()) {
+        await r.node.close();
+        await r.host.close();
+      }
+      await local.host.close();
+    }
+  });
+});
