@@ -106,7 +106,7 @@ async function uninterrupted() {
 }
 
 describe("training resumes bit-exactly from the tiered store", () => {
-  for (const tier of ["hot", "cold"] as const) {
+  for (const tier of ["hot", "warm", "cold"] as const) {
     it(`${k} steps → checkpoint (${tier}) → new objects → ${totalSteps - k} steps equals ${totalSteps} uninterrupted`, async () => {
       const ref = await uninterrupted();
       const dir = `${t.dir}/${tier}`;
@@ -115,7 +115,7 @@ describe("training resumes bit-exactly from the tiered store", () => {
       assert.deepEqual(head, ref.losses.slice(0, k));
       const checkpointer = new TrainingCheckpointer(openTestStore(dir), {
         frequency: { kind: "steps", steps: k, text: `every_${k}_steps` },
-        warmEvery: 0,
+        warmEvery: tier === "warm" ? 1 : 0,
         coldEvery: tier === "cold" ? 1 : 0,
         coldEnabled: tier === "cold",
       });
@@ -125,7 +125,7 @@ describe("training resumes bit-exactly from the tiered store", () => {
       assert.equal(saved.id, trainingCheckpointId("train-test", k));
       assert.deepEqual(
         saved.copies.map((c) => c.tier),
-        tier === "cold" ? ["cold"] : [],
+        tier === "hot" ? [] : [tier],
       );
       // A new process: new store object, new model (same config), new host, trainer, sampler.
       const second = await fresh();
@@ -142,6 +142,48 @@ describe("training resumes bit-exactly from the tiered store", () => {
       assert.ok((await stateBytes(resumed)).equals(ref.state), "identical weights and moments");
     });
   }
+
+  it("policy: hot every checkpoint, warm and cold every Nth (cold only with a key); time cadence", async () => {
+    const run = await fresh();
+    let nowMs = 1_000_000;
+    const store = openTestStore(`${t.dir}/policy`);
+    const policy = {
+      frequency: { kind: "steps" as const, steps: 1, text: "every_1_steps" },
+      warmEvery: 2,
+      coldEvery: 3,
+      coldEnabled: true,
+    };
+    const c = new TrainingCheckpointer(store, policy, () => nowMs);
+    const tiersAt: string[][] = [];
+    for (let s = 1; s <= 6; s++) {
+      await trainTo(run, s);
+      assert.equal(c.due(s), true);
+      const saved = await c.save(run.trainer, meta(run));
+      tiersAt.push(saved.copies.map((x) => x.tier));
+    }
+    assert.deepEqual(tiersAt, [[], ["warm"], ["cold"], ["warm"], [], ["warm", "cold"]]);
+    assert.equal(store.list("hot").length, 6);
+    const noKey = new TrainingCheckpointer(openTestStore(`${t.dir}/policy-nokey`), {
+      ...policy,
+      coldEnabled: false,
+    });
+    const saved = await noKey.save(run.trainer, meta(run));
+    assert.deepEqual(
+      saved.copies.map((x) => x.tier),
+      ["warm"],
+    );
+    // A time cadence ("30m"): due once 1800 s have passed since the last save.
+    const timed = new TrainingCheckpointer(
+      store,
+      { ...policy, frequency: { kind: "time", seconds: 1800, text: "30m" } },
+      () => nowMs,
+    );
+    assert.equal(timed.due(7), false);
+    nowMs += 1_799_000;
+    assert.equal(timed.due(7), false);
+    nowMs += 1000;
+    assert.equal(timed.due(7), true);
+  });
 
   it("weights alone, or state without the sampler position, do not continue the curve (the test can fail)", async () => {
     const ref = await uninterrupted();
