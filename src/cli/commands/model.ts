@@ -486,10 +486,23 @@ async function train(cfg: SwarmConfig, opts: TrainOptions, io: CliIO, cmd: Comma
           etaBuffer: 50,
         })
       : null;
-    /** A line above the bar: clear the bar's line first so the bar redraws below the text. */
+    let barValue = trainer.step;
+    let barPayload = { loss: "-", tps: "-" as string | number, val: "-" };
+    /**
+     * A line (checkpoint saved, schedule fitted) while the bar runs: the bar stops (restoring the
+     * cursor it saved), its frozen copy is erased on a terminal, the line is printed, and the bar
+     * restarts below it — so lines and bar never overwrite each other.
+     */
     const logLine = (line: string) => {
-      if (bar !== null && process.stderr.isTTY) process.stderr.write("\r\x1b[2K");
+      if (bar === null) {
+        io.err(line);
+        return;
+      }
+      const total = bar.getTotal();
+      bar.stop();
+      if (process.stderr.isTTY) process.stderr.write("\x1b[1A\r\x1b[2K");
       io.err(line);
+      bar.start(total, barValue, barPayload);
     };
     let val = Number.NaN;
     const t0 = performance.now();
@@ -497,11 +510,7 @@ async function train(cfg: SwarmConfig, opts: TrainOptions, io: CliIO, cmd: Comma
     let trainMs = 0;
     let lastLoss = Number.NaN;
     const firstStep = trainer.step + 1;
-    bar?.start(Number.isFinite(totalSteps) ? totalSteps : 1000, trainer.step, {
-      loss: "-",
-      tps: "-",
-      val: "-",
-    });
+    bar?.start(Number.isFinite(totalSteps) ? totalSteps : 1000, trainer.step, barPayload);
     for (let step = firstStep; step <= totalSteps; step++) {
       const batch = sampler.next();
       const s0 = performance.now();
@@ -523,11 +532,13 @@ async function train(cfg: SwarmConfig, opts: TrainOptions, io: CliIO, cmd: Comma
         if (!bar)
           io.err(`step ${step}: loss ${r.ce.toFixed(3)} nats, val ${val.toFixed(3)} bits/byte`);
       }
-      bar?.update(step, {
+      barValue = step;
+      barPayload = {
         loss: r.ce.toFixed(3),
         tps: Math.round((tokens / trainMs) * 1000),
         val: Number.isNaN(val) ? "-" : val.toFixed(3),
-      });
+      };
+      bar?.update(step, barPayload);
       if (checkpointer?.due(step)) {
         const c0 = performance.now();
         const saved = await withStoreErrors(() =>
@@ -539,10 +550,12 @@ async function train(cfg: SwarmConfig, opts: TrainOptions, io: CliIO, cmd: Comma
             kernels: kernelNames,
           }),
         );
+        const mb = (n: number) => `${(n / 1e6).toFixed(2)} MB`;
         logLine(
           `checkpoint ${saved.id} → hot${saved.copies.map((c) => `, ${c.tier}`).join("")}: ` +
-            `${(saved.hot.rawBytes / 1e6).toFixed(2)} MB, wrote ${(saved.hot.storedBytes / 1e6).toFixed(2)} MB ` +
-            `in ${((performance.now() - c0) / 1000).toFixed(2)} s`,
+            `${mb(saved.hot.rawBytes)}, wrote ${mb(saved.hot.storedBytes)} hot` +
+            saved.copies.map((c) => ` + ${mb(c.report.storedBytes)} ${c.tier}`).join("") +
+            ` in ${((performance.now() - c0) / 1000).toFixed(2)} s`,
         );
       }
       if (stopping) break;
