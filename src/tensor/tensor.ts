@@ -9,6 +9,7 @@
 // one process uses one dtype per model, so V8 sees monomorphic arrays on the hot path.
 // Reference: Baydin et al., "Automatic differentiation in machine learning: a survey" (JMLR 2018).
 
+import { AsyncLocalStorage } from "node:async_hooks";
 import { invariant } from "../common/assert.ts";
 
 export type DType = "float32" | "float64";
@@ -31,32 +32,24 @@ export function sizeOf(shape: readonly number[]): number {
   return n;
 }
 
-let gradEnabled = true;
+// Whether ops record the tape is scoped to the async call chain (AsyncLocalStorage), not a global
+// flag: a gateway generates many completions concurrently under `noGradAsync` while a trainer in
+// the same process may be recording, and a global flag saved and restored around interleaved
+// awaits could be left switched off (or on) for the wrong caller.
+const gradScope = new AsyncLocalStorage<boolean>();
 
 /** Runs `fn` without recording the tape (inference, evaluation). */
 export function noGrad<T>(fn: () => T): T {
-  const before = gradEnabled;
-  gradEnabled = false;
-  try {
-    return fn();
-  } finally {
-    gradEnabled = before;
-  }
+  return gradScope.run(false, fn);
 }
 
-/** Async variant of `noGrad`; the flag stays off until the promise settles. */
-export async function noGradAsync<T>(fn: () => Promise<T>): Promise<T> {
-  const before = gradEnabled;
-  gradEnabled = false;
-  try {
-    return await fn();
-  } finally {
-    gradEnabled = before;
-  }
+/** Async variant of `noGrad`: everything `fn` awaits runs without the tape, other callers unaffected. */
+export function noGradAsync<T>(fn: () => Promise<T>): Promise<T> {
+  return gradScope.run(false, fn);
 }
 
 export function isGradEnabled(): boolean {
-  return gradEnabled;
+  return gradScope.getStore() ?? true;
 }
 
 export type BackwardFn = (outGrad: Buf) => void | Promise<void>;
@@ -119,7 +112,7 @@ export class Tensor {
     backward: BackwardFn,
     name: string,
   ): Tensor {
-    const needs = gradEnabled && parents.some((p) => p.requiresGrad);
+    const needs = isGradEnabled() && parents.some((p) => p.requiresGrad);
     if (!needs) return new Tensor(data, shape, { name });
     return new Tensor(data, shape, { requiresGrad: true, parents, backward, name });
   }
