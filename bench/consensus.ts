@@ -3,7 +3,6 @@
 // latency of the local profile. Clients each keep one request outstanding (set_placement writes).
 // Run: npx tsx bench/consensus.ts [--clients 256] [--seconds 8] [--batch 1024] [--only lan|wan]
 
-import { type ChildProcess, spawn } from "node:child_process";
 import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -11,8 +10,7 @@ import { parseArgs } from "node:util";
 import { loadConfig } from "../src/config/load.ts";
 import { oneWayLatencySeconds } from "../src/config/schema.ts";
 import { RegistryClient } from "../src/consensus/client.ts";
-import { generateClusterKeys } from "../src/consensus/keys.ts";
-import { clientPort } from "../src/consensus/node.ts";
+import { LocalCoordinatorCluster } from "../src/consensus/local-cluster.ts";
 import { regionsInLeaderOrder } from "../src/consensus/types.ts";
 
 const { values } = parseArgs({
@@ -25,52 +23,23 @@ const { values } = parseArgs({
 });
 const clientsN = Number(values.clients);
 const seconds = Number(values.seconds);
-const bin = new URL("../bin/moe-swarm.js", import.meta.url).pathname;
 
 async function runCluster(wan: boolean) {
   const dir = mkdtempSync(join(tmpdir(), "moe-coord-bench-"));
   const portBase = 23_000 + 20 * Math.floor(Math.random() * 500);
-  generateClusterKeys(join(dir, "keys"));
   writeFileSync(
     join(dir, "swarm.yaml"),
     `profile: local\nconsensus:\n  view_timeout: "2s"\n  max_batch: ${values.batch}\nswarm:\n  emulation:\n    enabled: ${wan}\n`,
   );
-  const children: ChildProcess[] = [];
+  const cluster = new LocalCoordinatorCluster({
+    dataDir: dir,
+    portBase,
+    configPath: join(dir, "swarm.yaml"),
+    chainId: "bench",
+  });
   try {
-    await Promise.all(
-      regionsInLeaderOrder.map(
-        (region) =>
-          new Promise<void>((resolve, reject) => {
-            const c = spawn(
-              process.execPath,
-              [
-                bin,
-                "--config",
-                join(dir, "swarm.yaml"),
-                "coordinator",
-                "--region",
-                region,
-                "--keys",
-                join(dir, "keys"),
-                "--data-dir",
-                join(dir, region),
-                "--port-base",
-                String(portBase),
-                "--chain-id",
-                "bench",
-              ],
-              { stdio: ["ignore", "pipe", "ignore"] },
-            );
-            children.push(c);
-            c.stdout?.on("data", (d: Buffer) => d.toString().includes(" up:") && resolve());
-            c.on("exit", (code) => reject(new Error(`${region} exited ${code}`)));
-          }),
-      ),
-    );
-    const endpoints = regionsInLeaderOrder.map((_, i) => ({
-      host: "127.0.0.1",
-      port: clientPort(portBase, i),
-    }));
+    await cluster.start();
+    const endpoints = cluster.endpoints;
     const clients = Array.from(
       { length: clientsN },
       (_, k) =>
@@ -107,7 +76,7 @@ async function runCluster(wan: boolean) {
       lat[Math.min(lat.length - 1, Math.floor(p * lat.length))] ?? Number.NaN;
     return { opsPerS: done / elapsed, p50: pct(0.5), p99: pct(0.99), status: statusOrd };
   } finally {
-    for (const c of children) c.kill("SIGKILL");
+    cluster.stop();
     rmSync(dir, { recursive: true, force: true });
   }
 }

@@ -4,75 +4,25 @@
 // replica restarts from its WAL and catches up.
 
 import assert from "node:assert/strict";
-import { type ChildProcess, spawn } from "node:child_process";
 import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
-import { RegistryClient } from "../../src/consensus/client.ts";
-import { generateClusterKeys } from "../../src/consensus/keys.ts";
-import { clientPort } from "../../src/consensus/node.ts";
-import { regionsInLeaderOrder } from "../../src/consensus/types.ts";
+import type { RegistryClient } from "../../src/consensus/client.ts";
+import { LocalCoordinatorCluster } from "../../src/consensus/local-cluster.ts";
+import { RegistryPlacementView } from "../../src/consensus/placement-view.ts";
 
-const bin = new URL("../../bin/moe-swarm.js", import.meta.url).pathname;
 const portBase = 21_000 + 20 * Math.floor(Math.random() * 1_000);
 const dir = mkdtempSync(join(tmpdir(), "moe-coord-live-"));
-const children: (ChildProcess | undefined)[] = new Array(5).fill(undefined);
-const logs: string[][] = [[], [], [], [], []];
-
-function startReplica(i: number): Promise<void> {
-  const region = regionsInLeaderOrder[i] as string;
-  const child = spawn(
-    process.execPath,
-    [
-      bin,
-      "--config",
-      join(dir, "swarm.yaml"),
-      "coordinator",
-      "--region",
-      region,
-      "--keys",
-      join(dir, "keys"),
-      "--data-dir",
-      join(dir, region),
-      "--port-base",
-      String(portBase),
-      "--chain-id",
-      "live-test",
-    ],
-    { stdio: ["ignore", "pipe", "pipe"] },
-  );
-  children[i] = child;
-  child.stderr?.on("data", (d: Buffer) => logs[i]?.push(d.toString()));
-  return new Promise((resolve, reject) => {
-    const timer = setTimeout(
-      () => reject(new Error(`${region} did not start: ${logs[i]?.join("")}`)),
-      30_000,
-    );
-    child.stdout?.on("data", (d: Buffer) => {
-      if (d.toString().includes(" up:")) {
-        clearTimeout(timer);
-        resolve();
-      }
-    });
-    child.on("exit", (code) => {
-      clearTimeout(timer);
-      if (code !== null && code !== 0)
-        reject(new Error(`${region} exited ${code}: ${logs[i]?.join("")}`));
-    });
-  });
-}
+const cluster = new LocalCoordinatorCluster({
+  dataDir: dir,
+  portBase,
+  configPath: join(dir, "swarm.yaml"),
+  chainId: "live-test",
+});
 
 function newClient(name: string): RegistryClient {
-  return new RegistryClient({
-    endpoints: regionsInLeaderOrder.map((_, i) => ({
-      host: "127.0.0.1",
-      port: clientPort(portBase, i),
-    })),
-    clientId: name,
-    retryMs: 500,
-    deadlineMs: 40_000,
-  });
+  return cluster.client({ clientId: name, retryMs: 500, deadlineMs: 40_000 });
 }
 
 async function statusOf(c: RegistryClient, i: number) {
@@ -86,16 +36,15 @@ async function statusOf(c: RegistryClient, i: number) {
 
 describe("five coordinator processes on loopback", { timeout: 150_000 }, () => {
   before(async () => {
-    generateClusterKeys(join(dir, "keys"));
     writeFileSync(
       join(dir, "swarm.yaml"),
       'profile: local\nconsensus:\n  view_timeout: "400ms"\nswarm:\n  emulation:\n    enabled: false\n',
     );
-    await Promise.all([0, 1, 2, 3, 4].map(startReplica));
+    await cluster.start();
   });
 
   after(() => {
-    for (const c of children) if (c && c.exitCode === null) c.kill("SIGKILL");
+    cluster.stop();
     rmSync(dir, { recursive: true, force: true });
   });
 
@@ -122,7 +71,7 @@ describe("five coordinator processes on loopback", { timeout: 150_000 }, () => {
       while (written < 20) await new Promise((r) => setTimeout(r, 50));
       const before = await statusOf(probe, 1);
       const leader = before.leader;
-      children[leader]?.kill("SIGKILL");
+      cluster.kill(leader);
       const writtenAtKill = written;
       // The cluster must elect another leader and keep committing the clients' writes.
       const deadline = Date.now() + 60_000;
@@ -145,7 +94,7 @@ describe("five coordinator processes on loopback", { timeout: 150_000 }, () => {
       for (const [expert, nodes] of acked) assert.deepEqual(placements[expert], nodes, expert);
 
       // The killed replica restarts from its WAL and catches up with the others.
-      await startReplica(leader);
+      await cluster.startReplica(leader);
       await probe.setPlacement("after-restart", ["n0"]);
       const target = (await statusOf(probe, survivor)).committedHeight;
       let restarted = await statusOf(probe, leader);
@@ -160,6 +109,34 @@ describe("five coordinator processes on loopback", { timeout: 150_000 }, () => {
       );
     } finally {
       for (const c of [...clients, probe]) c.close();
+    }
+  });
+
+  it("serves the swarm's placement reads through RegistryPlacementView", async () => {
+    const client = newClient("swarm-gateway");
+    const view = new RegistryPlacementView(client, 100);
+    try {
+      await client.registerNode("ORD-0", "ORD", "a10", "127.0.0.1:9100");
+      await client.registerNode("AMS-0", "AMS", "l40s", "127.0.0.1:9101");
+      assert.deepEqual(await client.setPlacement("L1.E2", ["ORD-0", "AMS-0"]), { ok: true });
+      await view.start();
+      assert.deepEqual(
+        view.replicas({ layer: 1, expert: 2 }).map((n) => [n.nodeId, n.region, n.port]),
+        [
+          ["ORD-0", "ORD", 9100],
+          ["AMS-0", "AMS", 9101],
+        ],
+      );
+      assert.deepEqual(view.replicas({ layer: 9, expert: 9 }), []);
+      await client.deregisterNode("AMS-0");
+      await view.refresh();
+      assert.deepEqual(
+        view.replicas({ layer: 1, expert: 2 }).map((n) => n.nodeId),
+        ["ORD-0"],
+      );
+    } finally {
+      view.stop();
+      client.close();
     }
   });
 });

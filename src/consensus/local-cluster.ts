@@ -1,0 +1,110 @@
+// Starts the five coordinators as separate processes on one machine (`moe-swarm coordinator
+// --region X` each), as `npm start` / `moe-swarm up` does for the local swarm and as the live test
+// and benchmark do. Keys are created on first use. Each child is a real process, so kill -9 of one
+// is a real crash; `stop()` ends every child it started.
+
+import { type ChildProcess, spawn } from "node:child_process";
+import { existsSync } from "node:fs";
+import { join } from "node:path";
+import { RegistryClient, type RegistryClientInit } from "./client.ts";
+import { replicaCount } from "./constants.ts";
+import { generateClusterKeys } from "./keys.ts";
+import { clientPort } from "./node.ts";
+import { regionsInLeaderOrder } from "./types.ts";
+
+export interface LocalClusterInit {
+  readonly dataDir: string;
+  readonly portBase: number;
+  /** YAML config passed to every coordinator (`--config`); the built-in local profile if absent. */
+  readonly configPath?: string;
+  readonly chainId?: string;
+  /** Each coordinator's stderr lines (rejections, view changes, link events). */
+  readonly onLog?: (region: string, line: string) => void;
+  readonly startTimeoutMs?: number;
+}
+
+const binPath = new URL("../../bin/moe-swarm.js", import.meta.url).pathname;
+
+export class LocalCoordinatorCluster {
+  readonly #init: LocalClusterInit;
+  readonly #children: (ChildProcess | undefined)[] = new Array(replicaCount).fill(undefined);
+
+  constructor(init: LocalClusterInit) {
+    this.#init = init;
+  }
+
+  get endpoints(): { host: string; port: number }[] {
+    return regionsInLeaderOrder.map((_, i) => ({
+      host: "127.0.0.1",
+      port: clientPort(this.#init.portBase, i),
+    }));
+  }
+
+  client(options: Omit<RegistryClientInit, "endpoints"> = {}): RegistryClient {
+    return new RegistryClient({ ...options, endpoints: this.endpoints });
+  }
+
+  async start(): Promise<void> {
+    const keys = join(this.#init.dataDir, "keys");
+    if (!existsSync(join(keys, "public-keys.json"))) generateClusterKeys(keys);
+    await Promise.all(regionsInLeaderOrder.map((_, i) => this.startReplica(i)));
+  }
+
+  /** Starts (or restarts, on its existing WAL) coordinator i; resolves when it listens. */
+  startReplica(i: number): Promise<void> {
+    const region = regionsInLeaderOrder[i] as string;
+    const args = [
+      binPath,
+      ...(this.#init.configPath ? ["--config", this.#init.configPath] : []),
+      "coordinator",
+      "--region",
+      region,
+      "--keys",
+      join(this.#init.dataDir, "keys"),
+      "--data-dir",
+      join(this.#init.dataDir, region),
+      "--port-base",
+      String(this.#init.portBase),
+      "--chain-id",
+      this.#init.chainId ?? "moe-swarm",
+    ];
+    const child = spawn(process.execPath, args, { stdio: ["ignore", "pipe", "pipe"] });
+    this.#children[i] = child;
+    const errLines: string[] = [];
+    child.stderr?.setEncoding("utf8").on("data", (d: string) => {
+      for (const line of d.split("\n"))
+        if (line) {
+          if (errLines.length < 50) errLines.push(line);
+          this.#init.onLog?.(region, line);
+        }
+    });
+    return new Promise((resolve, reject) => {
+      const timer = setTimeout(
+        () => reject(new Error(`coordinator ${region} did not start: ${errLines.join(" | ")}`)),
+        this.#init.startTimeoutMs ?? 30_000,
+      );
+      child.stdout?.setEncoding("utf8").on("data", (d: string) => {
+        if (d.includes(" up:")) {
+          clearTimeout(timer);
+          resolve();
+        }
+      });
+      child.once("exit", (code, signal) => {
+        clearTimeout(timer);
+        reject(
+          new Error(`coordinator ${region} exited (${code ?? signal}): ${errLines.join(" | ")}`),
+        );
+      });
+    });
+  }
+
+  /** SIGKILL: a crash without any chance to flush or say goodbye. */
+  kill(i: number): void {
+    const c = this.#children[i];
+    if (c && c.exitCode === null && c.signalCode === null) c.kill("SIGKILL");
+  }
+
+  stop(): void {
+    for (let i = 0; i < replicaCount; i++) this.kill(i);
+  }
+}

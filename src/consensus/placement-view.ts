@@ -1,0 +1,108 @@
+// The swarm's read path to the replicated registry. The gateway and expert nodes ask "which nodes
+// host expert L.E?" on every dispatch, which must not wait for a consensus round; so this view
+// keeps the last registry read (a linearizable `get_registry` through consensus) and refreshes it
+// every `refreshMs`. Its answers are linearizable as of the last refresh (they may be at most
+// `refreshMs` + one commit stale); writes (register, heartbeat, placement) go straight to
+// consensus through `RegistryClient`.
+//
+// It has the shape of the swarm's `PlacementRegistry` (src/swarm/placement.ts: `replicas(id)` and
+// `nodes()` returning { nodeId, region, host, port }), without importing it: the swarm depends on
+// the consensus layer, not the other way round.
+
+import type { RegistryClient } from "./client.ts";
+import type { NodeRecord, RegistryState } from "./registry.ts";
+
+export interface RegistryNodeAddress {
+  readonly nodeId: string;
+  readonly region: string;
+  readonly host: string;
+  readonly port: number;
+}
+
+/** Registry refresh period of the placement view when none is given. */
+export const placementRefreshMsDefault = 1_000;
+
+/** Expert key as in src/model/expert.ts `expertKey`: "L<layer>.E<expert>". */
+function keyOf(id: { readonly layer: number; readonly expert: number }): string {
+  return `L${id.layer}.E${id.expert}`;
+}
+
+function addressOf(n: NodeRecord): RegistryNodeAddress | undefined {
+  const m = /^(.+):(\d{1,5})$/.exec(n.address);
+  if (!m) return undefined;
+  const port = Number(m[2]);
+  if (port < 1 || port > 65535) return undefined;
+  return { nodeId: n.nodeId, region: n.region, host: m[1] as string, port };
+}
+
+export class RegistryPlacementView {
+  readonly #client: RegistryClient;
+  readonly #refreshMs: number;
+  #nodes: RegistryNodeAddress[] = [];
+  #byExpert = new Map<string, RegistryNodeAddress[]>();
+  #timer: NodeJS.Timeout | undefined;
+  #stopped = false;
+  #lastRefreshMs = 0;
+
+  constructor(client: RegistryClient, refreshMs = placementRefreshMsDefault) {
+    this.#client = client;
+    this.#refreshMs = refreshMs;
+  }
+
+  /** Reads the registry once (linearizably) and replaces the cached view. */
+  async refresh(): Promise<void> {
+    const r = await this.#client.getRegistry();
+    if (!r.ok) throw new Error(`registry read failed: ${r.error}`);
+    this.#apply(r.value as RegistryState);
+    this.#lastRefreshMs = Date.now();
+  }
+
+  #apply(state: RegistryState): void {
+    const byId = new Map<string, RegistryNodeAddress>();
+    for (const n of Object.values(state.nodes)) {
+      const a = addressOf(n);
+      if (a) byId.set(n.nodeId, a);
+    }
+    this.#nodes = [...byId.values()].sort((a, b) => (a.nodeId < b.nodeId ? -1 : 1));
+    const byExpert = new Map<string, RegistryNodeAddress[]>();
+    for (const [expert, ids] of Object.entries(state.placements))
+      byExpert.set(
+        expert,
+        ids.map((id) => byId.get(id)).filter((a): a is RegistryNodeAddress => a !== undefined),
+      );
+    this.#byExpert = byExpert;
+  }
+
+  /** Loads once, then refreshes in the background until `stop`. */
+  async start(): Promise<void> {
+    await this.refresh();
+    const loop = () => {
+      if (this.#stopped) return;
+      this.#timer = setTimeout(() => {
+        this.refresh().then(loop, loop);
+      }, this.#refreshMs);
+    };
+    loop();
+  }
+
+  stop(): void {
+    this.#stopped = true;
+    clearTimeout(this.#timer);
+  }
+
+  /** Wall-clock time of the last successful refresh (ms since epoch). */
+  get lastRefreshMs(): number {
+    return this.#lastRefreshMs;
+  }
+
+  replicas(id: {
+    readonly layer: number;
+    readonly expert: number;
+  }): readonly RegistryNodeAddress[] {
+    return this.#byExpert.get(keyOf(id)) ?? [];
+  }
+
+  nodes(): readonly RegistryNodeAddress[] {
+    return this.#nodes;
+  }
+}
