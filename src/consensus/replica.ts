@@ -244,6 +244,8 @@ export class Replica {
     for (const r of records) {
       if (r.kind === "block") {
         if (r.block.height > this.#committed.height) this.#blocks.set(r.block.id, r.block);
+        if (r.block.author === this.id)
+          this.#proposedRound = Math.max(this.#proposedRound, r.block.round);
       } else if (r.kind === "safety") {
         this.#lastVotedRound = Math.max(this.#lastVotedRound, r.lastVotedRound);
         if (r.highQc.round > this.#highQc.round) this.#highQc = r.highQc;
@@ -991,9 +993,13 @@ export class Replica {
       ...(tc ? { tc } : {}),
       sig: this.#signer.sign(proposalDigest(this.#chainId, block.id)),
     };
-    // Vote for our own block first (durably), so a restart can never propose twice in a round.
-    this.#onProposal(this.id, msg);
+    // The block is durable before it leaves, so a restarted leader knows it proposed in this round
+    // and never proposes a second block in it; our own vote (a second signature) follows the
+    // broadcast, off the critical path.
+    this.#insertBlock(block);
+    this.#flushWal();
     this.#broadcast(msg);
+    this.#onProposal(this.id, msg);
   }
 
   #onSync(from: ReplicaId, m: SyncMsg): void {
