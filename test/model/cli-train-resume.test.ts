@@ -16,18 +16,20 @@ after(() => rmSync(dir, { recursive: true, force: true }));
 
 const tier = (name: string, experts: number, gpu: string, activation: string, k: number) =>
   `    - {name: ${name}, experts_per_region: ${experts}, gpu_type: ${gpu}, activation: ${activation}, blocks: 1, expert_hidden: 16, top_k: ${k}}\n`;
-const yaml = (dModel: number) =>
+const yaml = (dModel: number, swarm = "") =>
   "profile: local\n" +
   `model: {d_model: ${dModel}, n_heads: 2, context_length: 32, seed: 5}\n` +
   "expert_topology:\n  hierarchical_layers:\n" +
   tier("Sensory Cortex", 4, "a10", "parallel", 2) +
   tier("Association Areas", 2, "l40s", "selective", 2) +
   tier("Prefrontal Cortex", 1, "a100-80gb", "sequential", 1) +
-  `swarm: {data_dir: ${JSON.stringify(dir)}}\n`;
+  `swarm: {data_dir: ${JSON.stringify(dir)}${swarm}}\n`;
 const config = join(dir, "tiny.yaml");
 writeFileSync(config, yaml(16));
 const wider = join(dir, "wider.yaml");
 writeFileSync(wider, yaml(24));
+const swarmConfig = join(dir, "swarm.yaml");
+writeFileSync(swarmConfig, yaml(16, ", emulation: {enabled: false}"));
 const keys = generateOperatorKeyPair();
 const publicKey = join(dir, "op.public.key");
 const secretKey = join(dir, "op.secret.key");
@@ -159,6 +161,68 @@ describe("moe-swarm train --checkpoint-every / --resume-from", () => {
       assert.match(again.out, /at the last step \(4\) of its schedule: nothing to train/);
     });
   }
+
+  it("--swarm: experts on child nodes; stop at 2, resume from latest = uninterrupted swarm run, byte for byte", async () => {
+    const store = join(dir, "store-swarm");
+    const swarmRef = join(dir, "swarm-uninterrupted.safetensors");
+    const whole = await run(
+      swarmConfig,
+      "train",
+      "--swarm",
+      "--steps",
+      "4",
+      ...common,
+      "--checkpoint-every",
+      "0",
+      "--out",
+      swarmRef,
+    );
+    assert.equal(whole.code, 0, whole.err);
+    assert.match(whole.err, /experts on swarm \(\d+ nodes\)/);
+    const first = await run(
+      swarmConfig,
+      "train",
+      "--swarm",
+      "--steps",
+      "4",
+      ...common,
+      "--checkpoint-every",
+      "2",
+      "--stop-at",
+      "2",
+      "--store",
+      store,
+      "--out",
+      join(dir, "swarm-first.safetensors"),
+    );
+    assert.equal(first.code, 0, first.err);
+    assert.match(first.err, /checkpoint train-\w+-step-00000002 → hot: /);
+    const out = join(dir, "swarm-resumed.safetensors");
+    const second = await run(
+      swarmConfig,
+      "train",
+      "--swarm",
+      "--resume-from",
+      "latest",
+      "--store",
+      store,
+      "--checkpoint-every",
+      "0",
+      "--eval-every",
+      "1",
+      "--eval-windows",
+      "2",
+      "--no-progress",
+      "--out",
+      out,
+    );
+    assert.equal(second.code, 0, second.err);
+    const lines = stepLines(second.err);
+    const ref = stepLines(whole.err);
+    assert.deepEqual([...lines.keys()], [3, 4]);
+    for (const s of [3, 4]) assert.equal(lines.get(s), ref.get(s), `step ${s}`);
+    assert.ok(readFileSync(out).equals(readFileSync(swarmRef)), "identical model file");
+  });
 
   it("refuses a conflicting flag, another model config, a missing checkpoint, a sealed tier without the key", async () => {
     const store = join(dir, "store-hot");

@@ -25,6 +25,7 @@ import {
 } from "../../model/checkpoint.ts";
 import { modelConfigFrom } from "../../model/config.ts";
 import { mobyDick, sequentialBatches } from "../../model/dataset.ts";
+import type { ExpertHost } from "../../model/expert.ts";
 import { generateBytes } from "../../model/generate.ts";
 import { type ExpertBackend, LocalExpertHost } from "../../model/local-expert-host.ts";
 import { learningRate } from "../../model/schedule.ts";
@@ -48,6 +49,8 @@ import type { CheckpointStore } from "../../storage/checkpoint-store.ts";
 import { StorageError } from "../../storage/errors.ts";
 import { storeFromConfig } from "../../storage/from-config.ts";
 import { type TierName, tierNames } from "../../storage/manifest.ts";
+import { saveSwarmModel } from "../../swarm/swarm-checkpoint.ts";
+import { startTrainingSwarm } from "../../swarm/training-swarm.ts";
 import { adamwHyper } from "../../tensor/adamw.ts";
 import { OnnxKernels } from "../../tensor/onnx-kernels.ts";
 import { type CliIO, configFor, OperationError, UsageError } from "../context.ts";
@@ -113,6 +116,7 @@ interface TrainOptions {
   warmEvery: number;
   coldEvery: number;
   stopAt?: number;
+  swarm?: boolean;
   progress: boolean;
 }
 
@@ -152,6 +156,11 @@ async function withStoreErrors<T>(fn: () => T | Promise<T>): Promise<T> {
       throw new OperationError(err.message);
     throw err;
   }
+}
+
+/** The global `--config` file, which the swarm's child nodes must read too. */
+function configPathOf(cmd: Command): string | undefined {
+  return cmd.optsWithGlobals<{ config?: string }>().config;
 }
 
 function tierOption(text: string): TierName {
@@ -294,6 +303,10 @@ export function registerModel(program: Command, io: CliIO): void {
       "stop after this step; the schedule still spans --steps (resume later with --resume-from)",
       intOption("stop-at", 1),
     )
+    .option(
+      "--swarm",
+      "train with the experts on expert nodes (child processes over the wire, per swarm config)",
+    )
     .option("--no-progress", "print one line per validation instead of a progress bar")
     .action(async (opts: TrainOptions, cmd: Command) => {
       const { config: cfg } = configFor(cmd);
@@ -396,21 +409,37 @@ async function train(cfg: SwarmConfig, opts: TrainOptions, io: CliIO, cmd: Comma
   const clipNorm = fixed?.clipNorm ?? opts.clip;
   const out = opts.out ?? defaultModelPath(cfg);
   const adamw = fixed?.adamw ?? adamwHyper({ weightDecay: opts.weightDecay });
-  const host = await LocalExpertHost.create(mc, {
-    backend: opts.backend,
-    threads: opts.threads,
-    adamw,
-  });
-  const kernels = opts.trunk === "onnx" ? await OnnxKernels.create(opts.threads) : null;
+  if (opts.swarm && opts.resume)
+    throw new UsageError(
+      "--resume (weights only) does not apply to --swarm; resume a swarm run with --resume-from",
+    );
+  // Experts in this process, or on expert nodes started as child processes (`--swarm`, issue #5):
+  // the Trainer is the same, the nodes run the experts' forward, backward and AdamW updates.
+  const swarm = opts.swarm
+    ? await startTrainingSwarm(cfg, {
+        ...(configPathOf(cmd) !== undefined ? { configPath: configPathOf(cmd) } : {}),
+        backend: opts.backend,
+        log: (line) => io.err(line),
+      })
+    : null;
+  const local =
+    swarm === null
+      ? await LocalExpertHost.create(mc, { backend: opts.backend, threads: opts.threads, adamw })
+      : null;
+  const host: ExpertHost = swarm?.host ?? (local as LocalExpertHost);
+  const expertsOn =
+    swarm === null ? (local as LocalExpertHost).backend : `swarm (${swarm.nodes.length} nodes)`;
+  let kernels: OnnxKernels | null = null;
   try {
+    kernels = opts.trunk === "onnx" ? await OnnxKernels.create(opts.threads) : null;
     const model = new MoeTransformer(mc, host, "float32", kernels);
-    if (opts.resume && existsSync(out)) {
-      withCheckpointErrors(() => loadModelInto(readModelFile(out), model, host, out));
+    if (opts.resume && existsSync(out) && local !== null) {
+      withCheckpointErrors(() => loadModelInto(readModelFile(out), model, local, out));
       io.err(`resumed weights from ${out}`);
     }
     const trainer = new Trainer(model, { adamw, clipNorm });
     const data = mobyDick();
-    const kernelNames = { experts: host.backend, trunk: opts.trunk };
+    const kernelNames = { experts: swarm === null ? expertsOn : "swarm", trunk: opts.trunk };
     let sampler = new BatchSampler(data.train, batchSize, T, {
       seed: opts.seed ?? mc.seed,
       draws: 0,
@@ -469,10 +498,15 @@ async function train(cfg: SwarmConfig, opts: TrainOptions, io: CliIO, cmd: Comma
             coldEnabled: opts.key !== undefined,
           })
         : null;
+    if (checkpointer !== null && host.exportTrainingState === undefined)
+      throw new UsageError(
+        `checkpoints (${frequency?.text}) need an expert host that exports its training state, and ${expertsOn} does not; pass --checkpoint-every 0`,
+      );
+    let checkpointFailures = 0;
     io.err(
       `training ${mc.tiers.map((t) => `${t.name} ${t.experts}×${t.activation}`).join(", ")}; d_model ${mc.dModel}, ` +
         `batch ${batchSize}×${T} bytes, ${data.train.length} train / ${data.validation.length} validation bytes, ` +
-        `experts on ${host.backend}, trunk on ${opts.trunk}, ${opts.threads} thread(s)` +
+        `experts on ${expertsOn}, trunk on ${opts.trunk}, ${opts.threads} thread(s)` +
         (checkpointer === null
           ? "; no checkpoints"
           : `; checkpoints ${frequency?.text} into ${resolve(opts.store ?? join(cfg.swarm.data_dir, "checkpoints"))} as ${runId}-step-N`),
@@ -541,31 +575,40 @@ async function train(cfg: SwarmConfig, opts: TrainOptions, io: CliIO, cmd: Comma
       bar?.update(step, barPayload);
       if (checkpointer?.due(step)) {
         const c0 = performance.now();
-        const saved = await withStoreErrors(() =>
-          checkpointer.save(trainer, {
-            runId,
-            ...(resumed !== undefined ? { resumedFrom: resumed.id } : {}),
-            recipe: recipe(),
-            sampler: sampler.position(),
-            kernels: kernelNames,
-          }),
-        );
-        const mb = (n: number) => `${(n / 1e6).toFixed(2)} MB`;
-        logLine(
-          `checkpoint ${saved.id} → hot${saved.copies.map((c) => `, ${c.tier}`).join("")}: ` +
-            `${mb(saved.hot.rawBytes)}, wrote ${mb(saved.hot.storedBytes)} hot` +
-            saved.copies.map((c) => ` + ${mb(c.report.storedBytes)} ${c.tier}`).join("") +
-            ` in ${((performance.now() - c0) / 1000).toFixed(2)} s`,
-        );
+        // A failed save (disk full, unreachable node) is reported and training goes on: the run's
+        // weights are still saved at the end, and the next due step tries again.
+        try {
+          const saved = await withStoreErrors(() =>
+            checkpointer.save(trainer, {
+              runId,
+              ...(resumed !== undefined ? { resumedFrom: resumed.id } : {}),
+              recipe: recipe(),
+              sampler: sampler.position(),
+              kernels: kernelNames,
+            }),
+          );
+          const mb = (n: number) => `${(n / 1e6).toFixed(2)} MB`;
+          logLine(
+            `checkpoint ${saved.id} → hot${saved.copies.map((c) => `, ${c.tier}`).join("")}: ` +
+              `${mb(saved.hot.rawBytes)}, wrote ${mb(saved.hot.storedBytes)} hot` +
+              saved.copies.map((c) => ` + ${mb(c.report.storedBytes)} ${c.tier}`).join("") +
+              ` in ${((performance.now() - c0) / 1000).toFixed(2)} s`,
+          );
+        } catch (err) {
+          if (!(err instanceof OperationError)) throw err;
+          checkpointFailures++;
+          logLine(`checkpoint at step ${step} FAILED: ${err.message}; training continues`);
+        }
       }
       if (stopping) break;
     }
     bar?.stop();
     const seconds = (performance.now() - t0) / 1000;
-    const bytes = saveModel(out, model, host, {
-      steps: String(trainer.step),
-      validation_bits_per_byte: val.toFixed(4),
-    });
+    const extra = { steps: String(trainer.step), validation_bits_per_byte: val.toFixed(4) };
+    const bytes =
+      swarm === null
+        ? saveModel(out, model, local as LocalExpertHost, extra)
+        : await saveSwarmModel(cfg, out, model, swarm.host, extra);
     const stats = model.routingStats();
     const dropped = stats.reduce((s, l) => s + l.droppedAssignments, 0);
     const requested = stats.reduce((s, l) => s + l.requested.reduce((a, b) => a + b, 0), 0);
@@ -575,10 +618,12 @@ async function train(cfg: SwarmConfig, opts: TrainOptions, io: CliIO, cmd: Comma
         `${Math.round((tokens / trainMs) * 1000)} tokens/s (training steps only), ` +
         `final train loss ${(lastLoss / Math.LN2).toFixed(3)} bits/byte, validation ${val.toFixed(3)} bits/byte, ` +
         `dropped ${((100 * dropped) / Math.max(1, requested)).toFixed(2)}% of expert assignments; ` +
-        `saved ${(bytes / 1e6).toFixed(1)} MB to ${out}`,
+        `saved ${(bytes / 1e6).toFixed(1)} MB to ${out}` +
+        (checkpointFailures > 0 ? `; ${checkpointFailures} checkpoint(s) FAILED (see above)` : ""),
     );
   } finally {
-    await host.close();
+    await local?.close();
+    await swarm?.stop();
     await kernels?.release();
   }
 }
