@@ -20,7 +20,7 @@ import {
 } from "../crypto/hybrid-link.ts";
 import { MlDsa65Signer, MlDsa65Verifier } from "../crypto/signature.ts";
 import { clientFrame, decodeReplicaMsg, decodeWith, encodeMessage } from "./codec.ts";
-import { messageBytesMax, replicaCount } from "./constants.ts";
+import { messageBytesMax, quorumSize, replicaCount } from "./constants.ts";
 import { FrameReader, writeFrame } from "./framing.ts";
 import { Replica, type ReplicaEvent } from "./replica.ts";
 import type { ReplicaId, ReplicaMsg, ReplyMsg } from "./types.ts";
@@ -45,6 +45,8 @@ export interface CoordinatorNodeInit {
 
 export const handshakeTimeoutMs = 5_000;
 export const reconnectDelayMs = 250;
+/** How long a starting coordinator waits for links to a quorum before serving clients anyway. */
+export const linksGraceMs = 10_000;
 /** Client connections accepted at once. */
 export const clientConnectionsMax = 1_024;
 
@@ -110,12 +112,15 @@ export class CoordinatorNode {
     this.#peerServer = createServer((s) => this.#acceptPeer(s));
     this.#clientServer = createServer((s) => this.#acceptClient(s));
     this.#clientServer.maxConnections = clientConnectionsMax;
-    await Promise.all([
-      listen(this.#peerServer, host, peerPort(portBase, id)),
-      listen(this.#clientServer, host, clientPort(portBase, id)),
-    ]);
+    await listen(this.#peerServer, host, peerPort(portBase, id));
     for (let j = id + 1; j < replicaCount; j++) this.#dial(j);
     this.#arm();
+    // Serve clients once a quorum can be reached (or after a grace period), so a first proposal
+    // is not sent into links that are still handshaking, which would cost a view change.
+    const until = Date.now() + linksGraceMs;
+    while (this.#links.filter(Boolean).length < quorumSize - 1 && Date.now() < until)
+      await new Promise((r) => setTimeout(r, 20));
+    await listen(this.#clientServer, host, clientPort(portBase, id));
   }
 
   stop(): void {
