@@ -272,6 +272,18 @@ describe("moe-swarm train --checkpoint-every / --resume-from", () => {
     );
     assert.equal(sealed.code, 1);
     assert.match(sealed.err, /cold tier is sealed: pass the operator's secret key/);
+    const early = await run(
+      config,
+      "train",
+      "--resume-from",
+      "latest",
+      "--store",
+      join(dir, "store-hot"),
+      "--stop-at",
+      "3",
+    );
+    assert.equal(early.code, 2);
+    assert.match(early.err, /--stop-at 3: the run is already at step 4/);
     const both = await run(config, "train", "--resume", "--resume-from", "latest");
     assert.equal(both.code, 2);
   });

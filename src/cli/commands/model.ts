@@ -458,6 +458,10 @@ async function train(cfg: SwarmConfig, opts: TrainOptions, io: CliIO, cmd: Comma
             `this run uses ${kernelNames.experts}/${kernelNames.trunk}, so the curve continues within float rounding, not bit-exactly`,
         );
     }
+    if (opts.stopAt !== undefined && opts.stopAt <= trainer.step)
+      throw new UsageError(
+        `--stop-at ${opts.stopAt}: the run is already at step ${trainer.step}; pass a later step`,
+      );
     if (resumed !== undefined && trainer.step >= resumed.state.meta.recipe.schedule.totalSteps) {
       io.out(
         `checkpoint ${resumed.id} is at the last step (${trainer.step}) of its schedule: nothing to train; ${out} is unchanged`,
