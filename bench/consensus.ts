@@ -26,7 +26,7 @@ const seconds = Number(values.seconds);
 
 async function runCluster(wan: boolean) {
   const dir = mkdtempSync(join(tmpdir(), "moe-coord-bench-"));
-  const portBase = 23_000 + 20 * Math.floor(Math.random() * 500);
+  const portBase = 21_000 + 20 * Math.floor(Math.random() * 500); // below the ephemeral range
   writeFileSync(
     join(dir, "swarm.yaml"),
     `profile: local\nconsensus:\n  view_timeout: "2s"\n  max_batch: ${values.batch}\nswarm:\n  emulation:\n    enabled: ${wan}\n`,

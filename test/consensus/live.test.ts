@@ -12,7 +12,8 @@ import type { RegistryClient } from "../../src/consensus/client.ts";
 import { LocalCoordinatorCluster } from "../../src/consensus/local-cluster.ts";
 import { RegistryPlacementView } from "../../src/consensus/placement-view.ts";
 
-const portBase = 21_000 + 20 * Math.floor(Math.random() * 1_000);
+// Below the ephemeral port range (32768+), so outgoing connections cannot hold our ports.
+const portBase = 21_000 + 20 * Math.floor(Math.random() * 500);
 const dir = mkdtempSync(join(tmpdir(), "moe-coord-live-"));
 const cluster = new LocalCoordinatorCluster({
   dataDir: dir,
