@@ -7,7 +7,7 @@ import { describe, it } from "node:test";
 import { runSimulation } from "../../src/consensus/sim/simulation.ts";
 
 /** Schedules per test run; `moe-swarm coordinator simulate --seeds N` runs longer sweeps. */
-const seedsInTest = 1_200;
+const seedsInTest = 2_000;
 
 describe("deterministic simulation", () => {
   it(`keeps agreement, durability, liveness and linearizability over ${seedsInTest} seeded schedules`, () => {
