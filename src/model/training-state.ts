@@ -43,6 +43,11 @@ export const optimizerShardName = "optimizer.safetensors";
 export const trainingShardName = "training.json";
 /** training.json is small (a few hundred bytes); anything past this is not ours. */
 export const trainingJsonBytesMax = 1_000_000;
+/**
+ * Resuming replays the sampler's PRNG draws (./batch-sampler.ts), ≈ 10⁸ per second: a bound keeps a
+ * forged position from stalling a resume (2³² draws ≈ a million steps at batch 4096).
+ */
+export const samplerDrawsMax = 2 ** 32;
 
 export class TrainingStateError extends Error {
   constructor(message: string) {
@@ -232,7 +237,14 @@ export function parseTrainingMeta(bytes: Uint8Array, source: string): TrainingMe
       `${where} is malformed at ${first?.path.join(".") || "(top)"}: ${first?.message}`,
     );
   }
-  return parsed.data;
+  const meta = parsed.data;
+  // The sampler draws one 32-bit value per sequence: B per step since the run began.
+  const expected = meta.step * meta.recipe.batch;
+  if (meta.sampler.draws !== expected || meta.sampler.draws > samplerDrawsMax)
+    throw new TrainingStateError(
+      `${where}: sampler.draws is ${meta.sampler.draws}, expected step × batch = ${expected} (at most ${samplerDrawsMax})`,
+    );
+  return meta;
 }
 
 /** Decodes and checks the shards of a training checkpoint (nothing is applied). */

@@ -277,6 +277,38 @@ describe("training resumes bit-exactly from the tiered store", () => {
       () => parseTrainingState(truncated, "ckpt"),
       /ckpt\/optimizer\.safetensors: truncated/,
     );
+    // A forged or inconsistent training.json: named by field.
+    const forge = (edit: (m: Record<string, unknown>) => void) =>
+      shards.map((s) => {
+        if (s.name !== "training.json") return s;
+        const m = JSON.parse(new TextDecoder().decode(s.bytes)) as Record<string, unknown>;
+        edit(m);
+        return { ...s, bytes: new TextEncoder().encode(JSON.stringify(m)) };
+      });
+    assert.throws(
+      () =>
+        parseTrainingState(
+          forge((m) => Object.assign(m, { sampler: { seed: 7, draws: 1e12 } })),
+          "ckpt",
+        ),
+      /ckpt\/training\.json: sampler\.draws is 1000000000000, expected step × batch = 6/,
+    );
+    assert.throws(
+      () =>
+        parseTrainingState(
+          forge((m) => Object.assign(m, { step: -1 })),
+          "ckpt",
+        ),
+      /ckpt\/training\.json is malformed at step/,
+    );
+    assert.throws(
+      () =>
+        parseTrainingState(
+          forge((m) => Object.assign(m, { step: 2 })),
+          "ckpt",
+        ),
+      /sampler\.draws is 6, expected step × batch = 4/,
+    );
   });
 
   it("a mismatched model config or recipe is rejected naming the field", async () => {
