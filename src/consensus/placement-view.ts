@@ -106,3 +106,31 @@ export class RegistryPlacementView {
     return this.#nodes;
   }
 }
+
+export interface PlacementEntry extends RegistryNodeAddress {
+  readonly gpuType: "a10" | "l40s" | "a100-80gb";
+  readonly experts: readonly { readonly layer: number; readonly expert: number }[];
+}
+
+/**
+ * Writes a placement plan into the registry through consensus: registers every node, then sets each
+ * expert's replica list. Returns the first failed result's error, if any. (What `moe-swarm up`
+ * does once the coordinators are up, instead of a static placement file.)
+ */
+export async function publishPlacement(
+  client: RegistryClient,
+  entries: readonly PlacementEntry[],
+): Promise<void> {
+  for (const e of entries) {
+    const r = await client.registerNode(e.nodeId, e.region, e.gpuType, `${e.host}:${e.port}`);
+    if (!r.ok) throw new Error(`register ${e.nodeId}: ${r.error}`);
+  }
+  const byExpert = new Map<string, string[]>();
+  for (const e of entries)
+    for (const id of e.experts)
+      byExpert.set(keyOf(id), [...(byExpert.get(keyOf(id)) ?? []), e.nodeId]);
+  for (const [expert, nodeIds] of byExpert) {
+    const r = await client.setPlacement(expert, nodeIds);
+    if (!r.ok) throw new Error(`placement of ${expert}: ${r.error}`);
+  }
+}

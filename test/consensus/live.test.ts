@@ -10,7 +10,7 @@ import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
 import type { RegistryClient } from "../../src/consensus/client.ts";
 import { LocalCoordinatorCluster } from "../../src/consensus/local-cluster.ts";
-import { RegistryPlacementView } from "../../src/consensus/placement-view.ts";
+import { publishPlacement, RegistryPlacementView } from "../../src/consensus/placement-view.ts";
 
 // Below the ephemeral port range (32768+), so outgoing connections cannot hold our ports.
 const portBase = 21_000 + 20 * Math.floor(Math.random() * 500);
@@ -117,9 +117,24 @@ describe("five coordinator processes on loopback", { timeout: 150_000 }, () => {
     const client = newClient("swarm-gateway");
     const view = new RegistryPlacementView(client, 100);
     try {
-      await client.registerNode("ORD-0", "ORD", "a10", "127.0.0.1:9100");
-      await client.registerNode("AMS-0", "AMS", "l40s", "127.0.0.1:9101");
-      assert.deepEqual(await client.setPlacement("L1.E2", ["ORD-0", "AMS-0"]), { ok: true });
+      await publishPlacement(client, [
+        {
+          nodeId: "ORD-0",
+          region: "ORD",
+          gpuType: "a10",
+          host: "127.0.0.1",
+          port: 9100,
+          experts: [{ layer: 1, expert: 2 }],
+        },
+        {
+          nodeId: "AMS-0",
+          region: "AMS",
+          gpuType: "l40s",
+          host: "127.0.0.1",
+          port: 9101,
+          experts: [{ layer: 1, expert: 2 }],
+        },
+      ]);
       await view.start();
       assert.deepEqual(
         view.replicas({ layer: 1, expert: 2 }).map((n) => [n.nodeId, n.region, n.port]),
