@@ -380,6 +380,10 @@ async function train(cfg: SwarmConfig, opts: TrainOptions, io: CliIO, cmd: Comma
     throw new UsageError(
       "--resume (weights only) and --resume-from (full training state) exclude each other",
     );
+  if (opts.swarm && opts.resume)
+    throw new UsageError(
+      "--resume (weights only) does not apply to --swarm; resume a swarm run with --resume-from",
+    );
   const frequency: CheckpointFrequency | null =
     opts.checkpointEvery === undefined
       ? cfg.checkpoint_strategy.frequency
@@ -409,10 +413,6 @@ async function train(cfg: SwarmConfig, opts: TrainOptions, io: CliIO, cmd: Comma
   const clipNorm = fixed?.clipNorm ?? opts.clip;
   const out = opts.out ?? defaultModelPath(cfg);
   const adamw = fixed?.adamw ?? adamwHyper({ weightDecay: opts.weightDecay });
-  if (opts.swarm && opts.resume)
-    throw new UsageError(
-      "--resume (weights only) does not apply to --swarm; resume a swarm run with --resume-from",
-    );
   // Experts in this process, or on expert nodes started as child processes (`--swarm`, issue #5):
   // the Trainer is the same, the nodes run the experts' forward, backward and AdamW updates.
   const swarm = opts.swarm
