@@ -20,6 +20,8 @@ export const timeoutBackoffExponentMax = 6;
 /** A client request older than this many view timeouts makes an honest replica leave the view. */
 export const censorshipTimeoutViews = 4;
 
+/** A proposal stamped further ahead of a replica's clock is refused (heartbeat ages use it). */
+export const clockSkewMsMax = 30_000;
 /** Future views / rounds whose messages are kept; further ones are dropped with a logged reason. */
 export const futureViewsMax = 64;
 export const futureRoundsMax = 1_024;

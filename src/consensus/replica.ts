@@ -25,6 +25,7 @@ import { checkQc, checkTc, tcHighQcRound } from "./certificates.ts";
 import {
   batchRequestsMax,
   censorshipTimeoutViews,
+  clockSkewMsMax,
   fetchBlocksMax,
   futureRoundsMax,
   futureViewsMax,
@@ -531,6 +532,13 @@ export class Replica {
       return;
     }
     const parent = this.#blocks.get(b.parentId) as Block;
+    if (b.timestampMs > this.#now + clockSkewMsMax) {
+      this.#reject(
+        from,
+        `proposal timestamp ${b.timestampMs - this.#now} ms ahead of this replica's clock`,
+      );
+      return;
+    }
     if (b.timestampMs < parent.timestampMs) {
       this.#reject(from, "proposal timestamp below its parent's");
       return;
