@@ -63,6 +63,9 @@ export const pushRetryDelaySecondsMax = 60;
 export const pushTimeoutSeconds = 5;
 export const pushIntervalSecondsDefault = 15;
 
+/** Live-feed failover events: at most one per failing node and reason in this period (all are counted). */
+export const failoverEventIntervalSeconds = 1;
+
 invariant(latencyWindowSamplesMax > 0, "latency window must hold samples");
 invariant(feedSnapshotIntervalSeconds >= feedSnapshotIntervalSecondsMin, "snapshot period too low");
 invariant(pushRetryDelaySecondsMin <= pushRetryDelaySecondsMax, "push retry bounds reversed");

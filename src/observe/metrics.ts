@@ -489,17 +489,22 @@ export class SwarmMetrics {
     this.#expertCallSeconds.observe({ region, outcome }, seconds);
   }
 
-  recordFailover(f: {
-    layer: number;
-    expert: number;
-    from: string;
-    to: string;
-    reason: FailoverReason;
-  }): void {
+  recordFailover(
+    f: {
+      layer: number;
+      expert: number;
+      from: string;
+      to: string;
+      reason: FailoverReason;
+    },
+    options: { event?: boolean } = {},
+  ): void {
     const tier = this.#layerLabels[f.layer]?.tier ?? "unknown";
     this.#failovers.inc({ tier, reason: f.reason });
     this.dashboard.recordFailover();
-    this.#emit("failover", `L${f.layer}.E${f.expert}: ${f.from} → ${f.to} (${f.reason})`);
+    // `event: false` counts without a live-feed event (the caller rate-limits events).
+    if (options.event !== false)
+      this.#emit("failover", `L${f.layer}.E${f.expert}: ${f.from} → ${f.to} (${f.reason})`);
   }
 
   /** Failovers known only as a count (from the dispatcher's cumulative counters). */

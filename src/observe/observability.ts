@@ -14,7 +14,9 @@
 import type { IncomingMessage, ServerResponse } from "node:http";
 import type { SwarmConfig } from "../config/schema.ts";
 import type { ExpertHost } from "../model/expert.ts";
+import type { DispatchObserver } from "../swarm/dispatch-observer.ts";
 import { Dashboard, type ServedDashboard, serveDashboard } from "./dashboard.ts";
+import { metricsDispatchObserver } from "./dispatch-observer.ts";
 import { expertNodeRequestHook } from "./expert-node-hook.ts";
 import { instrumentHandler } from "./http-instrument.ts";
 import type { HttpRoute } from "./http-route.ts";
@@ -53,12 +55,22 @@ export interface GatewayObservability {
   readonly push: PushLoop | null;
   /** For GatewayInit.wrapExpertHost: traces and times each expert call. */
   wrapExpertHost(dispatcher: ExpertHost): ExpertHost;
+  /**
+   * For GatewayInit.dispatchObserver: hedge spans with links, failovers with their reason,
+   * coherence times. When the gateway uses it, pass `{ dispatchObserved: true }` to startRecorder
+   * so failovers and hedges are not counted twice.
+   */
+  readonly dispatchObserver: DispatchObserver;
   /** Wraps the API's request handler: a server span and request metrics per request. */
   instrument(
     handler: (req: IncomingMessage, res: ServerResponse) => void,
   ): (req: IncomingMessage, res: ServerResponse) => void;
   /** Records routing, dispatch and API counters every `recorderIntervalSeconds`. */
-  startRecorder(gateway: ObservedGateway, expertsOf?: (nodeId: string) => readonly string[]): void;
+  startRecorder(
+    gateway: ObservedGateway,
+    expertsOf?: (nodeId: string) => readonly string[],
+    options?: { dispatchObserved?: boolean },
+  ): void;
   /** Records them now (no-op before startRecorder). */
   tick(): void;
   /** One server with the dashboard, /metrics, /v1/traces, /live and `fallback` for the rest. */
@@ -125,6 +137,11 @@ export function gatewayObservability(
     traces,
     dashboard,
     push,
+    dispatchObserver: metricsDispatchObserver({
+      tracing,
+      metrics,
+      ...(enabled ? { enabled } : {}),
+    }),
     wrapExpertHost: (dispatcher) =>
       new TracedExpertHost(dispatcher, {
         tracing,
@@ -134,13 +151,15 @@ export function gatewayObservability(
       }),
     instrument: (handler) =>
       instrumentHandler(handler, { tracing, metrics, ...(enabled ? { enabled } : {}) }),
-    startRecorder(gateway, expertsOf) {
+    startRecorder(gateway, expertsOf, options = {}) {
       const recorder = new SwarmRecorder(metrics);
+      // With the dispatch observer in place, failovers and hedges are counted where they happen.
+      const observedCounters = { failovers: 0, hedges: 0 };
       const tick = () => {
         if (enabled && !enabled()) return;
         recorder.recordRouting(gateway.trunk.routingStats());
         recorder.recordDispatch(
-          gateway.dispatcher.counters,
+          options.dispatchObserved ? observedCounters : gateway.dispatcher.counters,
           gateway.dispatcher.nodeStats(),
           init.region,
           expertsOf,

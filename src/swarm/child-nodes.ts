@@ -16,6 +16,8 @@ export const childStopGraceMs = 5000;
 export interface ChildNode extends NodeAddress {
   readonly child: ChildProcess;
   readonly experts: number;
+  /** The node's Prometheus endpoint (`moe-swarm node` serves it on a second port). */
+  readonly metricsUrl: string | undefined;
 }
 
 const live = new Set<ChildProcess>();
@@ -96,6 +98,8 @@ export async function spawnNode(
     modelPath?: string;
     regions?: readonly string[];
     nodesPerRegion?: number;
+    /** OTLP/HTTP traces endpoint the node exports its spans to (the gateway's /v1/traces). */
+    otlp?: string;
     onLog?: (line: string) => void;
   } = {},
 ): Promise<ChildNode> {
@@ -112,6 +116,7 @@ export async function spawnNode(
       ...(opts.modelPath ? ["--model", opts.modelPath] : []),
       ...(opts.regions ? ["--regions", opts.regions.join(",")] : []),
       ...(opts.nodesPerRegion ? ["--nodes-per-region", String(opts.nodesPerRegion)] : []),
+      ...(opts.otlp ? ["--otlp", opts.otlp] : []),
     ],
     opts.configPath,
     opts.onLog,
@@ -123,6 +128,7 @@ export async function spawnNode(
     host: String(event.host),
     port: Number(event.port),
     experts: Number(event.experts),
+    metricsUrl: typeof event.metricsUrl === "string" ? event.metricsUrl : undefined,
   };
 }
 

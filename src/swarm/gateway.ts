@@ -3,11 +3,13 @@
 // concurrently (the MoE layer calls them with Promise.all) — and the OpenAI-compatible HTTP API
 // in front. Ready (GET /readyz) when every expert has at least one healthy replica.
 
+import type { IncomingMessage, ServerResponse } from "node:http";
 import type { SwarmConfig } from "../config/schema.ts";
 import { modelConfigFrom } from "../model/config.ts";
 import type { ExpertHost } from "../model/expert.ts";
 import { MoeTransformer } from "../model/transformer.ts";
 import { OnnxKernels } from "../tensor/onnx-kernels.ts";
+import type { DispatchObserver } from "./dispatch-observer.ts";
 import { ModelTextGenerator } from "./model-generator.ts";
 import { loadTrunkWeights } from "./model-weights.ts";
 import { type HttpRoute, OpenAiApi } from "./openai-api.ts";
@@ -31,6 +33,24 @@ export interface GatewayInit {
   readonly extraRoutes?: readonly HttpRoute[];
   /** Wraps the dispatcher before the trunk uses it (issue #8's TracedExpertHost). */
   readonly wrapExpertHost?: (dispatcher: ExpertHost) => ExpertHost;
+  /** Told about hedges, failovers and update coherence (issue #8's DispatchObserver). */
+  readonly dispatchObserver?: DispatchObserver;
+  /**
+   * Serves the API's handler on a server of the caller's (issue #8's dashboard server, so one port
+   * answers the API, the dashboard, /metrics and /live); default: the API's own server.
+   */
+  readonly serve?: (
+    handler: (req: IncomingMessage, res: ServerResponse) => void,
+    host: string,
+    port: number,
+  ) => Promise<ServedGateway>;
+}
+
+/** A server the caller started for the gateway (GatewayInit.serve). */
+export interface ServedGateway {
+  readonly url: string;
+  readonly port: number;
+  close(): Promise<void>;
 }
 
 export interface RunningGateway {
@@ -55,6 +75,7 @@ export async function startGateway(cfg: SwarmConfig, init: GatewayInit): Promise
     dModel: cfg.model.d_model,
     links: regionLinksFromConfig(cfg),
     hedging: init.hedging ?? true,
+    ...(init.dispatchObserver ? { observer: init.dispatchObserver } : {}),
   });
   const host = init.wrapExpertHost ? init.wrapExpertHost(dispatcher) : dispatcher;
   const kernels = (init.trunk ?? "onnx") === "onnx" ? await OnnxKernels.create(1) : null;
@@ -77,10 +98,18 @@ export async function startGateway(cfg: SwarmConfig, init: GatewayInit): Promise
     swarmStats: () => ({ dispatch: dispatcher.counters, nodes: dispatcher.nodeStats() }),
     extraRoutes: init.extraRoutes,
   });
-  const address = await api.listen(
-    init.host ?? cfg.swarm.host,
-    init.port ?? cfg.swarm.gateway_port,
-  );
+  const listenHost = init.host ?? cfg.swarm.host;
+  const listenPort = init.port ?? cfg.swarm.gateway_port;
+  let address: { readonly url: string; readonly port: number; close?: () => Promise<void> };
+  try {
+    address = init.serve
+      ? await init.serve((req, res) => api.handle(req, res), listenHost, listenPort)
+      : await api.listen(listenHost, listenPort);
+  } catch (err) {
+    dispatcher.close();
+    await kernels?.release();
+    throw err;
+  }
   return {
     url: address.url,
     port: address.port,
@@ -88,6 +117,7 @@ export async function startGateway(cfg: SwarmConfig, init: GatewayInit): Promise
     dispatcher,
     trunk,
     async close() {
+      await address.close?.();
       await api.close();
       dispatcher.close();
       await kernels?.release();

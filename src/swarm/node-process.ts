@@ -7,7 +7,7 @@
 import type { SwarmConfig } from "../config/schema.ts";
 import { modelConfigFrom } from "../model/config.ts";
 import { type ExpertBackend, LocalExpertHost } from "../model/local-expert-host.ts";
-import { ExpertNode } from "./expert-node.ts";
+import { ExpertNode, type ExpertNodeInit } from "./expert-node.ts";
 import { loadExpertWeights } from "./model-weights.ts";
 import { nodeIdOf, planFromConfig } from "./placement.ts";
 import { regionLinksFromConfig } from "./region-links.ts";
@@ -24,6 +24,8 @@ export interface NodeProcessInit {
   readonly nodesPerRegion?: number;
   /** Trained model file; without it the experts keep their seed initialisation. */
   readonly modelPath?: string;
+  /** Per-request hook (issue #8's nodeObservability().onRequest: a span and metrics per frame). */
+  readonly onRequest?: ExpertNodeInit["onRequest"];
 }
 
 export interface RunningNode {
@@ -67,6 +69,7 @@ export async function startNodeProcess(
     links: regionLinksFromConfig(cfg),
     listenHost: init.host ?? cfg.swarm.host,
     port: init.port ?? 0,
+    ...(init.onRequest ? { onRequest: init.onRequest } : {}),
   });
   const address = await node.listen();
   return {

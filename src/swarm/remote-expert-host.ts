@@ -37,6 +37,7 @@ import {
   probeIntervalMsMax,
   probeIntervalMsMin,
 } from "./constants.ts";
+import type { DispatchFailoverReason, DispatchObserver, HedgeHandle } from "./dispatch-observer.ts";
 import {
   DeadlineError,
   NodeUnavailableError,
@@ -63,6 +64,8 @@ export interface RemoteExpertHostInit {
   /** Coalesce same-turn forward calls for one expert into one wire call (default true). */
   readonly coalesce?: boolean;
   readonly nowMs?: () => number;
+  /** Told about hedges, failovers and update coherence as they happen (issue #8's metrics). */
+  readonly observer?: DispatchObserver;
 }
 
 interface ForwardPart {
@@ -140,7 +143,31 @@ interface NodeState {
   readonly stale: Set<string>;
 }
 
-type Attempt = (client: NodeClient, timeoutMs: number, signal: AbortSignal) => Promise<Frame>;
+/** `traceparent`: set for a hedged attempt, which carries its own span's context. */
+type Attempt = (
+  client: NodeClient,
+  timeoutMs: number,
+  signal: AbortSignal,
+  traceparent: string | undefined,
+) => Promise<Frame>;
+
+/** The failover reason an attempt's error stands for. */
+function failoverReason(err: unknown): DispatchFailoverReason {
+  if (err instanceof DeadlineError) return "timeout";
+  if (err instanceof RemoteCallError && err.code === WireErrorCode.deadlineExceeded)
+    return "timeout";
+  if (err instanceof NodeUnavailableError) return "node_down";
+  return "error";
+}
+
+/** Runs an observer callback; an observer's bug never fails an expert call. */
+function observe<T>(fn: () => T): T | undefined {
+  try {
+    return fn();
+  } catch {
+    return undefined;
+  }
+}
 
 export class RemoteExpertHost implements ExpertHost {
   readonly counters = new DispatchCounters();
@@ -260,13 +287,13 @@ export class RemoteExpertHost implements ExpertHost {
     tokens: number,
     ctx?: ExpertCallContext,
   ): Promise<Float32Array> {
-    const frame = await this.#read(id, ctx, (client, timeoutMs, signal) =>
+    const frame = await this.#read(id, ctx, (client, timeoutMs, signal, traceparent) =>
       client.call({
         op: Op.forward,
         ids: [id],
         tensors: [{ dims: [tokens, this.#init.dModel], data: x }],
         timeoutMs,
-        ctx: { ...ctx, signal },
+        ctx: { ...ctx, signal, traceparent: traceparent ?? ctx?.traceparent },
       }),
     );
     return this.#rows(frame, tokens);
@@ -337,13 +364,17 @@ export class RemoteExpertHost implements ExpertHost {
   }
 
   async applyUpdate(ids: readonly ExpertId[], update: ExpertUpdate): Promise<void> {
-    await this.#writeAll(ids, undefined, (client, group, timeoutMs) =>
-      client.call({
-        op: Op.applyUpdate,
-        ids: group,
-        scalars: [update.step, update.learningRate, update.gradScale],
-        timeoutMs,
-      }),
+    await this.#writeAll(
+      ids,
+      undefined,
+      (client, group, timeoutMs) =>
+        client.call({
+          op: Op.applyUpdate,
+          ids: group,
+          scalars: [update.step, update.learningRate, update.gradScale],
+          timeoutMs,
+        }),
+      true,
     );
   }
 
@@ -678,6 +709,23 @@ export class RemoteExpertHost implements ExpertHost {
         this.counters.failedCalls++;
         reject(new NoReplicaError(key, errors));
       };
+      let primaryNode = "";
+      /** Tells the observer that `from` failed and the call moved on (or not). */
+      const failover = (from: NodeState, reason: DispatchFailoverReason) => {
+        const to = queue[0]?.address.nodeId ?? null;
+        const launched = launch("failover");
+        const observer = this.#init.observer;
+        if (observer?.failover)
+          observe(() =>
+            observer.failover?.({
+              experts: [id],
+              from: from.address.nodeId,
+              to: launched ? to : null,
+              reason,
+            }),
+          );
+        return launched;
+      };
       const launch = (kind: "first" | "hedge" | "failover"): boolean => {
         if (this.#closed || callerSignal?.aborted) return false;
         // Past the caller's deadline nobody awaits an answer: stop trying.
@@ -686,7 +734,24 @@ export class RemoteExpertHost implements ExpertHost {
         if (!n || started >= callAttemptsMax) return false;
         started++;
         running++;
-        if (kind === "hedge") this.counters.hedges++;
+        if (kind !== "hedge") primaryNode = n.address.nodeId;
+        let hedge: HedgeHandle | undefined;
+        if (kind === "hedge") {
+          this.counters.hedges++;
+          const observer = this.#init.observer;
+          if (observer?.hedgeStarted)
+            hedge = observe(() =>
+              observer.hedgeStarted?.({
+                expert: id,
+                primaryNode,
+                hedgeNode: n.address.nodeId,
+                traceparent: ctx?.traceparent,
+              }),
+            );
+        }
+        const endHedge = (outcome: "won" | "lost" | "error") => {
+          if (hedge) observe(() => hedge?.end(outcome));
+        };
         if (kind === "failover") {
           this.counters.failovers++;
           this.counters.lastFailoverAtMs = this.#now();
@@ -695,24 +760,33 @@ export class RemoteExpertHost implements ExpertHost {
         controllers.push(controller);
         const timeoutMs = this.#attemptTimeoutMs(n, ctx);
         const t0 = this.#now();
-        attempt(n.client, timeoutMs, controller.signal).then(
+        attempt(n.client, timeoutMs, controller.signal, hedge?.traceparent).then(
           (frame) => {
             running--;
-            if (done) return;
+            if (done) {
+              endHedge("lost");
+              return;
+            }
             n.latency.record(this.#now() - t0);
             this.#markHealthy(n);
             if (versioned && !this.#acceptVersion(n, id, frame.scalars[0])) {
+              endHedge("error");
               errors.push(`${n.address.nodeId}: stale weights (version ${frame.scalars[0]})`);
-              if (!launch("failover") && running === 0) giveUp();
+              if (!failover(n, "error") && running === 0) giveUp();
               return;
             }
             if (kind === "hedge") this.counters.hedgeWins++;
+            endHedge("won");
             finish();
             resolve(frame);
           },
           (err: unknown) => {
             running--;
-            if (done) return;
+            if (done) {
+              endHedge("lost");
+              return;
+            }
+            endHedge("error");
             if (callerSignal?.aborted) {
               // The caller gave up (client went away): not a node failure, no failover.
               finish();
@@ -723,7 +797,7 @@ export class RemoteExpertHost implements ExpertHost {
             }
             errors.push(`${n.address.nodeId}: ${(err as Error).message}`);
             this.#markFailure(n, err);
-            if (!launch("failover") && running === 0) giveUp();
+            if (!failover(n, failoverReason(err)) && running === 0) giveUp();
           },
         );
         const hedgeDelayMs = this.#hedgeDelayMs(n, timeoutMs);
@@ -751,6 +825,7 @@ export class RemoteExpertHost implements ExpertHost {
     ids: readonly ExpertId[],
     ctx: ExpertCallContext | undefined,
     call: (client: NodeClient, ids: readonly ExpertId[], timeoutMs: number) => Promise<Frame>,
+    measureCoherence = false,
   ): Promise<Frame[]> {
     this.counters.calls++;
     const groups = new Map<string, { node: NodeState; ids: ExpertId[] }>();
@@ -766,14 +841,22 @@ export class RemoteExpertHost implements ExpertHost {
     const ordered = [...groups.values()].sort(
       (a, b) => this.#expectedMs(a.node) - this.#expectedMs(b.node),
     );
+    // When each node acknowledged (for the coherence time of replicated updates).
+    const ackedAtMs = new Array<number>(ordered.length).fill(Number.NaN);
     const results = await Promise.allSettled(
-      ordered.map(({ node, ids: group }) =>
-        this.#timed(node, (t) => call(node.client, group, t), ctx),
+      ordered.map(({ node, ids: group }, i) =>
+        this.#timed(node, (t) => call(node.client, group, t), ctx).then((f) => {
+          ackedAtMs[i] = this.#now();
+          return f;
+        }),
       ),
     );
     const answers: Frame[] = [];
     const ok = new Set<string>();
     const errors: string[] = [];
+    /** Expert key → acknowledgements (version, time) of the replicas that took the write. */
+    const acks = new Map<string, { id: ExpertId; version: number; atMs: number }[]>();
+    const observer = this.#init.observer;
     results.forEach((r, i) => {
       const { node, ids: group } = ordered[i] as { node: NodeState; ids: ExpertId[] };
       if (r.status === "fulfilled") {
@@ -782,14 +865,48 @@ export class RemoteExpertHost implements ExpertHost {
         const versions = r.value.op === Op.applyUpdate ? r.value.scalars : [r.value.scalars[0]];
         group.forEach((id, j) => {
           if (this.#acceptVersion(node, id, versions[j])) ok.add(expertKey(id));
+          const version = versions[j];
+          if (measureCoherence && version !== undefined) {
+            const list = acks.get(expertKey(id)) ?? [];
+            list.push({ id, version, atMs: ackedAtMs[i] as number });
+            acks.set(expertKey(id), list);
+          }
         });
       } else {
         errors.push(`${node.address.nodeId}: ${(r.reason as Error).message}`);
         this.#markFailure(node, r.reason);
         // The replica missed a write: its accumulated gradients or weights now differ.
         for (const id of group) node.stale.add(expertKey(id));
+        if (observer?.failover)
+          observe(() =>
+            observer.failover?.({
+              experts: group,
+              from: node.address.nodeId,
+              to: null,
+              reason: failoverReason(r.reason),
+            }),
+          );
       }
     });
+    if (observer?.coherence) {
+      for (const list of acks.values()) {
+        // The replicas that reached the newest version: from the first one's ack to the last's.
+        const newest = Math.max(...list.map((a) => a.version));
+        const same = list.filter((a) => a.version === newest);
+        if (same.length < 2) continue;
+        const times = same.map((a) => a.atMs);
+        const seconds = (Math.max(...times) - Math.min(...times)) / 1000;
+        const first = same[0] as { id: ExpertId };
+        observe(() =>
+          observer.coherence?.({
+            expert: first.id,
+            version: newest,
+            replicas: same.length,
+            seconds,
+          }),
+        );
+      }
+    }
     for (const id of ids) {
       if (!ok.has(expertKey(id))) {
         this.counters.failedCalls++;

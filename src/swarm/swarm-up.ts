@@ -3,9 +3,13 @@
 // gateway (a child process too) in front; the URL to call is printed, and every child is stopped
 // on SIGINT/SIGTERM. Children are real processes so that a node can be killed (kill -9) and the
 // swarm keeps serving through the replicas.
+// Observability (issue #8): the gateway's port also serves the dashboard, /metrics, the /live feed
+// and the OTLP receiver; each node serves its own /metrics and exports its spans to the gateway,
+// so the gateway's port is chosen before the nodes start (they are told where to export).
 
 import type { ChildProcess } from "node:child_process";
 import { mkdirSync, writeFileSync } from "node:fs";
+import { createServer } from "node:net";
 import { join } from "node:path";
 import type { SwarmConfig } from "../config/schema.ts";
 import { type ChildNode, spawnListening, spawnNode, stopChild } from "./child-nodes.ts";
@@ -24,15 +28,41 @@ export interface SwarmUpInit {
 }
 
 export interface RunningSwarm {
+  /** The gateway: OpenAI API, and the dashboard at `/`. */
   readonly url: string;
+  /** The same server as a local client dials it (a wildcard bind address becomes loopback). */
+  readonly dashboardUrl: string;
+  readonly metricsUrl: string;
+  readonly liveUrl: string;
   readonly nodes: readonly ChildNode[];
   readonly gateway: ChildProcess;
   readonly placementPath: string;
   stop(): Promise<void>;
 }
 
+/** A port free on `host` now (bound and released), for a server started a moment later. */
+export function freePort(host: string): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const server = createServer();
+    server.once("error", reject);
+    server.listen(0, host, () => {
+      const address = server.address();
+      const port = typeof address === "object" && address ? address.port : 0;
+      server.close(() => resolve(port));
+    });
+  });
+}
+
+/** The host a local client dials for a server bound to `host` (a wildcard → loopback). */
+export function dialHost(host: string): string {
+  return host === "0.0.0.0" || host === "::" ? "127.0.0.1" : host;
+}
+
 export async function swarmUp(cfg: SwarmConfig, init: SwarmUpInit): Promise<RunningSwarm> {
   const plan = planFromConfig(cfg, init.regions, init.nodesPerRegion);
+  // The nodes export spans to the gateway's OTLP receiver: fix its port before they start.
+  const gatewayPort = init.gatewayPort === 0 ? await freePort(cfg.swarm.host) : init.gatewayPort;
+  const otlp = `http://${dialHost(cfg.swarm.host)}:${gatewayPort}/v1/traces`;
   const nodes: ChildNode[] = [];
   const stopAll = async () => {
     await Promise.all(nodes.map((n) => stopChild(n.child)));
@@ -47,6 +77,7 @@ export async function swarmUp(cfg: SwarmConfig, init: SwarmUpInit): Promise<Runn
           modelPath: init.modelPath,
           regions: init.regions,
           nodesPerRegion: init.nodesPerRegion,
+          otlp,
           onLog: (line) => init.log?.(`[${p.nodeId}] ${line}`),
         });
       }),
@@ -72,7 +103,7 @@ export async function swarmUp(cfg: SwarmConfig, init: SwarmUpInit): Promise<Runn
         "--placement",
         placementPath,
         "--port",
-        String(init.gatewayPort),
+        String(gatewayPort),
         "--region",
         region,
         ...(init.modelPath ? ["--model", init.modelPath] : []),
@@ -80,8 +111,13 @@ export async function swarmUp(cfg: SwarmConfig, init: SwarmUpInit): Promise<Runn
       init.configPath,
       (line) => init.log?.(`[gateway] ${line}`),
     );
+    const url = String(event.url);
+    const dial = `http://${dialHost(new URL(url).hostname)}:${new URL(url).port}`;
     return {
-      url: String(event.url),
+      url,
+      dashboardUrl: typeof event.dashboard === "string" ? event.dashboard : `${dial}/`,
+      metricsUrl: typeof event.metrics === "string" ? event.metrics : `${dial}/metrics`,
+      liveUrl: typeof event.live === "string" ? event.live : `${dial.replace(/^http/, "ws")}/live`,
       nodes,
       gateway: child,
       placementPath,

@@ -1,5 +1,8 @@
 // `moe-swarm up` as a user runs it (a child process): it starts nodes and the gateway, prints the
-// URL, serves the official openai client, and on SIGTERM stops every child it started.
+// URL, serves the official openai client, and on SIGTERM stops every child it started. With
+// observability wired in: the printed dashboard URL serves the page, `/metrics` (gateway and each
+// node) parses with every spec metric, `/live` streams snapshots that count the request, and one
+// trace holds spans of the gateway and of a node process (exported over OTLP to the gateway).
 
 import assert from "node:assert/strict";
 import { spawn } from "node:child_process";
@@ -10,7 +13,63 @@ import { join } from "node:path";
 import { createInterface } from "node:readline";
 import { describe, it } from "node:test";
 import OpenAI from "openai";
+import { WebSocket } from "ws";
 import { binPath } from "../../src/swarm/child-nodes.ts";
+import { parseExposition } from "../observe/exposition.ts";
+
+interface UpEvent {
+  url: string;
+  nodes: number;
+  dashboard: string;
+  metrics: string;
+  live: string;
+  nodeMetrics: Record<string, string | null>;
+}
+
+const specMetrics: [string, string][] = [
+  ["moe_swarm_expert_coherence_time_seconds", "histogram"],
+  ["moe_swarm_gradient_entanglement_fidelity_ratio", "gauge"],
+  ["moe_swarm_consensus_rounds_total", "counter"],
+];
+
+async function assertSpecMetrics(url: string): Promise<void> {
+  const res = await fetch(url);
+  assert.equal(res.status, 200, url);
+  const families = await parseExposition(await res.text());
+  for (const [name, type] of specMetrics)
+    assert.equal(families[name]?.type, type, `${url}: ${name}`);
+}
+
+/** The first live-feed message whose snapshot satisfies `ok` (the feed sends one per tick). */
+function liveMessage(url: string, ok: (m: { snapshot: unknown }) => boolean): Promise<unknown> {
+  return new Promise((resolve, reject) => {
+    const ws = new WebSocket(url);
+    const timer = setTimeout(() => {
+      ws.terminate();
+      reject(new Error(`no matching live-feed message from ${url} in 10 s`));
+    }, 10_000);
+    ws.on("message", (data) => {
+      const m = JSON.parse(String(data)) as { type: string; snapshot: unknown };
+      if (m.type === "update" && ok(m)) {
+        clearTimeout(timer);
+        ws.close();
+        resolve(m.snapshot);
+      }
+    });
+    ws.on("error", (err) => {
+      clearTimeout(timer);
+      reject(err);
+    });
+  });
+}
+
+async function waitFor(what: string, condition: () => Promise<boolean>, timeoutMs = 15_000) {
+  const until = Date.now() + timeoutMs;
+  while (!(await condition())) {
+    if (Date.now() > until) throw new Error(`timed out waiting for: ${what}`);
+    await new Promise((r) => setTimeout(r, 100));
+  }
+}
 
 function portOpen(port: number): Promise<boolean> {
   return new Promise((resolve) => {
@@ -22,7 +81,7 @@ function portOpen(port: number): Promise<boolean> {
   });
 }
 
-describe("moe-swarm up", { timeout: 90_000 }, () => {
+describe("moe-swarm up", { timeout: 120_000 }, () => {
   it("brings up nodes and gateway, serves completions, and stops every child on SIGTERM", async () => {
     const dir = mkdtempSync(join(tmpdir(), "moe-swarm-up-"));
     const configPath = join(dir, "swarm.yaml");
@@ -47,9 +106,11 @@ describe("moe-swarm up", { timeout: 90_000 }, () => {
     let stderr = "";
     child.stderr.on("data", (c) => (stderr += c));
     try {
-      const event = await new Promise<{ url: string; nodes: number }>((resolve, reject) => {
+      let printed = "";
+      const event = await new Promise<UpEvent>((resolve, reject) => {
         createInterface({ input: child.stdout }).on("line", (line) => {
-          if (line.startsWith("{")) resolve(JSON.parse(line) as { url: string; nodes: number });
+          printed += `${line}\n`;
+          if (line.startsWith("{")) resolve(JSON.parse(line) as UpEvent);
         });
         child.once("exit", (code) => reject(new Error(`up exited ${code}: ${stderr}`)));
       });
@@ -62,6 +123,40 @@ describe("moe-swarm up", { timeout: 90_000 }, () => {
         temperature: 0,
       });
       assert.equal(r.usage?.completion_tokens, 5);
+
+      // The dashboard on the same port as the API, at the printed URL.
+      assert.equal(new URL(event.dashboard).port, new URL(event.url).port);
+      await waitFor("the human-readable lines", async () => printed.includes("dashboard: "));
+      assert.ok(printed.includes(event.dashboard), printed);
+      const page = await fetch(event.dashboard);
+      assert.equal(page.status, 200);
+      assert.match(page.headers.get("content-type") ?? "", /text\/html/);
+      assert.match(await page.text(), /dashboard\.js/);
+      await assertSpecMetrics(event.metrics);
+      const gatewayMetrics = await (await fetch(event.metrics)).text();
+      assert.match(
+        gatewayMetrics,
+        /moe_swarm_request_duration_seconds_count\{[^}]*route="\/v1\/completions"/,
+      );
+      assert.equal(Object.keys(event.nodeMetrics).length, 3);
+      for (const url of Object.values(event.nodeMetrics)) {
+        assert.ok(url, "every node prints its /metrics URL");
+        await assertSpecMetrics(url);
+      }
+      // The live feed: a snapshot that has counted the completion.
+      const snapshot = (await liveMessage(event.live, (m) => {
+        const s = m.snapshot as { requests?: { total?: number } };
+        return (s.requests?.total ?? 0) >= 1;
+      })) as { nodes: unknown[] };
+      assert.ok(Array.isArray(snapshot.nodes));
+      // One trace across processes: the node spans arrive over OTLP at the gateway.
+      await waitFor("a trace with a node process's spans", async () => {
+        const res = await fetch(`${event.dashboard.replace(/\/$/, "")}/api/traces?limit=50`);
+        const body = (await res.json()) as { traces: { services: string[] }[] };
+        return body.traces.some(
+          (t) => t.services.includes("gateway") && t.services.some((s) => /^[A-Z]{3}-0$/.test(s)),
+        );
+      });
       const placement = JSON.parse(readFileSync(join(dir, "placement.json"), "utf8")) as {
         nodes: { port: number }[];
       };

@@ -2,14 +2,20 @@
 // JSON "listening" line on stdout (what `up` and the tests read) and stop cleanly on SIGINT/SIGTERM.
 
 import { existsSync } from "node:fs";
+import { createServer } from "node:http";
+import type { AddressInfo } from "node:net";
 import { join } from "node:path";
 import type { Command } from "commander";
+import { expertKey } from "../../model/expert.ts";
 import type { ExpertBackend } from "../../model/local-expert-host.ts";
+import { routeAll } from "../../observe/http-route.ts";
+import { gatewayObservability, nodeObservability } from "../../observe/observability.ts";
 import { runMoeSwarm } from "../../swarm/child-nodes.ts";
 import { startGateway } from "../../swarm/gateway.ts";
 import { startNodeProcess } from "../../swarm/node-process.ts";
-import { placementFromFile } from "../../swarm/placement.ts";
-import { swarmUp } from "../../swarm/swarm-up.ts";
+import { httpKeepAliveMs } from "../../swarm/openai-api.ts";
+import { nodeIdOf, placementFromFile } from "../../swarm/placement.ts";
+import { dialHost, swarmUp } from "../../swarm/swarm-up.ts";
 import { type CliIO, configFor, OperationError, UsageError } from "../context.ts";
 
 /** Training budget of `up` when no model file exists yet. */
@@ -144,13 +150,20 @@ export function registerSwarm(program: Command, io: CliIO): void {
           role: "up",
           url: swarm.url,
           nodes: swarm.nodes.length,
+          dashboard: swarm.dashboardUrl,
+          metrics: swarm.metricsUrl,
+          live: swarm.liveUrl,
+          nodeMetrics: Object.fromEntries(swarm.nodes.map((n) => [n.nodeId, n.metricsUrl ?? null])),
         }),
       );
+      const api = swarm.dashboardUrl.replace(/\/$/, "");
       io.out(
         [
-          `moe-swarm is up: ${swarm.url}  (${swarm.nodes.length} expert nodes in ${regions.join(", ")}; placement ${swarm.placementPath})`,
-          `  curl ${swarm.url}/v1/completions -H 'content-type: application/json' -d '{"model":"moe-swarm-${config.profile}","prompt":"Call me Ishmael.","max_tokens":40}'`,
-          `  swarm state: ${swarm.url}/v1/swarm   ·   Ctrl-C stops everything`,
+          `moe-swarm is up: ${api}  (${swarm.nodes.length} expert nodes in ${regions.join(", ")}; placement ${swarm.placementPath})`,
+          `  dashboard: ${swarm.dashboardUrl}   ·   metrics: ${swarm.metricsUrl}   ·   live feed: ${swarm.liveUrl}`,
+          `  curl ${api}/v1/completions -H 'content-type: application/json' -d '{"model":"moe-swarm-${config.profile}","prompt":"Call me Ishmael.","max_tokens":40}'`,
+          `  node metrics: ${swarm.nodes.map((n) => n.metricsUrl ?? "?").join(" ")}`,
+          `  swarm state: ${api}/v1/swarm   ·   Ctrl-C stops everything`,
         ].join("\n"),
       );
       await untilSignal();
@@ -177,16 +190,33 @@ export function registerSwarm(program: Command, io: CliIO): void {
       "--nodes-per-region <n>",
       "nodes per region of the placement plan (default: swarm.nodes_per_region)",
     )
+    .option("--metrics-port <n>", "HTTP port of this node's Prometheus /metrics (0 = any)", "0")
+    .option(
+      "--otlp <url>",
+      "OTLP/HTTP traces endpoint to export spans to, e.g. the gateway's http://127.0.0.1:8080/v1/traces (default: OTEL_EXPORTER_OTLP_* variables)",
+    )
     .action(async (opts: Record<string, string>, command: Command) => {
       const { config } = configFor(command);
       const backend = opts.backend as ExpertBackend;
       if (!["js", "onnx", "auto"].includes(backend))
         throw new UsageError(`--backend: expected js, onnx or auto; got "${opts.backend}"`);
+      const index = intOption(String(opts.index), "--index", 0, 1023);
+      const metricsPort = intOption(String(opts.metricsPort), "--metrics-port", 0, 65535);
+      if (opts.otlp !== undefined && !/^https?:\/\/[^\s]+$/.test(opts.otlp))
+        throw new UsageError(`--otlp: expected an http(s) URL; got "${opts.otlp}"`);
+      const region = String(opts.region).toUpperCase();
+      const obs = nodeObservability(config, {
+        nodeId: nodeIdOf(region, index),
+        region,
+        ...(opts.otlp !== undefined ? { otlpEndpoint: opts.otlp } : {}),
+      });
       let running: Awaited<ReturnType<typeof startNodeProcess>>;
+      const metricsServer = createServer(routeAll(obs.routes()));
       try {
         running = await startNodeProcess(config, {
           region: String(opts.region),
-          index: intOption(String(opts.index), "--index", 0, 1023),
+          index,
+          onRequest: obs.onRequest,
           port: intOption(String(opts.port), "--port", 0, 65535),
           host: opts.host,
           backend,
@@ -198,11 +228,19 @@ export function registerSwarm(program: Command, io: CliIO): void {
               ? undefined
               : intOption(String(opts.nodesPerRegion), "--nodes-per-region", 1, 64),
         });
+        await new Promise<void>((resolve, reject) => {
+          metricsServer.once("error", reject);
+          metricsServer.listen(metricsPort, running.host, () => resolve());
+        });
       } catch (err) {
+        await obs.close();
+        metricsServer.close();
         if (err instanceof UsageError) throw err;
         if (err instanceof RangeError) throw new UsageError(err.message);
         throw new OperationError(`moe-swarm node: ${(err as Error).message}`);
       }
+      metricsServer.on("clientError", (_err, socket) => socket.destroy());
+      const boundMetricsPort = (metricsServer.address() as AddressInfo).port;
       io.out(
         JSON.stringify({
           event: "listening",
@@ -212,10 +250,15 @@ export function registerSwarm(program: Command, io: CliIO): void {
           host: running.host,
           port: running.port,
           experts: running.experts,
+          metricsPort: boundMetricsPort,
+          metricsUrl: `http://${dialHost(running.host)}:${boundMetricsPort}/metrics`,
         }),
       );
       await untilSignal();
+      metricsServer.closeAllConnections();
+      metricsServer.close();
       await running.close();
+      await obs.close();
     });
 
   program
@@ -235,32 +278,67 @@ export function registerSwarm(program: Command, io: CliIO): void {
     .option("--trunk <k>", "trunk kernels: onnx (onnxruntime) or js", "onnx")
     .action(async (opts: Record<string, string | boolean | undefined>, command: Command) => {
       const { config } = configFor(command);
+      const region =
+        (opts.region as string | undefined) ??
+        config.regions.find((r) => r.role === "global_coordinator")?.code ??
+        "";
+      // Metrics, traces (and the OTLP receiver the nodes export to), the dashboard and its live
+      // feed, on the same server as the OpenAI API.
+      const obs = gatewayObservability(config, { region, log: (line) => io.err(line) });
       let gateway: Awaited<ReturnType<typeof startGateway>>;
       try {
+        const placement = placementFromFile(String(opts.placement));
         gateway = await startGateway(config, {
-          placement: placementFromFile(String(opts.placement)),
+          placement,
           port:
             opts.port === undefined ? undefined : intOption(String(opts.port), "--port", 0, 65535),
           host: opts.host as string | undefined,
-          region: opts.region as string | undefined,
+          region,
           modelPath: opts.model as string | undefined,
           hedging: opts.hedging !== false,
           trunk: trunkKernels(String(opts.trunk)),
+          wrapExpertHost: obs.wrapExpertHost,
+          dispatchObserver: obs.dispatchObserver,
+          serve: async (handler, host, port) => {
+            const served = await obs.serve({ host, port, fallback: obs.instrument(handler) });
+            // As the API's own server: longer than clients' idle pools (no reuse-while-closing).
+            served.server.keepAliveTimeout = httpKeepAliveMs;
+            served.server.headersTimeout = httpKeepAliveMs + 1000;
+            const bound = (served.server.address() as AddressInfo).port;
+            return { url: served.url, port: bound, close: () => served.close() };
+          },
+        });
+        const expertsOf = new Map<string, string[]>();
+        for (const id of gateway.trunk.expertIds())
+          for (const n of placement.replicas(id)) {
+            const list = expertsOf.get(n.nodeId) ?? [];
+            list.push(expertKey(id));
+            expertsOf.set(n.nodeId, list);
+          }
+        obs.startRecorder(gateway, (nodeId) => expertsOf.get(nodeId) ?? [], {
+          dispatchObserved: true,
         });
       } catch (err) {
+        await obs.close();
         if (err instanceof UsageError) throw err;
         if (err instanceof RangeError) throw new UsageError(err.message);
         throw new OperationError(`moe-swarm gateway: ${(err as Error).message}`);
       }
+      const dial = `http://${dialHost(new URL(gateway.url).hostname)}:${gateway.port}`;
       io.out(
         JSON.stringify({
           event: "listening",
           role: "gateway",
           url: gateway.url,
           port: gateway.port,
+          dashboard: `${dial}/`,
+          metrics: `${dial}/metrics`,
+          live: `${dial.replace(/^http/, "ws")}/live`,
+          otlp: `${dial}/v1/traces`,
         }),
       );
       await untilSignal();
       await gateway.close();
+      await obs.close();
     });
 }
