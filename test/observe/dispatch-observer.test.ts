@@ -77,6 +77,8 @@ describe("dispatch observer", { timeout: 30_000 }, () => {
     const primary = swarm.nodes.filter((n) => n.host.forwardCalls > 0);
     assert.equal(primary.length, 1);
     (primary[0] as (typeof primary)[0]).host.delayMs = 300; // slow, not dead
+    const carried = new Map<string, string>();
+    swarm.onFrame = (nodeId, frame) => carried.set(nodeId, frame.traceparent);
     await traced.forward(id, x, 1);
     assert.equal(dispatcher.counters.hedges, 1);
     await tracing?.flush();
@@ -96,6 +98,13 @@ describe("dispatch observer", { timeout: 30_000 }, () => {
     assert.equal(hedge.attributes["moe.hedge.outcome"], "won");
     assert.equal(hedge.attributes["moe.hedge_of_node"], primary[0]?.plan.nodeId);
     assert.notEqual(hedge.attributes["moe.node"], primary[0]?.plan.nodeId);
+    // The primary attempt carried the call span's context, the hedged one the hedge span's.
+    const hedgeNode = String(hedge.attributes["moe.node"]);
+    assert.equal(
+      carried.get(primary[0]?.plan.nodeId as string),
+      `00-${call.traceId}-${call.spanId}-01`,
+    );
+    assert.equal(carried.get(hedgeNode), `00-${hedge.traceId}-${hedge.spanId}-01`);
     const families = await parseExposition(await metrics.exposition());
     const hedged = families.moe_swarm_hedged_requests_total?.data ?? [];
     assert.equal(

@@ -25,6 +25,11 @@ describe("moe-swarm up / node / gateway usage errors", () => {
       [["node", "--region", "ORD", "--backend", "cuda"], /--backend: expected js, onnx or auto/],
       [["node", "--region", "ORD", "--port", "70000"], /--port: expected an integer 0\.\.65535/],
       [
+        ["node", "--region", "ORD", "--metrics-port", "x"],
+        /--metrics-port: expected an integer 0\.\.65535/,
+      ],
+      [["node", "--region", "ORD", "--otlp", "ftp://x"], /--otlp: expected an http\(s\) URL/],
+      [
         ["gateway", "--placement", "/nonexistent/placement.json"],
         /placement file \/nonexistent\/placement\.json/,
       ],
