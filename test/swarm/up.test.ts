@@ -2,7 +2,8 @@
 // URL, serves the official openai client, and on SIGTERM stops every child it started. With
 // observability wired in: the printed dashboard URL serves the page, `/metrics` (gateway and each
 // node) parses with every spec metric, `/live` streams snapshots that count the request, and one
-// trace holds spans of the gateway and of a node process (exported over OTLP to the gateway).
+// trace holds spans of the gateway and of a node process (exported over OTLP to the gateway); a
+// kill -9 of the nearest node is served by the replicas and reported as an event on the feed.
 
 import assert from "node:assert/strict";
 import { spawn } from "node:child_process";
@@ -24,6 +25,7 @@ interface UpEvent {
   metrics: string;
   live: string;
   nodeMetrics: Record<string, string | null>;
+  nodePids: Record<string, number | null>;
 }
 
 const specMetrics: [string, string][] = [
@@ -61,6 +63,34 @@ function liveMessage(url: string, ok: (m: { snapshot: unknown }) => boolean): Pr
       reject(err);
     });
   });
+}
+
+/** Collects live-feed events until one satisfies `ok`. */
+function liveEvent(
+  url: string,
+  ok: (e: { kind: string; message: string }) => boolean,
+): { opened: Promise<void>; found: Promise<{ kind: string; message: string }> } {
+  const ws = new WebSocket(url);
+  const opened = new Promise<void>((resolve, reject) => {
+    ws.once("open", () => resolve());
+    ws.once("error", reject);
+  });
+  const found = new Promise<{ kind: string; message: string }>((resolve, reject) => {
+    const timer = setTimeout(() => {
+      ws.terminate();
+      reject(new Error(`no matching live-feed event from ${url} in 15 s`));
+    }, 15_000);
+    ws.on("message", (data) => {
+      const m = JSON.parse(String(data)) as { events?: { kind: string; message: string }[] };
+      const e = m.events?.find(ok);
+      if (e) {
+        clearTimeout(timer);
+        ws.close();
+        resolve(e);
+      }
+    });
+  });
+  return { opened, found };
 }
 
 async function waitFor(what: string, condition: () => Promise<boolean>, timeoutMs = 15_000) {
@@ -157,11 +187,34 @@ describe("moe-swarm up", { timeout: 120_000 }, () => {
           (t) => t.services.includes("gateway") && t.services.some((s) => /^[A-Z]{3}-0$/.test(s)),
         );
       });
+      // kill -9 of a node while the dashboard's feed is open: the next request fails over to a
+      // replica, and the feed reports it.
+      const victim = "ORD-0"; // the gateway's region: the replica every read prefers
+      const pid = event.nodePids[victim];
+      assert.ok(pid, "every node prints its process id");
+      const feed = liveEvent(event.live, (e) => e.kind === "failover" || e.kind === "node_down");
+      await feed.opened;
+      process.kill(pid, "SIGKILL");
+      const again = await client.completions.create({
+        model: "moe-swarm-local",
+        prompt: "Call me",
+        max_tokens: 5,
+        temperature: 0,
+      });
+      assert.deepEqual(
+        again.choices[0]?.text,
+        r.choices[0]?.text,
+        "same greedy text from the replicas",
+      );
+      const reported = await feed.found;
+      assert.match(reported.message, new RegExp(victim));
       const placement = JSON.parse(readFileSync(join(dir, "placement.json"), "utf8")) as {
-        nodes: { port: number }[];
+        nodes: { nodeId: string; port: number }[];
       };
       const ports = placement.nodes.map((n) => n.port);
-      for (const p of ports) assert.ok(await portOpen(p), `node port ${p} open while up`);
+      for (const n of placement.nodes)
+        if (n.nodeId !== victim)
+          assert.ok(await portOpen(n.port), `node port ${n.port} open while up`);
       const exited = new Promise<number | null>((resolve) =>
         child.once("exit", (code) => resolve(code)),
       );

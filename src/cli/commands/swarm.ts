@@ -154,6 +154,8 @@ export function registerSwarm(program: Command, io: CliIO): void {
           metrics: swarm.metricsUrl,
           live: swarm.liveUrl,
           nodeMetrics: Object.fromEntries(swarm.nodes.map((n) => [n.nodeId, n.metricsUrl ?? null])),
+          // Process ids, e.g. to try a failover with kill -9.
+          nodePids: Object.fromEntries(swarm.nodes.map((n) => [n.nodeId, n.child.pid ?? null])),
         }),
       );
       const api = swarm.dashboardUrl.replace(/\/$/, "");
