@@ -59,6 +59,12 @@ export const inflightLatencyWeight = 0.25;
 /** Unhealthy nodes are probed again after this, doubling per failure up to the max. */
 export const probeIntervalMsMin = 100;
 export const probeIntervalMsMax = 5000;
+/**
+ * `moe-swarm gateway` pings every node this often (one tiny frame each), so a node that died while
+ * no request needed it is shown down (dashboard, /metrics, /readyz) within this time, and its load
+ * report stays fresh.
+ */
+export const healthProbeIntervalMs = 2000;
 /** Consecutive failures (errors or deadlines) that mark a node unhealthy. */
 export const failuresToMarkUnhealthy = 1;
 /** Total attempts of one call across replicas before it fails. */

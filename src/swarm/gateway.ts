@@ -33,6 +33,8 @@ export interface GatewayInit {
   readonly extraRoutes?: readonly HttpRoute[];
   /** Wraps the dispatcher before the trunk uses it (issue #8's TracedExpertHost). */
   readonly wrapExpertHost?: (dispatcher: ExpertHost) => ExpertHost;
+  /** Ping every node this often (0 or absent: only on /readyz and after failures). */
+  readonly healthProbeIntervalMs?: number;
   /** Told about hedges, failovers and update coherence (issue #8's DispatchObserver). */
   readonly dispatchObserver?: DispatchObserver;
   /**
@@ -110,6 +112,21 @@ export async function startGateway(cfg: SwarmConfig, init: GatewayInit): Promise
     await kernels?.release();
     throw err;
   }
+  let probing = false;
+  const probeTimer =
+    init.healthProbeIntervalMs && init.healthProbeIntervalMs > 0
+      ? setInterval(() => {
+          if (probing) return;
+          probing = true;
+          dispatcher
+            .probeAll()
+            .catch(() => 0)
+            .finally(() => {
+              probing = false;
+            });
+        }, init.healthProbeIntervalMs)
+      : undefined;
+  probeTimer?.unref();
   return {
     url: address.url,
     port: address.port,
@@ -117,6 +134,7 @@ export async function startGateway(cfg: SwarmConfig, init: GatewayInit): Promise
     dispatcher,
     trunk,
     async close() {
+      if (probeTimer) clearInterval(probeTimer);
       await address.close?.();
       await api.close();
       dispatcher.close();

@@ -208,12 +208,19 @@ describe("moe-swarm up", { timeout: 120_000 }, () => {
       );
       const reported = await feed.found;
       assert.match(reported.message, new RegExp(victim));
+      // A node that no request needs (SJC-0: every read prefers ORD, then IAD) is found down by
+      // the gateway's health probe and reported too.
+      const idle = "SJC-0";
+      const down = liveEvent(event.live, (e) => e.kind === "node_down" && e.message.includes(idle));
+      await down.opened;
+      process.kill(event.nodePids[idle] as number, "SIGKILL");
+      assert.match((await down.found).message, /SJC-0 \(SJC\) is down/);
       const placement = JSON.parse(readFileSync(join(dir, "placement.json"), "utf8")) as {
         nodes: { nodeId: string; port: number }[];
       };
       const ports = placement.nodes.map((n) => n.port);
       for (const n of placement.nodes)
-        if (n.nodeId !== victim)
+        if (n.nodeId !== victim && n.nodeId !== idle)
           assert.ok(await portOpen(n.port), `node port ${n.port} open while up`);
       const exited = new Promise<number | null>((resolve) =>
         child.once("exit", (code) => resolve(code)),

@@ -11,6 +11,7 @@ import type { ExpertBackend } from "../../model/local-expert-host.ts";
 import { routeAll } from "../../observe/http-route.ts";
 import { gatewayObservability, nodeObservability } from "../../observe/observability.ts";
 import { runMoeSwarm } from "../../swarm/child-nodes.ts";
+import { healthProbeIntervalMs } from "../../swarm/constants.ts";
 import { startGateway } from "../../swarm/gateway.ts";
 import { startNodeProcess } from "../../swarm/node-process.ts";
 import { httpKeepAliveMs } from "../../swarm/openai-api.ts";
@@ -301,6 +302,7 @@ export function registerSwarm(program: Command, io: CliIO): void {
           trunk: trunkKernels(String(opts.trunk)),
           wrapExpertHost: obs.wrapExpertHost,
           dispatchObserver: obs.dispatchObserver,
+          healthProbeIntervalMs,
           serve: async (handler, host, port) => {
             const served = await obs.serve({ host, port, fallback: obs.instrument(handler) });
             // As the API's own server: longer than clients' idle pools (no reuse-while-closing).
