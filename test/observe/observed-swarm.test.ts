@@ -101,7 +101,8 @@ describe("observability through a running swarm", { timeout: 170_000 }, () => {
     const res = await fetch(`${swarm.url}/api/traces/${traceId}`);
     assert.equal(res.status, 200);
     const viaApi = (await res.json()) as { spanCount: number; roots: unknown[] };
-    assert.equal(viaApi.spanCount, spans.length);
+    // More node spans may have arrived over OTLP since `spans` was read.
+    assert.ok(viaApi.spanCount >= spans.length, `${viaApi.spanCount} ≥ ${spans.length}`);
   });
 
   it("serves /metrics on every process, parseable, with every spec metric", async () => {

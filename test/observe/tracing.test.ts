@@ -194,11 +194,25 @@ describe("a trace across two processes", () => {
     const socket = connect(port, "127.0.0.1");
     await new Promise<void>((resolve) => socket.once("connect", resolve));
     const replies = createInterface({ input: socket });
-    const pending: ((v: { traceId: string; spanId: string; result: number }) => void)[] = [];
-    replies.on("line", (line) => pending.shift()?.(JSON.parse(line)));
+    // Replies come back in the order the child's flushes settle: matched by expert.
+    const pending = new Map<
+      number,
+      (v: { traceId: string; spanId: string; result: number }) => void
+    >();
+    replies.on("line", (line) => {
+      const reply = JSON.parse(line) as {
+        expert: number;
+        traceId: string;
+        spanId: string;
+        result: number;
+      };
+      const resolve = pending.get(reply.expert);
+      pending.delete(reply.expert);
+      resolve?.(reply);
+    });
     const call = (span: Span, expert: number, values: number[]) =>
       new Promise<{ traceId: string; spanId: string; result: number }>((resolve) => {
-        pending.push(resolve);
+        pending.set(expert, resolve);
         socket.write(`${JSON.stringify({ traceparent: traceparentOf(span), expert, values })}\n`);
       });
 
