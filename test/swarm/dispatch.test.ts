@@ -158,10 +158,12 @@ describe("RemoteExpertHost", () => {
     const primary = swarm.nodes.filter((n) => n.host.forwardCalls > 0);
     assert.equal(primary.length, 1, "without slowness one replica serves everything");
     (primary[0] as (typeof primary)[0]).host.delayMs = 300; // it becomes slow, not dead
+    // On a loaded machine a learning call may have been hedged too: count this call's hedges.
+    const { hedges, hedgeWins } = dispatcher.counters;
     const y = await dispatcher.forward(id, x, 1);
     assert.deepEqual(y, await reference.forward(id, x, 1));
-    assert.equal(dispatcher.counters.hedges, 1);
-    assert.equal(dispatcher.counters.hedgeWins, 1);
+    assert.equal(dispatcher.counters.hedges - hedges, 1);
+    assert.equal(dispatcher.counters.hedgeWins - hedgeWins, 1);
   });
 
   it("training through replicas: same gradients, norm and updated weights as in-process; replicas stay identical", async () => {
