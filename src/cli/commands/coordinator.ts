@@ -10,7 +10,7 @@ import { generateClusterKeys, loadClusterKeys } from "../../consensus/keys.ts";
 import { CoordinatorNode, clientPort } from "../../consensus/node.ts";
 import { runSimulation } from "../../consensus/sim/simulation.ts";
 import { regionsInLeaderOrder } from "../../consensus/types.ts";
-import { type CliIO, configFor, UsageError } from "../context.ts";
+import { type CliIO, configFor, OperationError, UsageError } from "../context.ts";
 
 export const portBaseDefault = 7400;
 
@@ -68,7 +68,7 @@ export function registerCoordinator(program: Command, io: CliIO): void {
         try {
           keys = loadClusterKeys(opts.keys, opts.region);
         } catch (err) {
-          throw new UsageError((err as Error).message);
+          throw new OperationError((err as Error).message);
         }
         const { secretKey, publicKeys } = keys;
         const region = opts.region;
@@ -147,7 +147,7 @@ export function registerCoordinator(program: Command, io: CliIO): void {
       }
       const s = (performance.now() - started) / 1000;
       io.out(`${count - failed.length}/${count} seeds passed in ${s.toFixed(1)} s`);
-      if (failed.length > 0) throw new UsageError(`failing seeds: ${failed.join(", ")}`);
+      if (failed.length > 0) throw new OperationError(`failing seeds: ${failed.join(", ")}`);
     });
 
   cmd
