@@ -150,14 +150,19 @@ export class RegistryClient {
     return new Promise((resolve, reject) => {
       const s = this.#socket(replica);
       if (!s) return reject(new Error("client closed"));
-      const timer = setTimeout(
-        () => reject(new Error(`status of replica ${replica}: no answer in ${timeoutMs} ms`)),
-        timeoutMs,
-      );
-      this.#statusWaiters[replica]?.push((st) => {
+      const waiter = (st: Record<string, unknown>) => {
         clearTimeout(timer);
         resolve(st);
-      });
+      };
+      // A waiter that timed out leaves the queue, so the next call is not answered by nobody (its
+      // reply consumed by a stale waiter) once a coordinator comes back.
+      const timer = setTimeout(() => {
+        const q = this.#statusWaiters[replica];
+        const at = q?.indexOf(waiter) ?? -1;
+        if (q && at >= 0) q.splice(at, 1);
+        reject(new Error(`status of replica ${replica}: no answer in ${timeoutMs} ms`));
+      }, timeoutMs);
+      this.#statusWaiters[replica]?.push(waiter);
       writeFrame(s, encodeMessage({ type: "status" }));
     });
   }

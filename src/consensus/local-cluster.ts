@@ -25,6 +25,21 @@ export interface LocalClusterInit {
 
 const binPath = new URL("../../bin/moe-swarm.js", import.meta.url).pathname;
 
+// Children still running when this process exits (an uncaught error, process.exit) are killed, so a
+// crashed parent leaves no coordinator behind.
+const live = new Set<ChildProcess>();
+let exitHook = false;
+function killOnExit(child: ChildProcess): void {
+  if (!exitHook) {
+    exitHook = true;
+    process.on("exit", () => {
+      for (const c of live) c.kill("SIGKILL");
+    });
+  }
+  live.add(child);
+  child.once("exit", () => live.delete(child));
+}
+
 export class LocalCoordinatorCluster {
   readonly #init: LocalClusterInit;
   readonly #children: (ChildProcess | undefined)[] = new Array(replicaCount).fill(undefined);
@@ -70,6 +85,7 @@ export class LocalCoordinatorCluster {
     ];
     const child = spawn(process.execPath, args, { stdio: ["ignore", "pipe", "pipe"] });
     this.#children[i] = child;
+    killOnExit(child);
     const errLines: string[] = [];
     child.stderr?.setEncoding("utf8").on("data", (d: string) => {
       for (const line of d.split("\n"))
@@ -104,7 +120,24 @@ export class LocalCoordinatorCluster {
     if (c && c.exitCode === null && c.signalCode === null) c.kill("SIGKILL");
   }
 
-  stop(): void {
+  /** Process id of each running coordinator, by region (kill -9 one to try a view change). */
+  pids(): Record<string, number> {
+    const out: Record<string, number> = {};
+    this.#children.forEach((c, i) => {
+      if (c?.pid !== undefined && c.exitCode === null && c.signalCode === null)
+        out[regionsInLeaderOrder[i] as string] = c.pid;
+    });
+    return out;
+  }
+
+  /** Kills every coordinator it started; resolves when all have exited. */
+  stop(): Promise<void> {
+    const exited = this.#children.map((c) =>
+      c && c.exitCode === null && c.signalCode === null
+        ? new Promise<void>((resolve) => c.once("exit", () => resolve()))
+        : Promise.resolve(),
+    );
     for (let i = 0; i < replicaCount; i++) this.kill(i);
+    return Promise.all(exited).then(() => undefined);
   }
 }

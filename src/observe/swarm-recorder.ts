@@ -56,7 +56,7 @@ export class SwarmRecorder {
   readonly #dropped = new Map<number, number>();
   #failovers: number | undefined;
   #hedges: number | undefined;
-  #rounds: number | undefined;
+  readonly #rounds = new Map<string, number>();
   #completionTokens: number | undefined;
 
   constructor(metrics: SwarmMetrics) {
@@ -125,13 +125,29 @@ export class SwarmRecorder {
     status: ConsensusStatusLike,
     labels: { region: string; gpuType: string; algorithm: string },
   ): void {
+    this.recordConsensusStatus(status);
+    this.recordConsensusRounds(status.roundsTotal, labels);
+  }
+
+  /** The cluster's view, height and leader as the dashboard and the view/height gauges show it. */
+  recordConsensusStatus(status: Omit<ConsensusStatusLike, "roundsTotal">): void {
     this.#metrics.setConsensusStatus({
       leader: status.leaderRegion,
       view: status.view,
       height: status.committedHeight,
     });
-    const rounds = delta(status.roundsTotal, this.#rounds);
-    this.#rounds = status.roundsTotal;
+  }
+
+  /**
+   * Rounds of one coordinator (cumulative `roundsTotal`) since the last call for the same
+   * `labels.region`, so each of several coordinators polled in turn is counted on its own.
+   */
+  recordConsensusRounds(
+    roundsTotal: number,
+    labels: { region: string; gpuType: string; algorithm: string },
+  ): void {
+    const rounds = delta(roundsTotal, this.#rounds.get(labels.region));
+    this.#rounds.set(labels.region, roundsTotal);
     if (rounds > 0) this.#metrics.recordConsensusRound(labels, rounds);
   }
 

@@ -6,14 +6,37 @@
 // Observability (issue #8): the gateway's port also serves the dashboard, /metrics, the /live feed
 // and the OTLP receiver; each node serves its own /metrics and exports its spans to the gateway,
 // so the gateway's port is chosen before the nodes start (they are told where to export).
+// Coordinators (issue #6): unless `coordinators: false`, the five BFT coordinators (ORD, IAD, SJC,
+// AMS, SYD; `moe-swarm coordinator`, each a child process with the emulated inter-region latency
+// on its links) start first, on loopback; once the nodes listen, the placement plan is written into
+// their replicated registry (publishPlacement, through consensus), and the gateway reads placement
+// from the registry (`--registry`) instead of the file. The placement file is still written, as a
+// record of the plan. Heartbeats: `up` sends them to the registry ON BEHALF of its node processes,
+// every `nodeHeartbeatMs`, for each node whose process is still running — the node processes
+// themselves do not talk to the coordinators (so a heartbeat says "the process is alive", not "it
+// serves"; the gateway's health probes measure the latter).
 
 import type { ChildProcess } from "node:child_process";
 import { mkdirSync, writeFileSync } from "node:fs";
 import { createServer } from "node:net";
 import { join } from "node:path";
 import type { SwarmConfig } from "../config/schema.ts";
+import type { RegistryClient } from "../consensus/client.ts";
+import { LocalCoordinatorCluster } from "../consensus/local-cluster.ts";
+import { type PlacementEntry, publishPlacement } from "../consensus/placement-view.ts";
+import type { RegistryState } from "../consensus/registry.ts";
+import { regionsInLeaderOrder } from "../consensus/types.ts";
+import { modelConfigFrom, moeLayers } from "../model/config.ts";
+import type { ExpertId } from "../model/expert.ts";
 import { type ChildNode, spawnListening, spawnNode, stopChild } from "./child-nodes.ts";
 import { placementToJson, planFromConfig } from "./placement.ts";
+
+/** How often `up` heartbeats each live node process into the registry. */
+export const nodeHeartbeatMs = 5000;
+/** Ports a coordinator cluster uses above its base: peers on base+0..4, clients on base+10..14. */
+const coordinatorPortSpan = 15;
+/** Tries to find a free block of coordinator ports before giving up. */
+const portBaseTriesMax = 20;
 
 export interface SwarmUpInit {
   /** The config file the children load (same as the parent's); undefined = built-in profile. */
@@ -25,6 +48,17 @@ export interface SwarmUpInit {
   readonly modelPath: string | undefined;
   readonly backend?: string;
   readonly log?: (line: string) => void;
+  /** Start the BFT coordinators and read placement from them (default true). */
+  readonly coordinators?: boolean;
+  /** Coordinator port base (peers on base+i, clients on base+10+i); default: a free block. */
+  readonly coordinatorPortBase?: number;
+}
+
+export interface RunningCoordinators {
+  /** Client endpoints in replica order (ORD, IAD, SJC, AMS, SYD). */
+  readonly endpoints: readonly { region: string; host: string; port: number }[];
+  /** Process id of each coordinator, by region. */
+  readonly pids: Record<string, number>;
 }
 
 export interface RunningSwarm {
@@ -37,6 +71,8 @@ export interface RunningSwarm {
   readonly nodes: readonly ChildNode[];
   readonly gateway: ChildProcess;
   readonly placementPath: string;
+  /** Null with `coordinators: false` (static placement file). */
+  readonly coordinators: RunningCoordinators | null;
   stop(): Promise<void>;
 }
 
@@ -53,6 +89,72 @@ export function freePort(host: string): Promise<number> {
   });
 }
 
+function portFree(host: string, port: number): Promise<boolean> {
+  return new Promise((resolve) => {
+    const server = createServer();
+    server.once("error", () => resolve(false));
+    server.listen(port, host, () => server.close(() => resolve(true)));
+  });
+}
+
+/** A base port with the coordinators' whole block (base .. base+14) free on `host` now. */
+export async function freeCoordinatorPortBase(host: string): Promise<number> {
+  for (let t = 0; t < portBaseTriesMax; t++) {
+    const base = await freePort(host);
+    if (base + coordinatorPortSpan > 65535) continue;
+    let all = true;
+    for (let p = base; p < base + coordinatorPortSpan && all; p++) all = await portFree(host, p);
+    if (all) return base;
+  }
+  throw new Error(
+    `no block of ${coordinatorPortSpan} free ports for the coordinators after ${portBaseTriesMax} tries; pass --coordinator-port-base`,
+  );
+}
+
+/**
+ * The GPU type a node registers with: the gpu_type of the tier (config hierarchical_layers) that
+ * most of its experts belong to (ties: the earlier tier). A node of the plan hosts experts of
+ * several tiers; the registry keeps one GPU type per node.
+ */
+export function nodeGpuType(
+  cfg: SwarmConfig,
+  experts: readonly ExpertId[],
+): PlacementEntry["gpuType"] {
+  const tiers = cfg.expert_topology.hierarchical_layers;
+  const tierOfLayer = new Map(moeLayers(modelConfigFrom(cfg)).map((l) => [l.layer, l.tierIndex]));
+  const counts = new Array<number>(tiers.length).fill(0);
+  for (const id of experts) {
+    const t = tierOfLayer.get(id.layer);
+    if (t !== undefined) counts[t] = (counts[t] ?? 0) + 1;
+  }
+  let best = 0;
+  counts.forEach((c, t) => {
+    if (c > (counts[best] ?? 0)) best = t;
+  });
+  return (tiers[best] ?? tiers[0])?.gpu_type ?? "a10";
+}
+
+/**
+ * Writes the plan into the registry: nodes of an earlier run that are not in this plan are
+ * deregistered (their addresses are dead), then publishPlacement registers the nodes and sets each
+ * expert's replicas.
+ */
+async function publishPlan(
+  client: RegistryClient,
+  entries: readonly PlacementEntry[],
+): Promise<void> {
+  const before = await client.getRegistry();
+  if (before.ok) {
+    const keep = new Set(entries.map((e) => e.nodeId));
+    for (const id of Object.keys((before.value as RegistryState).nodes))
+      if (!keep.has(id)) {
+        const r = await client.deregisterNode(id);
+        if (!r.ok) throw new Error(`deregister ${id}: ${r.error}`);
+      }
+  }
+  await publishPlacement(client, entries);
+}
+
 /** The host a local client dials for a server bound to `host` (a wildcard → loopback). */
 export function dialHost(host: string): string {
   return host === "0.0.0.0" || host === "::" ? "127.0.0.1" : host;
@@ -64,10 +166,26 @@ export async function swarmUp(cfg: SwarmConfig, init: SwarmUpInit): Promise<Runn
   const gatewayPort = init.gatewayPort === 0 ? await freePort(cfg.swarm.host) : init.gatewayPort;
   const otlp = `http://${dialHost(cfg.swarm.host)}:${gatewayPort}/v1/traces`;
   const nodes: ChildNode[] = [];
+  let cluster: LocalCoordinatorCluster | null = null;
+  let registry: RegistryClient | null = null;
+  let heartbeat: NodeJS.Timeout | undefined;
   const stopAll = async () => {
-    await Promise.all(nodes.map((n) => stopChild(n.child)));
+    clearInterval(heartbeat);
+    registry?.close();
+    await Promise.all([...nodes.map((n) => stopChild(n.child)), cluster?.stop()]);
   };
   try {
+    if (init.coordinators ?? true) {
+      const portBase = init.coordinatorPortBase ?? (await freeCoordinatorPortBase("127.0.0.1"));
+      cluster = new LocalCoordinatorCluster({
+        dataDir: join(cfg.swarm.data_dir, "consensus"),
+        portBase,
+        ...(init.configPath ? { configPath: init.configPath } : {}),
+        onLog: (region, line) => init.log?.(`[coordinator ${region}] ${line}`),
+      });
+      await cluster.start();
+      registry = cluster.client({ deadlineMs: 20_000 });
+    }
     const started = await Promise.allSettled(
       plan.map((p) => {
         const [region, index] = p.nodeId.split("-") as [string, string];
@@ -95,13 +213,37 @@ export async function swarmUp(cfg: SwarmConfig, init: SwarmUpInit): Promise<Runn
       experts: plan.find((p) => p.nodeId === n.nodeId)?.experts ?? [],
     }));
     writeFileSync(placementPath, `${JSON.stringify(placementToJson(entries), null, 1)}\n`);
+    if (registry) {
+      const client = registry;
+      await publishPlan(
+        client,
+        entries.map((e) => ({ ...e, gpuType: nodeGpuType(cfg, e.experts) })),
+      );
+      let beating = false;
+      heartbeat = setInterval(() => {
+        if (beating) return;
+        beating = true;
+        (async () => {
+          for (const n of nodes)
+            if (n.child.exitCode === null && n.child.signalCode === null)
+              await client.heartbeat(n.nodeId);
+        })()
+          .catch((err: Error) => init.log?.(`registry heartbeat failed: ${err.message}`))
+          .finally(() => {
+            beating = false;
+          });
+      }, nodeHeartbeatMs);
+      heartbeat.unref();
+    }
+    const registryArgs = cluster
+      ? ["--registry", cluster.endpoints.map((e) => `${e.host}:${e.port}`).join(",")]
+      : ["--placement", placementPath];
     const global = cfg.regions.find((r) => r.role === "global_coordinator")?.code;
     const region = global && init.regions.includes(global) ? global : (init.regions[0] as string);
     const { child, event } = await spawnListening(
       [
         "gateway",
-        "--placement",
-        placementPath,
+        ...registryArgs,
         "--port",
         String(gatewayPort),
         "--region",
@@ -121,6 +263,15 @@ export async function swarmUp(cfg: SwarmConfig, init: SwarmUpInit): Promise<Runn
       nodes,
       gateway: child,
       placementPath,
+      coordinators: cluster
+        ? {
+            endpoints: cluster.endpoints.map((e, i) => ({
+              region: regionsInLeaderOrder[i] as string,
+              ...e,
+            })),
+            pids: cluster.pids(),
+          }
+        : null,
       async stop() {
         await stopChild(child);
         await stopAll();

@@ -6,16 +6,21 @@ import { createServer } from "node:http";
 import type { AddressInfo } from "node:net";
 import { join } from "node:path";
 import type { Command } from "commander";
+import { RegistryClient } from "../../consensus/client.ts";
+import { replicaCount } from "../../consensus/constants.ts";
+import { RegistryPlacementView } from "../../consensus/placement-view.ts";
 import { expertKey } from "../../model/expert.ts";
 import type { ExpertBackend } from "../../model/local-expert-host.ts";
 import { routeAll } from "../../observe/http-route.ts";
 import { gatewayObservability, nodeObservability } from "../../observe/observability.ts";
+import { SwarmRecorder } from "../../observe/swarm-recorder.ts";
 import { runMoeSwarm } from "../../swarm/child-nodes.ts";
+import { ConsensusFeed } from "../../swarm/consensus-feed.ts";
 import { healthProbeIntervalMs } from "../../swarm/constants.ts";
 import { startGateway } from "../../swarm/gateway.ts";
 import { startNodeProcess } from "../../swarm/node-process.ts";
 import { httpKeepAliveMs } from "../../swarm/openai-api.ts";
-import { nodeIdOf, placementFromFile } from "../../swarm/placement.ts";
+import { nodeIdOf, type PlacementRegistry, placementFromFile } from "../../swarm/placement.ts";
 import { dialHost, swarmUp } from "../../swarm/swarm-up.ts";
 import { type CliIO, configFor, OperationError, UsageError } from "../context.ts";
 
@@ -48,6 +53,23 @@ function parseRegions(text: string): string[] {
   return list;
 }
 
+/** "host:port,host:port,…" → endpoints (exactly one per coordinator). */
+function parseEndpoints(text: string): { host: string; port: number }[] {
+  const list = text.split(",").map((e) => e.trim());
+  const parsed = list.map((e) => /^([A-Za-z0-9.-]+|\[[0-9a-fA-F:]+\]):(\d{1,5})$/.exec(e));
+  if (
+    list.length !== replicaCount ||
+    parsed.some((m) => !m || Number(m[2]) < 1 || Number(m[2]) > 65535)
+  )
+    throw new UsageError(
+      `--registry: expected ${replicaCount} endpoints host:port (ORD,IAD,SJC,AMS,SYD order), comma-separated; got "${text}"`,
+    );
+  return parsed.map((m) => ({
+    host: String(m?.[1] ?? "").replace(/^\[|\]$/g, ""),
+    port: Number(m?.[2]),
+  }));
+}
+
 /** Resolves on the first SIGINT or SIGTERM. */
 export function untilSignal(): Promise<NodeJS.Signals> {
   return new Promise((resolve) => {
@@ -65,7 +87,7 @@ export function registerSwarm(program: Command, io: CliIO): void {
   program
     .command("up")
     .description(
-      "start the whole local swarm on loopback: expert nodes in every region and the gateway; prints the URL",
+      "start the whole local swarm on loopback: the 5 BFT coordinators, expert nodes in every region and the gateway; prints the URL",
     )
     .option("--regions <list>", "regions to run, comma-separated (default: all configured)")
     .option("--nodes <n>", "expert nodes per region (default: swarm.nodes_per_region)")
@@ -81,8 +103,20 @@ export function registerSwarm(program: Command, io: CliIO): void {
     )
     .option("--untrained", "serve the seed-initialised model without training one")
     .option("--backend <name>", "expert kernels on the nodes: js, onnx or auto", "auto")
+    .option(
+      "--no-coordinators",
+      "do not start the five BFT coordinators: the gateway reads a static placement file",
+    )
+    .option(
+      "--coordinator-port-base <n>",
+      "coordinator ports: peers on n+0..4, clients on n+10..14 (default: a free block)",
+    )
     .action(async (opts: Record<string, string | boolean | undefined>, command: Command) => {
       const { config } = configFor(command);
+      const coordinatorPortBase =
+        opts.coordinatorPortBase === undefined
+          ? undefined
+          : intOption(String(opts.coordinatorPortBase), "--coordinator-port-base", 1024, 65520);
       const configPath = command.optsWithGlobals<{ config?: string }>().config;
       const regions =
         opts.regions === undefined
@@ -116,8 +150,9 @@ export function registerSwarm(program: Command, io: CliIO): void {
             throw new OperationError(`moe-swarm up: training the model failed (exit ${code})`);
         }
       }
+      const coordinators = opts.coordinators !== false;
       io.err(
-        `starting ${regions.length * nodesPerRegion} expert nodes (${regions.join(", ")}) and the gateway…`,
+        `starting ${coordinators ? "the 5 coordinators (ORD, IAD, SJC, AMS, SYD), " : ""}${regions.length * nodesPerRegion} expert nodes (${regions.join(", ")}) and the gateway…`,
       );
       let swarm: Awaited<ReturnType<typeof swarmUp>>;
       try {
@@ -129,6 +164,8 @@ export function registerSwarm(program: Command, io: CliIO): void {
           modelPath,
           backend: String(opts.backend),
           log: (line) => io.err(line),
+          coordinators,
+          ...(coordinatorPortBase !== undefined ? { coordinatorPortBase } : {}),
         });
       } catch (err) {
         if (err instanceof UsageError) throw err;
@@ -157,12 +194,22 @@ export function registerSwarm(program: Command, io: CliIO): void {
           nodeMetrics: Object.fromEntries(swarm.nodes.map((n) => [n.nodeId, n.metricsUrl ?? null])),
           // Process ids, e.g. to try a failover with kill -9.
           nodePids: Object.fromEntries(swarm.nodes.map((n) => [n.nodeId, n.child.pid ?? null])),
+          // Client endpoints and process ids of the coordinators (null: --no-coordinators).
+          coordinators: swarm.coordinators
+            ? Object.fromEntries(
+                swarm.coordinators.endpoints.map((e) => [e.region, `${e.host}:${e.port}`]),
+              )
+            : null,
+          coordinatorPids: swarm.coordinators?.pids ?? null,
         }),
       );
       const api = swarm.dashboardUrl.replace(/\/$/, "");
       io.out(
         [
-          `moe-swarm is up: ${api}  (${swarm.nodes.length} expert nodes in ${regions.join(", ")}; placement ${swarm.placementPath})`,
+          `moe-swarm is up: ${api}  (${swarm.nodes.length} expert nodes in ${regions.join(", ")}; placement ${swarm.coordinators ? "from the coordinators' registry" : swarm.placementPath})`,
+          swarm.coordinators
+            ? `  coordinators (BFT, HotStuff-family, ML-DSA-65 signed): ${swarm.coordinators.endpoints.map((e) => `${e.region} ${e.host}:${e.port}`).join(", ")}`
+            : "  coordinators: not started (--no-coordinators); placement from the file",
           `  dashboard: ${swarm.dashboardUrl}   ·   metrics: ${swarm.metricsUrl}   ·   live feed: ${swarm.liveUrl}`,
           `  curl ${api}/v1/completions -H 'content-type: application/json' -d '{"model":"moe-swarm-${config.profile}","prompt":"Call me Ishmael.","max_tokens":40}'`,
           `  node metrics: ${swarm.nodes.map((n) => n.metricsUrl ?? "?").join(" ")}`,
@@ -171,7 +218,9 @@ export function registerSwarm(program: Command, io: CliIO): void {
       );
       await untilSignal();
       stopping = true;
-      io.err("stopping the gateway and the expert nodes…");
+      io.err(
+        `stopping the gateway, the expert nodes${swarm.coordinators ? " and the coordinators" : ""}…`,
+      );
       await swarm.stop();
     });
 
@@ -269,7 +318,11 @@ export function registerSwarm(program: Command, io: CliIO): void {
     .description(
       "run the gateway: trunk, expert dispatch to the nodes and the OpenAI-compatible HTTP API",
     )
-    .requiredOption("--placement <file>", "placement JSON: the nodes, their addresses and experts")
+    .option("--placement <file>", "placement JSON: the nodes, their addresses and experts (static)")
+    .option(
+      "--registry <list>",
+      "read placement from the BFT coordinators instead: their client endpoints host:port, comma-separated, in the order ORD,IAD,SJC,AMS,SYD",
+    )
     .option("--port <n>", "HTTP port (default: swarm.gateway_port of the config; 0 = any)")
     .option("--host <addr>", "address to listen on (default: swarm.host of the config)")
     .option("--region <code>", "region of the gateway (default: the global coordinator's)")
@@ -287,10 +340,39 @@ export function registerSwarm(program: Command, io: CliIO): void {
         "";
       // Metrics, traces (and the OTLP receiver the nodes export to), the dashboard and its live
       // feed, on the same server as the OpenAI API.
+      if ((opts.placement === undefined) === (opts.registry === undefined))
+        throw new UsageError(
+          "gateway: give exactly one of --placement <file> (static) or --registry <endpoints> (the coordinators)",
+        );
+      const endpoints =
+        opts.registry === undefined ? undefined : parseEndpoints(String(opts.registry));
       const obs = gatewayObservability(config, { region, log: (line) => io.err(line) });
       let gateway: Awaited<ReturnType<typeof startGateway>>;
+      // With --registry: placement read (and refreshed) from the replicated registry, and the
+      // coordinators' status polled for the dashboard's consensus panel and the rounds metric.
+      const registry = endpoints ? new RegistryClient({ endpoints, deadlineMs: 10_000 }) : null;
+      const statusClient = endpoints ? new RegistryClient({ endpoints }) : null;
+      let view: RegistryPlacementView | null = null;
+      let feed: ConsensusFeed | null = null;
+      const closeRegistry = () => {
+        feed?.stop();
+        view?.stop();
+        registry?.close();
+        statusClient?.close();
+      };
       try {
-        const placement = placementFromFile(String(opts.placement));
+        let placement: PlacementRegistry;
+        if (registry && statusClient) {
+          view = new RegistryPlacementView(registry);
+          await view.start(); // one linearizable read first, then a refresh every second
+          placement = view;
+          feed = new ConsensusFeed(
+            statusClient,
+            new SwarmRecorder(obs.metrics),
+            config.consensus.algorithm,
+          );
+          feed.start();
+        } else placement = placementFromFile(String(opts.placement));
         gateway = await startGateway(config, {
           placement,
           port:
@@ -312,17 +394,27 @@ export function registerSwarm(program: Command, io: CliIO): void {
             return { url: served.url, port: bound, close: () => served.close() };
           },
         });
-        const expertsOf = new Map<string, string[]>();
-        for (const id of gateway.trunk.expertIds())
-          for (const n of placement.replicas(id)) {
-            const list = expertsOf.get(n.nodeId) ?? [];
-            list.push(expertKey(id));
-            expertsOf.set(n.nodeId, list);
+        // Which experts each node hosts (for the dashboard), recomputed as the placement changes.
+        const ids = gateway.trunk.expertIds();
+        let expertsOf = new Map<string, string[]>();
+        let builtFrom: readonly unknown[] | undefined;
+        const expertsOfNode = (nodeId: string): string[] => {
+          const nodes = placement.nodes();
+          if (nodes !== builtFrom) {
+            builtFrom = nodes;
+            expertsOf = new Map();
+            for (const id of ids)
+              for (const n of placement.replicas(id)) {
+                const list = expertsOf.get(n.nodeId) ?? [];
+                list.push(expertKey(id));
+                expertsOf.set(n.nodeId, list);
+              }
           }
-        obs.startRecorder(gateway, (nodeId) => expertsOf.get(nodeId) ?? [], {
-          dispatchObserved: true,
-        });
+          return expertsOf.get(nodeId) ?? [];
+        };
+        obs.startRecorder(gateway, expertsOfNode, { dispatchObserved: true });
       } catch (err) {
+        closeRegistry();
         await obs.close();
         if (err instanceof UsageError) throw err;
         if (err instanceof RangeError) throw new UsageError(err.message);
@@ -342,6 +434,7 @@ export function registerSwarm(program: Command, io: CliIO): void {
         }),
       );
       await untilSignal();
+      closeRegistry();
       await gateway.close();
       await obs.close();
     });

@@ -1,0 +1,128 @@
+// The gateway's window on the BFT coordinators (issue #6) for the dashboard and /metrics: every
+// `consensusPollMs` it asks each of the five coordinators for its status (view, leader, committed
+// height, rounds), each with a timeout, so a dead or silent coordinator never stalls the poll.
+//   - Rounds are counted per coordinator (moe_swarm_consensus_rounds_total{region=<coordinator>,
+//     gpu_type="none", algorithm}): a coordinator has no GPU, so its gpu_type label says "none"
+//     and the spec's label set is kept.
+//   - The view and height shown are the (f+1)-th highest reported (f = 1): at least f + 1 = 2
+//     coordinators report that much or more, so at least one honest coordinator has reached it; a
+//     single Byzantine coordinator cannot inflate them. The leader is the view's leader
+//     (round-robin from ORD, src/consensus/types.ts leaderOf). Shown values never go back: a poll
+//     whose aggregate view is older than the last shown is not shown.
+// Status is not a consensus read: it is each coordinator's own account, which is what a dashboard
+// of the coordinators shows (CometBFT's /status is the same).
+
+import { invariant } from "../common/assert.ts";
+import type { RegistryClient } from "../consensus/client.ts";
+import { faultsTolerated, replicaCount } from "../consensus/constants.ts";
+import { leaderOf, regionsInLeaderOrder } from "../consensus/types.ts";
+
+/** How often the gateway polls the coordinators' status. */
+export const consensusPollMs = 1000;
+/** How long one coordinator gets to answer a status request. */
+export const consensusStatusTimeoutMs = 800;
+/** The gpu_type label of a coordinator's rounds: coordinators run no experts and have no GPU. */
+export const coordinatorGpuLabel = "none";
+
+invariant(consensusStatusTimeoutMs < consensusPollMs, "a poll ends before the next one starts");
+
+/** What the feed writes to (src/observe/swarm-recorder.ts SwarmRecorder has this shape). */
+export interface ConsensusSink {
+  recordConsensusStatus(status: {
+    view: number;
+    committedHeight: number;
+    leaderRegion: string;
+  }): void;
+  recordConsensusRounds(
+    roundsTotal: number,
+    labels: { region: string; gpuType: string; algorithm: string },
+  ): void;
+}
+
+export interface CoordinatorStatus {
+  readonly region: string;
+  readonly view: number;
+  readonly committedHeight: number;
+  readonly roundsTotal: number;
+}
+
+function statusOf(i: number, raw: Record<string, unknown>): CoordinatorStatus | undefined {
+  const { view, committedHeight, roundsTotal } = raw;
+  const ok = (v: unknown): v is number => Number.isSafeInteger(v) && (v as number) >= 0;
+  if (!ok(view) || !ok(committedHeight) || !ok(roundsTotal)) return undefined;
+  return { region: regionsInLeaderOrder[i] as string, view, committedHeight, roundsTotal };
+}
+
+/** The (f+1)-th highest of the values (undefined with fewer than f + 1 values). */
+export function vouchedMax(values: readonly number[]): number | undefined {
+  if (values.length < faultsTolerated + 1) return undefined;
+  return [...values].sort((a, b) => b - a)[faultsTolerated];
+}
+
+export class ConsensusFeed {
+  readonly #client: RegistryClient;
+  readonly #sink: ConsensusSink;
+  readonly #algorithm: string;
+  #timer: NodeJS.Timeout | undefined;
+  #polling = false;
+  #stopped = false;
+  #shownView = -1;
+  #shownHeight = 0;
+  /** Statuses of the last poll (undefined: no answer in time). */
+  last: (CoordinatorStatus | undefined)[] = new Array(replicaCount).fill(undefined);
+
+  constructor(client: RegistryClient, sink: ConsensusSink, algorithm: string) {
+    this.#client = client;
+    this.#sink = sink;
+    this.#algorithm = algorithm;
+  }
+
+  /** Polls every coordinator once and records what came back. */
+  async poll(): Promise<void> {
+    const answers = await Promise.allSettled(
+      regionsInLeaderOrder.map((_, i) => this.#client.status(i, consensusStatusTimeoutMs)),
+    );
+    const statuses = answers.map((a, i) =>
+      a.status === "fulfilled" ? statusOf(i, a.value) : undefined,
+    );
+    this.last = statuses;
+    const up = statuses.filter((s): s is CoordinatorStatus => s !== undefined);
+    for (const s of up)
+      this.#sink.recordConsensusRounds(s.roundsTotal, {
+        region: s.region,
+        gpuType: coordinatorGpuLabel,
+        algorithm: this.#algorithm,
+      });
+    const view = vouchedMax(up.map((s) => s.view));
+    const height = vouchedMax(up.map((s) => s.committedHeight));
+    if (view === undefined || height === undefined || view < this.#shownView) return;
+    this.#shownView = view;
+    this.#shownHeight = Math.max(this.#shownHeight, height);
+    this.#sink.recordConsensusStatus({
+      view,
+      committedHeight: this.#shownHeight,
+      leaderRegion: regionsInLeaderOrder[leaderOf(view)] as string,
+    });
+  }
+
+  /** Polls now and then every `intervalMs` until `stop` (one poll at a time). */
+  start(intervalMs = consensusPollMs): void {
+    const tick = () => {
+      if (this.#polling || this.#stopped) return;
+      this.#polling = true;
+      this.poll()
+        .catch(() => undefined)
+        .finally(() => {
+          this.#polling = false;
+        });
+    };
+    tick();
+    this.#timer = setInterval(tick, intervalMs);
+    this.#timer.unref();
+  }
+
+  stop(): void {
+    this.#stopped = true;
+    clearInterval(this.#timer);
+  }
+}
