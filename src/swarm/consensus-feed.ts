@@ -59,8 +59,11 @@ export function vouchedMax(values: readonly number[]): number | undefined {
   return [...values].sort((a, b) => b - a)[faultsTolerated];
 }
 
+/** The one call the feed makes (RegistryClient has it). */
+export type StatusSource = Pick<RegistryClient, "status">;
+
 export class ConsensusFeed {
-  readonly #client: RegistryClient;
+  readonly #client: StatusSource;
   readonly #sink: ConsensusSink;
   readonly #algorithm: string;
   #timer: NodeJS.Timeout | undefined;
@@ -71,7 +74,7 @@ export class ConsensusFeed {
   /** Statuses of the last poll (undefined: no answer in time). */
   last: (CoordinatorStatus | undefined)[] = new Array(replicaCount).fill(undefined);
 
-  constructor(client: RegistryClient, sink: ConsensusSink, algorithm: string) {
+  constructor(client: StatusSource, sink: ConsensusSink, algorithm: string) {
     this.#client = client;
     this.#sink = sink;
     this.#algorithm = algorithm;

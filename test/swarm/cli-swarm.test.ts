@@ -42,6 +42,20 @@ describe("moe-swarm up / node / gateway usage errors", () => {
         /--regions: expected distinct three-letter codes/,
       ],
       [["up", "--model", "/nonexistent/model.safetensors"], /--model: no file at/],
+      [["gateway"], /exactly one of --placement <file> \(static\) or --registry/],
+      [
+        ["gateway", "--placement", "p.json", "--registry", "127.0.0.1:1"],
+        /exactly one of --placement <file> \(static\) or --registry/,
+      ],
+      [["gateway", "--registry", "127.0.0.1:1,127.0.0.1:2"], /--registry: expected 5 endpoints/],
+      [
+        ["gateway", "--registry", "a:1,b:2,c:3,d:4,e:99999"],
+        /--registry: expected 5 endpoints host:port/,
+      ],
+      [
+        ["up", "--untrained", "--coordinator-port-base", "80"],
+        /--coordinator-port-base: expected an integer 1024\.\.65520/,
+      ],
     ];
     for (const [args, message] of cases) {
       const r = await run(...args);

@@ -130,6 +130,8 @@ describe("moe-swarm up", { timeout: 120_000 }, () => {
         "ORD,IAD,SJC",
         "--backend",
         "js",
+        // The static placement file (the coordinators: test/swarm/up-coordinators.test.ts).
+        "--no-coordinators",
       ],
       { stdio: ["ignore", "pipe", "pipe"] },
     );
