@@ -7,6 +7,7 @@
 
 import type { SwarmConfig } from "../config/schema.ts";
 import { type ChildNode, spawnNode, stopChild } from "./child-nodes.ts";
+import type { DispatchObserver } from "./dispatch-observer.ts";
 import { planFromConfig, StaticPlacement } from "./placement.ts";
 import { regionLinksFromConfig } from "./region-links.ts";
 import { RemoteExpertHost } from "./remote-expert-host.ts";
@@ -20,6 +21,8 @@ export interface TrainingSwarmInit {
   /** Start the experts from this model file instead of the seed initialisation. */
   readonly modelPath?: string;
   readonly log?: (line: string) => void;
+  /** Told about hedges, failovers and update coherence (moe-swarm train passes issue #8's). */
+  readonly observer?: DispatchObserver;
 }
 
 export interface TrainingSwarm {
@@ -63,6 +66,7 @@ export async function startTrainingSwarm(
     region: global && regions.includes(global) ? global : (regions[0] as string),
     dModel: cfg.model.d_model,
     links: regionLinksFromConfig(cfg),
+    ...(init.observer ? { observer: init.observer } : {}),
   });
   return {
     host,

@@ -45,6 +45,9 @@ import {
   TrainingStateError,
 } from "../../model/training-state.ts";
 import { MoeTransformer } from "../../model/transformer.ts";
+import { metricsDispatchObserver } from "../../observe/dispatch-observer.ts";
+import { SwarmMetrics } from "../../observe/metrics.ts";
+import { PushLoop, pushTargetFromConfig } from "../../observe/pushgateway.ts";
 import type { CheckpointStore } from "../../storage/checkpoint-store.ts";
 import { StorageError } from "../../storage/errors.ts";
 import { storeFromConfig } from "../../storage/from-config.ts";
@@ -415,11 +418,37 @@ async function train(cfg: SwarmConfig, opts: TrainOptions, io: CliIO, cmd: Comma
   const adamw = fixed?.adamw ?? adamwHyper({ weightDecay: opts.weightDecay });
   // Experts in this process, or on expert nodes started as child processes (`--swarm`, issue #5):
   // the Trainer is the same, the nodes run the experts' forward, backward and AdamW updates.
+  // With --swarm, the dispatcher reports to issue #8's observer as in the gateway, so
+  // expert_coherence_time (first to last replica acknowledgement of each weight version) is
+  // recorded during training: into this process's metrics (pushed to the Pushgateway in the
+  // production profile, as the gateway's are) and summed up in the final line.
+  const trainMetrics = opts.swarm ? new SwarmMetrics({ config: cfg, process: "train" }) : null;
+  const coherence = { count: 0, sumSeconds: 0, maxSeconds: 0 };
+  const observed = trainMetrics ? metricsDispatchObserver({ metrics: trainMetrics }) : null;
+  const pushTarget =
+    trainMetrics && cfg.profile === "production" ? pushTargetFromConfig(cfg) : null;
+  const push =
+    trainMetrics && pushTarget
+      ? new PushLoop({ target: pushTarget, metrics: trainMetrics, log: (line) => io.err(line) })
+      : null;
   const swarm = opts.swarm
     ? await startTrainingSwarm(cfg, {
         ...(configPathOf(cmd) !== undefined ? { configPath: configPathOf(cmd) } : {}),
         backend: opts.backend,
         log: (line) => io.err(line),
+        ...(observed
+          ? {
+              observer: {
+                ...observed,
+                coherence: (e) => {
+                  observed.coherence?.(e);
+                  coherence.count++;
+                  coherence.sumSeconds += e.seconds;
+                  coherence.maxSeconds = Math.max(coherence.maxSeconds, e.seconds);
+                },
+              },
+            }
+          : {}),
       })
     : null;
   const local =
@@ -430,6 +459,7 @@ async function train(cfg: SwarmConfig, opts: TrainOptions, io: CliIO, cmd: Comma
   const expertsOn =
     swarm === null ? (local as LocalExpertHost).backend : `swarm (${swarm.nodes.length} nodes)`;
   let kernels: OnnxKernels | null = null;
+  push?.start();
   try {
     kernels = opts.trunk === "onnx" ? await OnnxKernels.create(opts.threads) : null;
     const model = new MoeTransformer(mc, host, "float32", kernels);
@@ -623,9 +653,13 @@ async function train(cfg: SwarmConfig, opts: TrainOptions, io: CliIO, cmd: Comma
         `final train loss ${(lastLoss / Math.LN2).toFixed(3)} bits/byte, validation ${val.toFixed(3)} bits/byte, ` +
         `dropped ${((100 * dropped) / Math.max(1, requested)).toFixed(2)}% of expert assignments; ` +
         `saved ${(bytes / 1e6).toFixed(1)} MB to ${out}` +
-        (checkpointFailures > 0 ? `; ${checkpointFailures} checkpoint(s) FAILED (see above)` : ""),
+        (checkpointFailures > 0 ? `; ${checkpointFailures} checkpoint(s) FAILED (see above)` : "") +
+        (swarm !== null
+          ? `; expert coherence time over ${coherence.count} replicated updates: mean ${((1000 * coherence.sumSeconds) / Math.max(1, coherence.count)).toFixed(1)} ms, max ${(1000 * coherence.maxSeconds).toFixed(1)} ms`
+          : ""),
     );
   } finally {
+    await push?.stop();
     await local?.close();
     await swarm?.stop();
     await kernels?.release();
