@@ -440,10 +440,16 @@ export class Replica {
       this.#reject(req.clientId, `mempool full (${mempoolRequestsMax} requests)`);
       return;
     }
+    // The pacemaker times progress while there is work, not idle time: a request that ends an idle
+    // spell restarts the round timer, or the first request after a quiet second would find the
+    // timer nearly run out and change view under a leader that is doing its job.
+    const wasIdle = !this.#hasWork();
     this.#mempool.set(key, {
       req: { clientId: req.clientId, seq: req.seq, op: parsed.data },
       arrivedMs: this.#now,
     });
+    if (wasIdle && this.#timedOutView < this.#view)
+      this.#roundDeadlineMs = Math.max(this.#roundDeadlineMs, this.#now + this.#currentTimeoutMs());
     this.#tryPropose();
   }
 

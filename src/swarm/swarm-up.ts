@@ -169,7 +169,9 @@ export async function swarmUp(cfg: SwarmConfig, init: SwarmUpInit): Promise<Runn
   let cluster: LocalCoordinatorCluster | null = null;
   let registry: RegistryClient | null = null;
   let heartbeat: NodeJS.Timeout | undefined;
+  let stopped = false;
   const stopAll = async () => {
+    stopped = true;
     clearInterval(heartbeat);
     registry?.close();
     await Promise.all([...nodes.map((n) => stopChild(n.child)), cluster?.stop()]);
@@ -221,14 +223,16 @@ export async function swarmUp(cfg: SwarmConfig, init: SwarmUpInit): Promise<Runn
       );
       let beating = false;
       heartbeat = setInterval(() => {
-        if (beating) return;
+        if (beating || stopped) return;
         beating = true;
         (async () => {
           for (const n of nodes)
             if (n.child.exitCode === null && n.child.signalCode === null)
               await client.heartbeat(n.nodeId);
         })()
-          .catch((err: Error) => init.log?.(`registry heartbeat failed: ${err.message}`))
+          .catch((err: Error) => {
+            if (!stopped) init.log?.(`registry heartbeat failed: ${err.message}`);
+          })
           .finally(() => {
             beating = false;
           });
