@@ -91,7 +91,10 @@ const common = {
 
 export const completionBody = z.object({
   ...common,
-  prompt: z.union([z.string(), z.array(z.string()).length(1)]),
+  prompt: z.union([z.string(), z.array(z.string()).length(1)], {
+    error: (issue) =>
+      `expected a string or a list of exactly one string; got ${Array.isArray(issue.input) ? `a list of ${issue.input.length}` : typeof issue.input}`,
+  }),
 });
 
 const contentPart = z.object({ type: z.literal("text"), text: z.string() });

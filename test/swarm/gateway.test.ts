@@ -158,6 +158,13 @@ describe("gateway HTTP API (OpenAI-compatible)", () => {
       [
         "POST",
         "/v1/completions",
+        JSON.stringify({ model: "tiny-bytes", prompt: 5 }),
+        400,
+        /prompt: expected a string or a list of exactly one string; got number/,
+      ],
+      [
+        "POST",
+        "/v1/completions",
         JSON.stringify({ model: "tiny-bytes", prompt: "x", max_tokens: -1 }),
         400,
         /max_tokens/,
