@@ -70,36 +70,43 @@ export function initExpertParams(
   return { d, h, w1, b1: alloc(h, dtype), w2, b2: alloc(d, dtype) };
 }
 
+/** out[t, j] += bias[j] for every row t. */
+function addBiasRows(out: Buf, bias: Buf, rows: number, cols: number): void {
+  for (let t = 0; t < rows; t++)
+    for (let j = 0; j < cols; j++)
+      out[t * cols + j] = (out[t * cols + j] as number) + (bias[j] as number);
+}
+
+/** The hidden layer: pre = x·W1 + b1 and a = GELU(pre), both [tokens, h]. */
+function hiddenJs(p: ExpertParams, x: Buf, tokens: number): { pre: Buf; a: Buf; dt: DType } {
+  const { d, h } = p;
+  const dt: DType = p.w1 instanceof Float64Array ? "float64" : "float32";
+  const pre = alloc(tokens * h, dt);
+  gemm(x, p.w1, pre, tokens, h, d);
+  addBiasRows(pre, p.b1, tokens, h);
+  const a = alloc(tokens * h, dt);
+  geluForward(pre, a);
+  return { pre, a, dt };
+}
+
 export function ffnForwardJs(p: ExpertParams, x: Buf, tokens: number): Buf {
   const { d, h } = p;
   invariant(
     x.length === tokens * d,
     () => `expert forward: x has ${x.length} values, expected ${tokens}×${d}`,
   );
-  const dt: DType = p.w1 instanceof Float64Array ? "float64" : "float32";
-  const pre = alloc(tokens * h, dt);
-  gemm(x, p.w1, pre, tokens, h, d);
-  for (let t = 0; t < tokens; t++)
-    for (let j = 0; j < h; j++) pre[t * h + j] = (pre[t * h + j] as number) + (p.b1[j] as number);
-  const a = alloc(tokens * h, dt);
-  geluForward(pre, a);
+  const { a, dt } = hiddenJs(p, x, tokens);
   const y = alloc(tokens * d, dt);
   gemm(a, p.w2, y, tokens, d, h);
-  for (let t = 0; t < tokens; t++)
-    for (let j = 0; j < d; j++) y[t * d + j] = (y[t * d + j] as number) + (p.b2[j] as number);
+  addBiasRows(y, p.b2, tokens, d);
   return y;
 }
 
 export function ffnBackwardJs(p: ExpertParams, x: Buf, dy: Buf, tokens: number): ExpertGrads {
   const { d, h } = p;
   invariant(x.length === tokens * d && dy.length === tokens * d, "expert backward: shapes");
-  const dt: DType = p.w1 instanceof Float64Array ? "float64" : "float32";
-  const pre = alloc(tokens * h, dt);
-  gemm(x, p.w1, pre, tokens, h, d);
-  for (let t = 0; t < tokens; t++)
-    for (let j = 0; j < h; j++) pre[t * h + j] = (pre[t * h + j] as number) + (p.b1[j] as number);
-  const a = alloc(tokens * h, dt);
-  geluForward(pre, a);
+  // Stateless backward: the hidden layer is recomputed from x (see ExpertHost).
+  const { pre, a, dt } = hiddenJs(p, x, tokens);
   const dw2 = alloc(h * d, dt);
   gemm(a, dy, dw2, h, d, tokens, true, false);
   const db2 = alloc(d, dt);
