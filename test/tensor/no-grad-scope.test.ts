@@ -1,6 +1,6 @@
 import assert from "node:assert/strict";
-import { setImmediate as tick } from "node:timers/promises";
 import { describe, it } from "node:test";
+import { setImmediate as tick } from "node:timers/promises";
 import { isGradEnabled, noGrad, noGradAsync } from "../../src/tensor/tensor.ts";
 
 describe("noGrad scope", () => {
