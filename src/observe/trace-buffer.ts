@@ -159,8 +159,9 @@ export class TraceRingBuffer {
     this.#added++;
   }
 
+  /** A snapshot of the trace's spans: a copy, so spans arriving later do not change it. */
   spansOf(traceId: string): readonly StoredSpan[] {
-    return this.#byTrace.get(traceId) ?? [];
+    return [...(this.#byTrace.get(traceId) ?? [])];
   }
 
   /** One trace with its span tree, or undefined when none of its spans is here. */
