@@ -33,6 +33,22 @@ const n = (
 ): OnnxNode => (attrs === undefined ? { op, inputs, outputs } : { op, inputs, outputs, attrs });
 const int = (value: number): OnnxAttr => ({ kind: "int", value });
 
+/** [B, T, H, dh] ↔ [B, H, T, dh] (the permutation is its own inverse). */
+const headsPerm = { perm: { kind: "ints", value: [0, 2, 1, 3] } as OnnxAttr };
+/** Swaps the last two axes: K → Kᵀ, P → Pᵀ per head. */
+const swapLastPerm = { perm: { kind: "ints", value: [0, 1, 3, 2] } as OnnxAttr };
+
+/** [B·T, H·dh] → [B, H, T, dh]: reshape by `shape4`, then move heads before time. */
+const toHeads = (x: string, out: string): OnnxNode[] => [
+  n("Reshape", [x, "shape4"], [`${x}4`]),
+  n("Transpose", [`${x}4`], [out], headsPerm),
+];
+/** [B, H, T, dh] → [B·T, H·dh], the inverse of `toHeads`. */
+const fromHeads = (x: string, out: string): OnnxNode[] => [
+  n("Transpose", [x], [`${out}4`], headsPerm),
+  n("Reshape", [`${out}4`, "shape2"], [out]),
+];
+
 function gemmGraph(transA: boolean, transB: boolean): Uint8Array {
   return encodeOnnxModel({
     name: `gemm_${transA ? "t" : "n"}${transB ? "t" : "n"}`,
@@ -47,7 +63,6 @@ function gemmGraph(transA: boolean, transB: boolean): Uint8Array {
 
 /** Inputs shape4 = [B, T, H, dh], shape2 = [B·T, H·dh], mask [T, T], scale []. */
 function attentionForwardGraph(): Uint8Array {
-  const perm = { perm: { kind: "ints", value: [0, 2, 1, 3] } as OnnxAttr };
   return encodeOnnxModel({
     name: "attention_forward",
     opset,
@@ -62,27 +77,21 @@ function attentionForwardGraph(): Uint8Array {
     ],
     outputs: [f("o", ["N", "C"]), f("p", ["B", "H", "T", "T"])],
     nodes: [
-      n("Reshape", ["q", "shape4"], ["q4"]),
-      n("Transpose", ["q4"], ["qh"], perm),
-      n("Reshape", ["k", "shape4"], ["k4"]),
-      n("Transpose", ["k4"], ["kh"], perm),
-      n("Reshape", ["v", "shape4"], ["v4"]),
-      n("Transpose", ["v4"], ["vh"], perm),
-      n("Transpose", ["kh"], ["kt"], { perm: { kind: "ints", value: [0, 1, 3, 2] } as OnnxAttr }),
+      ...toHeads("q", "qh"),
+      ...toHeads("k", "kh"),
+      ...toHeads("v", "vh"),
+      n("Transpose", ["kh"], ["kt"], swapLastPerm),
       n("MatMul", ["qh", "kt"], ["s0"]),
       n("Mul", ["s0", "scale"], ["s1"]),
       n("Add", ["s1", "mask"], ["s"]),
       n("Softmax", ["s"], ["p"], { axis: int(-1) }),
       n("MatMul", ["p", "vh"], ["oh"]),
-      n("Transpose", ["oh"], ["o4"], perm),
-      n("Reshape", ["o4", "shape2"], ["o"]),
+      ...fromHeads("oh", "o"),
     ],
   });
 }
 
 function attentionBackwardGraph(): Uint8Array {
-  const perm = { perm: { kind: "ints", value: [0, 2, 1, 3] } as OnnxAttr };
-  const swap = { perm: { kind: "ints", value: [0, 1, 3, 2] } as OnnxAttr };
   return encodeOnnxModel({
     name: "attention_backward",
     opset,
@@ -99,17 +108,13 @@ function attentionBackwardGraph(): Uint8Array {
     outputs: [f("dq", ["N", "C"]), f("dk", ["N", "C"]), f("dv", ["N", "C"])],
     initializers: [{ name: "axis_last", elemType: onnxInt64, dims: [1], values: [-1] }],
     nodes: [
-      n("Reshape", ["q", "shape4"], ["q4"]),
-      n("Transpose", ["q4"], ["qh"], perm),
-      n("Reshape", ["k", "shape4"], ["k4"]),
-      n("Transpose", ["k4"], ["kh"], perm),
-      n("Reshape", ["v", "shape4"], ["v4"]),
-      n("Transpose", ["v4"], ["vh"], perm),
-      n("Reshape", ["do", "shape4"], ["do4"]),
-      n("Transpose", ["do4"], ["doh"], perm),
-      n("Transpose", ["p"], ["pt"], swap),
+      ...toHeads("q", "qh"),
+      ...toHeads("k", "kh"),
+      ...toHeads("v", "vh"),
+      ...toHeads("do", "doh"),
+      n("Transpose", ["p"], ["pt"], swapLastPerm),
       n("MatMul", ["pt", "doh"], ["dvh"]),
-      n("Transpose", ["vh"], ["vt"], swap),
+      n("Transpose", ["vh"], ["vt"], swapLastPerm),
       n("MatMul", ["doh", "vt"], ["dp"]),
       n("Mul", ["dp", "p"], ["dpp"]),
       n("ReduceSum", ["dpp", "axis_last"], ["rs"], { keepdims: int(1) }),
@@ -117,14 +122,11 @@ function attentionBackwardGraph(): Uint8Array {
       n("Mul", ["p", "dpc"], ["ds0"]),
       n("Mul", ["ds0", "scale"], ["ds"]),
       n("MatMul", ["ds", "kh"], ["dqh"]),
-      n("Transpose", ["ds"], ["dst"], swap),
+      n("Transpose", ["ds"], ["dst"], swapLastPerm),
       n("MatMul", ["dst", "qh"], ["dkh"]),
-      n("Transpose", ["dqh"], ["dq4"], perm),
-      n("Reshape", ["dq4", "shape2"], ["dq"]),
-      n("Transpose", ["dkh"], ["dk4"], perm),
-      n("Reshape", ["dk4", "shape2"], ["dk"]),
-      n("Transpose", ["dvh"], ["dv4"], perm),
-      n("Reshape", ["dv4", "shape2"], ["dv"]),
+      ...fromHeads("dqh", "dq"),
+      ...fromHeads("dkh", "dk"),
+      ...fromHeads("dvh", "dv"),
     ],
   });
 }
