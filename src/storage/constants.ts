@@ -9,6 +9,14 @@ export const chunkBytesAvgMin = 64;
 export const chunkBytesMax = 64 * 1024 * 1024;
 /** Largest shard a checkpoint holds in memory at once (a Node Buffer tops out near 4 GiB). */
 export const shardBytesMax = 2 * 1024 * 1024 * 1024;
+/**
+ * Largest raw leaf of a shard's DAG. kubo refers blocks over 1 MiB over bitswap (and `ipfs dag
+ * import` rejects them by default), so a FastCDC chunk longer than this (the production average is
+ * 4 MB, the maximum 16 MB) is stored as several consecutive leaves of at most this size, cut at
+ * fixed offsets from the chunk's start: the cut is a function of the chunk's bytes, so dedup of
+ * whole chunks still finds every repeat. https://github.com/ipfs/kubo/blob/master/docs/config.md
+ */
+export const leafBytesMax = 1024 * 1024;
 /** Links per dag-pb file node, as kubo's balanced layout (174 links ≈ one 256 KiB node). */
 export const dagLinksMax = 174;
 /** Depth of a shard's DAG a reader follows before calling the DAG malformed. */

@@ -12,7 +12,7 @@ import * as dagPb from "@ipld/dag-pb";
 import { UnixFS } from "ipfs-unixfs";
 import { invariant } from "../common/assert.ts";
 import { type CID, cidFor, cidForAsync, dagPbCode, rawCode } from "./cid.ts";
-import { dagDepthMax, dagLinksMax, shardNameBytesMax } from "./constants.ts";
+import { dagDepthMax, dagLinksMax, leafBytesMax, shardNameBytesMax } from "./constants.ts";
 import { corruptBlock, StorageError } from "./errors.ts";
 
 export interface DagBlock {
@@ -42,8 +42,9 @@ interface Built {
 }
 
 /**
- * Builds the UnixFS file DAG over `data` cut at `cuts` (FastCDC's output). Leaves are not copied:
- * `leaves` names their ranges of `data`.
+ * Builds the UnixFS file DAG over `data` cut at `cuts` (FastCDC's output); a chunk longer than
+ * `leafBytesMax` is split into leaves of at most that size. Leaves are not copied: `leaves` names
+ * their ranges of `data`.
  */
 export function buildFileDag(data: Uint8Array, cuts: readonly number[]): FileDag {
   return buildFileDagOver(
@@ -77,8 +78,12 @@ function leafRanges(
   let start = 0;
   for (const end of cuts.length === 0 ? [0] : cuts) {
     invariant(end >= start, "cuts ascend");
-    out.push({ offset: start, length: end - start });
-    start = end;
+    // A chunk above leafBytesMax becomes consecutive leaves of at most leafBytesMax (kubo's limit).
+    do {
+      const length = Math.min(leafBytesMax, end - start);
+      out.push({ offset: start, length });
+      start += length;
+    } while (start < end);
   }
   return out;
 }

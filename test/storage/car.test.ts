@@ -6,7 +6,9 @@ import { after, describe, it } from "node:test";
 import { exporter } from "ipfs-unixfs-exporter";
 import { CID } from "multiformats/cid";
 import { exportCar, importCar } from "../../src/storage/car.ts";
+import { leafBytesMax } from "../../src/storage/constants.ts";
 import { StorageError } from "../../src/storage/errors.ts";
+import { chunkSizesFromAverage } from "../../src/storage/fastcdc.ts";
 import { floatBytes, openTestStore, tempDir } from "./fixtures/store.ts";
 
 // ---- An independent CARv1 reader (no @ipld/car, no multiformats): varints, CIDv1, SHA-256. ----
@@ -114,6 +116,41 @@ describe("CAR export and import", () => {
       assert.deepEqual(Buffer.concat(parts), Buffer.from(expected.bytes), entry.name);
     }
     assert.deepEqual(names.sort(), ["config.json", "weights.f32"]);
+  });
+
+  it("at production chunk sizes (4 MB average, 16 MB max) no exported block exceeds kubo's 1 MiB", async () => {
+    const t = tempDir("car-kubo");
+    cleanups.push(t.cleanup);
+    const store = openTestStore(t.dir, { chunkSizes: chunkSizesFromAverage(4 * 1000 * 1000) });
+    const shard = { name: "weights.f32", bytes: floatBytes(9, 6 * 1024 * 1024) }; // 24 MiB
+    const saved = store.save("hot", "big", [shard]);
+    assert.ok(saved.chunks > 24, `${saved.chunks} leaves for 24 MiB`);
+    const file = join(t.dir, "big.car");
+    const { root } = await exportCar(store, "hot", "big", file);
+    const { blocks } = parseCarV1(readFileSync(file));
+    const largest = Math.max(...blocks.map((b) => b.data.length));
+    assert.ok(largest <= leafBytesMax, `largest block ${largest} B`);
+    assert.ok(largest > leafBytesMax / 2, "leaves are near the cap, not tiny");
+    // The capped DAG still reads back as the same file through the IPFS project's UnixFS reader.
+    const byCid = new Map(blocks.map((b) => [Buffer.from(b.cidBytes).toString("hex"), b.data]));
+    const blockstore = {
+      *get(cid: CID) {
+        const data = byCid.get(Buffer.from(cid.bytes).toString("hex"));
+        if (data === undefined) throw new Error(`no block ${cid}`);
+        yield data;
+      },
+    };
+    const dir = await exporter(root, blockstore);
+    assert.equal(dir.type, "directory");
+    if (dir.type !== "directory") return;
+    for await (const entry of dir.entries()) {
+      const f = await exporter(entry.cid, blockstore);
+      assert.equal(f.type, "file");
+      if (f.type !== "file") return;
+      const parts: Uint8Array[] = [];
+      for await (const part of f.content()) parts.push(part as Uint8Array);
+      assert.ok(Buffer.concat(parts).equals(Buffer.from(shard.bytes)), "same bytes");
+    }
   });
 
   it("imports into another store and tier with the same root and bytes", async () => {
