@@ -11,12 +11,16 @@ export class LatencyWindow {
   readonly #samples = new Float64Array(latencyWindowSamples);
   #count = 0;
   #next = 0;
+  /** The window sorted, built on the first quantile after a record (the dispatcher asks several
+   * quantiles of every replica per call; sorting once per sample instead of once per question). */
+  #sorted: Float64Array | undefined;
 
   record(ms: number): void {
     invariant(ms >= 0 && Number.isFinite(ms), `latency sample ${ms}`);
     this.#samples[this.#next] = ms;
     this.#next = (this.#next + 1) % latencyWindowSamples;
     this.#count = Math.min(this.#count + 1, latencyWindowSamples);
+    this.#sorted = undefined;
   }
 
   get count(): number {
@@ -32,7 +36,8 @@ export class LatencyWindow {
   quantile(q: number): number | undefined {
     invariant(q >= 0 && q <= 1, `quantile ${q}`);
     if (this.#count === 0) return undefined;
-    const sorted = Array.from(this.#samples.subarray(0, this.#count)).sort((a, b) => a - b);
+    if (this.#sorted === undefined) this.#sorted = this.#samples.slice(0, this.#count).sort();
+    const sorted = this.#sorted;
     const rank = Math.max(0, Math.ceil(q * sorted.length) - 1);
     return sorted[Math.min(sorted.length - 1, rank)];
   }

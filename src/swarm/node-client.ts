@@ -59,6 +59,10 @@ export class NodeClient {
   #shaper: LinkShaper | undefined;
   #nextId = 1;
   #closed = false;
+  /** Request frames and bytes written, answer bytes read (for the data-plane figures). */
+  framesSent = 0;
+  bytesSent = 0;
+  bytesReceived = 0;
 
   constructor(
     readonly address: NodeAddress,
@@ -111,6 +115,8 @@ export class NodeClient {
         }
         signal.addEventListener("abort", onAbort, { once: true });
       }
+      this.framesSent++;
+      this.bytesSent += frame.length;
       shapedWrite(socket, this.#shaper, frame);
     });
   }
@@ -158,6 +164,7 @@ export class NodeClient {
         resolve(socket);
       });
       socket.on("data", (chunk: Buffer) => {
+        this.bytesReceived += chunk.length;
         try {
           for (const body of reader.push(chunk)) this.#onFrame(decodeFrame(body));
         } catch (err) {

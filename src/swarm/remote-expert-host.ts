@@ -7,8 +7,9 @@
 // so that the hedge can win — and the first answer wins ("The Tail at Scale"). On an
 // error, a closed connection or a missed deadline the next replica is tried at once (failover) and
 // the node is marked unhealthy; a background probe with exponential backoff marks it healthy again.
-// Attempt deadlines adapt: a multiple of the node's recent p99, clamped, never more than what is
-// left of the caller's deadline.
+// Attempt deadlines adapt: a multiple of the node's recent p99 for that op (forward, backward,
+// applyUpdate, ... each has its own latency window, so a grouped update is not judged by forward
+// latencies), clamped, never more than what is left of the caller's deadline.
 //
 // Writes keep replicas identical: backward (which accumulates parameter gradients on the host) and
 // applyUpdate go to every replica of the expert, and need one success. A replica that missed a
@@ -129,7 +130,12 @@ function allAborted(signals: readonly AbortSignal[]): { signal: AbortSignal; dis
 interface NodeState {
   readonly address: NodeAddress;
   readonly client: NodeClient;
+  /** Forward latencies: replica choice, hedging and the forward deadline. */
   readonly latency: LatencyWindow;
+  /** Every other op's own latencies (backward, applyUpdate, exportState, ...), for its deadline:
+   * a grouped update costs more than a forward, so a deadline derived from forward latency would
+   * abandon healthy writes under load and leave their replicas stale. */
+  readonly opLatency: Map<Op, LatencyWindow>;
   healthy: boolean;
   failures: number;
   lastError: string | undefined;
@@ -287,7 +293,7 @@ export class RemoteExpertHost implements ExpertHost {
     tokens: number,
     ctx?: ExpertCallContext,
   ): Promise<Float32Array> {
-    const frame = await this.#read(id, ctx, (client, timeoutMs, signal, traceparent) =>
+    const frame = await this.#read(id, ctx, Op.forward, (client, timeoutMs, signal, traceparent) =>
       client.call({
         op: Op.forward,
         ids: [id],
@@ -309,7 +315,7 @@ export class RemoteExpertHost implements ExpertHost {
     this.#checkRows(x, tokens, "x");
     this.#checkRows(dy, tokens, "dy");
     const dims = [tokens, this.#init.dModel];
-    const frames = await this.#writeAll([id], ctx, (client, ids, timeoutMs) =>
+    const frames = await this.#writeAll([id], ctx, Op.backward, (client, ids, timeoutMs) =>
       client.call({
         op: Op.backward,
         ids,
@@ -338,7 +344,7 @@ export class RemoteExpertHost implements ExpertHost {
       [...groups].map(async ([nodeId, group]) => {
         const node = this.#nodes.get(nodeId) as NodeState;
         try {
-          const f = await this.#timed(node, (t) =>
+          const f = await this.#timed(node, Op.gradSquaredNorm, (t) =>
             node.client.call({ op: Op.gradSquaredNorm, ids: group, timeoutMs: t }),
           );
           return f.scalars[0] ?? Number.NaN;
@@ -350,6 +356,7 @@ export class RemoteExpertHost implements ExpertHost {
             const f = await this.#read(
               id,
               undefined,
+              Op.gradSquaredNorm,
               (client, timeoutMs, signal) =>
                 client.call({ op: Op.gradSquaredNorm, ids: [id], timeoutMs, ctx: { signal } }),
               false,
@@ -367,6 +374,7 @@ export class RemoteExpertHost implements ExpertHost {
     await this.#writeAll(
       ids,
       undefined,
+      Op.applyUpdate,
       (client, group, timeoutMs) =>
         client.call({
           op: Op.applyUpdate,
@@ -385,7 +393,7 @@ export class RemoteExpertHost implements ExpertHost {
   async exportTrainingState(ids: readonly ExpertId[]): Promise<ExpertTrainingState[]> {
     return Promise.all(
       ids.map(async (id) => {
-        const f = await this.#read(id, undefined, (client, timeoutMs, signal) =>
+        const f = await this.#read(id, undefined, Op.exportState, (client, timeoutMs, signal) =>
           client.call({ op: Op.exportState, ids: [id], timeoutMs, ctx: { signal } }),
         );
         return stateFromFrame(id, f);
@@ -440,7 +448,7 @@ export class RemoteExpertHost implements ExpertHost {
     const nodes = targets ?? this.#init.registry.replicas(state.id).map((a) => this.#node(a));
     const results = await Promise.allSettled(
       nodes.map((n) =>
-        this.#timed(n, (t) =>
+        this.#timed(n, Op.importState, (t) =>
           n.client.call({
             op: Op.importState,
             ids: [state.id],
@@ -480,7 +488,7 @@ export class RemoteExpertHost implements ExpertHost {
   ): Promise<
     ExpertWeights & { w1: Float32Array; b1: Float32Array; w2: Float32Array; b2: Float32Array }
   > {
-    const f = await this.#read(id, undefined, (client, timeoutMs, signal) =>
+    const f = await this.#read(id, undefined, Op.getWeights, (client, timeoutMs, signal) =>
       client.call({ op: Op.getWeights, ids: [id], timeoutMs, ctx: { signal } }),
     );
     const [w1, b1, w2, b2] = f.tensors;
@@ -517,6 +525,19 @@ export class RemoteExpertHost implements ExpertHost {
       lastError: n.lastError,
       load: n.load,
     }));
+  }
+
+  /** Request frames and bytes sent to every node, and answer bytes received, since the start. */
+  wire(): { frames: number; bytesSent: number; bytesReceived: number } {
+    let frames = 0;
+    let bytesSent = 0;
+    let bytesReceived = 0;
+    for (const n of this.#nodes.values()) {
+      frames += n.client.framesSent;
+      bytesSent += n.client.bytesSent;
+      bytesReceived += n.client.bytesReceived;
+    }
+    return { frames, bytesSent, bytesReceived };
   }
 
   /** Pings every node once (marks health, records its load report); resolves with the number of healthy nodes. */
@@ -581,6 +602,7 @@ export class RemoteExpertHost implements ExpertHost {
         address,
         client: new NodeClient(address, this.#init.region, this.#links),
         latency: new LatencyWindow(),
+        opLatency: new Map(),
         healthy: true,
         failures: 0,
         lastError: undefined,
@@ -614,18 +636,32 @@ export class RemoteExpertHost implements ExpertHost {
     return this.#priorMs(n) + overhead;
   }
 
-  #attemptTimeoutMs(n: NodeState, ctx: ExpertCallContext | undefined): number {
-    const adaptive = n.latency.trusted
-      ? deadlineP99Multiplier * (n.latency.quantile(0.99) as number)
+  /** The latency window of `op` on node `n` (forward: the one replica choice and hedging use). */
+  #window(n: NodeState, op: Op): LatencyWindow {
+    if (op === Op.forward) return n.latency;
+    let w = n.opLatency.get(op);
+    if (!w) {
+      w = new LatencyWindow();
+      n.opLatency.set(op, w);
+    }
+    return w;
+  }
+
+  /** Attempt deadline of `op` on `n`: a multiple of that op's own recent p99 on that node. */
+  #attemptTimeoutMs(n: NodeState, ctx: ExpertCallContext | undefined, op: Op): number {
+    const w = this.#window(n, op);
+    const adaptive = w.trusted
+      ? deadlineP99Multiplier * (w.quantile(0.99) as number)
       : this.#priorMs(n) + computeBudgetMsPrior;
     let t = Math.min(attemptDeadlineMsMax, Math.max(attemptDeadlineMsMin, adaptive));
     if (ctx?.deadlineMs !== undefined) t = Math.min(t, Math.max(1, ctx.deadlineMs - Date.now()));
     return t;
   }
 
-  #hedgeDelayMs(n: NodeState, timeoutMs: number): number {
-    if (!n.latency.trusted) return timeoutMs / 2;
-    return Math.max(hedgeDelayMsMin, n.latency.quantile(0.95) as number);
+  #hedgeDelayMs(n: NodeState, timeoutMs: number, op: Op): number {
+    const w = this.#window(n, op);
+    if (!w.trusted) return timeoutMs / 2;
+    return Math.max(hedgeDelayMsMin, w.quantile(0.95) as number);
   }
 
   /**
@@ -645,14 +681,16 @@ export class RemoteExpertHost implements ExpertHost {
     );
   }
 
+  /** One attempt of `op` on `n` under that op's adaptive deadline; records its latency there. */
   async #timed(
     n: NodeState,
+    op: Op,
     call: (timeoutMs: number) => Promise<Frame>,
     ctx?: ExpertCallContext,
   ): Promise<Frame> {
     const t0 = this.#now();
-    const f = await call(this.#attemptTimeoutMs(n, ctx));
-    n.latency.record(this.#now() - t0);
+    const f = await call(this.#attemptTimeoutMs(n, ctx, op));
+    this.#window(n, op).record(this.#now() - t0);
     return f;
   }
 
@@ -678,6 +716,7 @@ export class RemoteExpertHost implements ExpertHost {
   #read(
     id: ExpertId,
     ctx: ExpertCallContext | undefined,
+    op: Op,
     attempt: Attempt,
     versioned = true,
   ): Promise<Frame> {
@@ -758,7 +797,7 @@ export class RemoteExpertHost implements ExpertHost {
         }
         const controller = new AbortController();
         controllers.push(controller);
-        const timeoutMs = this.#attemptTimeoutMs(n, ctx);
+        const timeoutMs = this.#attemptTimeoutMs(n, ctx, op);
         const t0 = this.#now();
         attempt(n.client, timeoutMs, controller.signal, hedge?.traceparent).then(
           (frame) => {
@@ -767,7 +806,7 @@ export class RemoteExpertHost implements ExpertHost {
               endHedge("lost");
               return;
             }
-            n.latency.record(this.#now() - t0);
+            this.#window(n, op).record(this.#now() - t0);
             this.#markHealthy(n);
             if (versioned && !this.#acceptVersion(n, id, frame.scalars[0])) {
               endHedge("error");
@@ -800,7 +839,7 @@ export class RemoteExpertHost implements ExpertHost {
             if (!failover(n, failoverReason(err)) && running === 0) giveUp();
           },
         );
-        const hedgeDelayMs = this.#hedgeDelayMs(n, timeoutMs);
+        const hedgeDelayMs = this.#hedgeDelayMs(n, timeoutMs, op);
         const next = queue[0];
         // Hedge only to a replica that can be expected to answer within the time the first one
         // usually takes (its p95): a farther replica behind a fixed link delay cannot win the race
@@ -824,6 +863,7 @@ export class RemoteExpertHost implements ExpertHost {
   async #writeAll(
     ids: readonly ExpertId[],
     ctx: ExpertCallContext | undefined,
+    op: Op,
     call: (client: NodeClient, ids: readonly ExpertId[], timeoutMs: number) => Promise<Frame>,
     measureCoherence = false,
   ): Promise<Frame[]> {
@@ -845,7 +885,7 @@ export class RemoteExpertHost implements ExpertHost {
     const ackedAtMs = new Array<number>(ordered.length).fill(Number.NaN);
     const results = await Promise.allSettled(
       ordered.map(({ node, ids: group }, i) =>
-        this.#timed(node, (t) => call(node.client, group, t), ctx).then((f) => {
+        this.#timed(node, op, (t) => call(node.client, group, t), ctx).then((f) => {
           ackedAtMs[i] = this.#now();
           return f;
         }),

@@ -232,6 +232,37 @@ describe("adaptive deadlines", () => {
   });
 });
 
+describe("write deadlines", () => {
+  it("an update slower than every forward keeps its replicas: writes have their own latency statistics", async () => {
+    const { dispatcher, swarm, reference } = await setup(noDelay, false);
+    const ids = experts.slice(0, 3);
+    const x = randn(11, d);
+    // Forward latencies are learned (~1 ms each, so 4 × p99 is the 50 ms floor) ...
+    for (let i = 0; i < 16; i++) for (const id of ids) await dispatcher.forward(id, x, 1);
+    // ... and then every node's optimizer step takes 150 ms, 3× that floor.
+    for (const n of swarm.nodes) n.host.updateDelayMs = 150;
+    // 10 steps: past latencySamplesMin, so the last updates run under a deadline learned from
+    // the updates' own p99, not under the prior.
+    for (let step = 1; step <= 10; step++) {
+      for (const id of ids) {
+        await dispatcher.backward(id, x, randn(step, d), 1);
+        await reference.backward(id, x, randn(step, d), 1);
+      }
+      const update = { step, learningRate: 0.05, gradScale: 1 };
+      await dispatcher.applyUpdate(ids, update);
+      await reference.applyUpdate(ids, update);
+    }
+    assert.equal(dispatcher.counters.staleReplicas, 0, "no replica missed an update");
+    assert.equal(dispatcher.counters.failovers, 0);
+    assert.ok(dispatcher.nodeStats().every((n) => n.healthy));
+    for (const id of ids) {
+      const want = await reference.forward(id, x, 1);
+      for (const n of swarm.nodes.filter((n) => n.plan.experts.some((e) => e.expert === id.expert)))
+        assert.deepEqual(await n.host.forward(id, x, 1), want, `${n.plan.nodeId} L0.E${id.expert}`);
+    }
+  });
+});
+
 describe("emulated link rate", () => {
   it("messages on one link are serialised at the configured rate, in order", async () => {
     const { LinkShaper } = await import("../../src/swarm/region-links.ts");

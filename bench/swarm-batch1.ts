@@ -1,0 +1,123 @@
+// Where the batch-1 time of a swarm forward goes. The same model (local profile, same weights) runs
+// in this process and with its experts on 5 child-process nodes (no injected latency), alternating
+// call by call so both see the same machine load. Besides p50 of each and their ratio it prints,
+// per swarm forward: expert calls the model made, wire frames and bytes sent, dispatch rounds
+// (one per MoE layer, two for the cascade tier), and the bare round trip of a ping to a node — the
+// fixed cost each round pays before any compute.
+//   npx tsx bench/swarm-batch1.ts [iterations] [batch]
+// For a CPU profile of the gateway side: node --cpu-prof --import tsx bench/swarm-batch1.ts; of
+// the nodes: start them by hand with `node --cpu-prof bin/moe-swarm.js node ...`.
+
+import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { loadavg, tmpdir } from "node:os";
+import { join } from "node:path";
+import { Prng } from "../src/common/prng.ts";
+import { loadConfig } from "../src/config/load.ts";
+import { buildLocalModel, buildTrunk } from "../src/model/build.ts";
+import type { MoeTransformer } from "../src/model/transformer.ts";
+import { type ChildNode, spawnNode, stopChild } from "../src/swarm/child-nodes.ts";
+import { Op } from "../src/swarm/frame.ts";
+import { NodeClient } from "../src/swarm/node-client.ts";
+import { planFromConfig, StaticPlacement } from "../src/swarm/placement.ts";
+import { directLinks } from "../src/swarm/region-links.ts";
+import { RemoteExpertHost } from "../src/swarm/remote-expert-host.ts";
+import { noGradAsync } from "../src/tensor/tensor.ts";
+
+const iterations = Number(process.argv[2] ?? 40);
+const B = Number(process.argv[3] ?? 1);
+const T = 64;
+
+function quantile(xs: number[], q: number): number {
+  const s = [...xs].sort((a, b) => a - b);
+  return s[Math.min(s.length - 1, Math.max(0, Math.ceil(q * s.length) - 1))] as number;
+}
+
+async function once(model: MoeTransformer, ids: Int32Array): Promise<number> {
+  model.clearRoutingCaches(); // no cache hits: every call does the full work
+  const t0 = performance.now();
+  await noGradAsync(() => model.forward(ids, B, T));
+  return performance.now() - t0;
+}
+
+const dir = mkdtempSync(join(tmpdir(), "moe-swarm-batch1-"));
+const nodes: ChildNode[] = [];
+try {
+  const configPath = join(dir, "no-latency.yaml");
+  writeFileSync(configPath, "profile: local\nswarm:\n  emulation:\n    enabled: false\n");
+  const cfg = loadConfig(configPath).config;
+  const plan = planFromConfig(cfg);
+  nodes.push(
+    ...(await Promise.all(
+      plan.map((p) => {
+        const [region, index] = p.nodeId.split("-") as [string, string];
+        return spawnNode(region, Number(index), { configPath });
+      }),
+    )),
+  );
+  const placement = new StaticPlacement(
+    nodes.map((n) => ({ ...n, experts: plan.find((p) => p.nodeId === n.nodeId)?.experts ?? [] })),
+  );
+  const host = new RemoteExpertHost({
+    registry: placement,
+    region: "ORD",
+    dModel: cfg.model.d_model,
+  });
+  const local = await buildLocalModel(cfg);
+  const trunk = buildTrunk(cfg, host);
+
+  const rng = new Prng(B);
+  const a: number[] = [];
+  const b: number[] = [];
+  for (let i = 0; i < 3; i++) {
+    const ids = Int32Array.from({ length: B * T }, () => rng.int(256));
+    await once(local.model, ids);
+    await once(trunk, ids);
+  }
+  const c0 = { ...host.counters };
+  const w0 = host.wire();
+  for (let i = 0; i < iterations; i++) {
+    const ids = Int32Array.from({ length: B * T }, () => rng.int(256));
+    a.push(await once(local.model, ids));
+    b.push(await once(trunk, ids));
+  }
+  const w1 = host.wire();
+  const rounds =
+    trunk.blocks.reduce((s, l) => s + l.moe.stats.rounds, 0) /
+    trunk.blocks.reduce((s, l) => s + l.moe.stats.batches, 0);
+
+  // The bare round trip: a ping frame to one node and back, nothing computed.
+  const first = nodes[0] as ChildNode;
+  const client = new NodeClient(first, "ORD", directLinks);
+  const pings: number[] = [];
+  for (let i = 0; i < 200; i++) {
+    const t0 = performance.now();
+    await client.call({ op: Op.ping, ids: [], timeoutMs: 1000 });
+    pings.push(performance.now() - t0);
+  }
+  client.close();
+
+  const per = (n: number) => (n / iterations).toFixed(1);
+  console.log(
+    `# batch ${B}, T=${T}, ${iterations} forwards each, alternating; load average ${loadavg()
+      .map((x) => x.toFixed(2))
+      .join(" ")}`,
+  );
+  console.log(
+    "| in-process p50 ms | swarm p50 ms | swarm / in-process (p50) | in-process p90 | swarm p90 |",
+  );
+  console.log("|---|---|---|---|---|");
+  console.log(
+    `| ${quantile(a, 0.5).toFixed(2)} | ${quantile(b, 0.5).toFixed(2)} | ${(quantile(b, 0.5) / quantile(a, 0.5)).toFixed(2)}× | ${quantile(a, 0.9).toFixed(2)} | ${quantile(b, 0.9).toFixed(2)} |`,
+  );
+  console.log(
+    `per swarm forward: ${per(host.counters.calls - c0.calls)} expert calls, ${per(w1.frames - w0.frames)} request frames, ${per(w1.bytesSent - w0.bytesSent)} bytes sent, ${per(w1.bytesReceived - w0.bytesReceived)} bytes received, ${rounds.toFixed(2)} dispatch rounds, hedges ${host.counters.hedges - c0.hedges}`,
+  );
+  console.log(
+    `bare ping round trip to one node: p50 ${quantile(pings, 0.5).toFixed(3)} ms, p90 ${quantile(pings, 0.9).toFixed(3)} ms`,
+  );
+  host.close();
+  await local.host.close();
+} finally {
+  await Promise.all(nodes.map((n) => stopChild(n.child)));
+  rmSync(dir, { recursive: true, force: true });
+}
