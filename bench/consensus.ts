@@ -1,11 +1,14 @@
 // Committed registry operations per second and commit latency of five coordinator processes on
 // loopback (ML-DSA-65, hybrid links, fsynced WALs), without and with the emulated inter-region
 // latency of the local profile. Clients each keep one request outstanding (set_placement writes).
-// Run: npx tsx bench/consensus.ts [--clients 4096] [--seconds 8] [--batch 1024] [--only lan|wan]
+// A light-load case (few clients) measures latency in steady state without queueing, and the ORD
+// replica's status explains it: request arrival → proposal → QC → commit, then → client reply.
+// Run: npx tsx bench/consensus.ts [--clients 4096] [--light-clients 16] [--seconds 8]
+//        [--batch 1024] [--only lan|wan|lan-light|wan-light]
 
 import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { connect, type Socket } from "node:net";
-import { tmpdir } from "node:os";
+import { loadavg, tmpdir } from "node:os";
 import { join } from "node:path";
 import { parseArgs } from "node:util";
 import { loadConfig } from "../src/config/load.ts";
@@ -21,6 +24,7 @@ import { regionsInLeaderOrder } from "../src/consensus/types.ts";
 const { values } = parseArgs({
   options: {
     clients: { type: "string", default: "4096" },
+    "light-clients": { type: "string", default: "16" },
     seconds: { type: "string", default: "8" },
     batch: { type: "string", default: "1024" },
     only: { type: "string" },
@@ -90,7 +94,7 @@ class MultiplexedClients {
   }
 }
 
-async function runCluster(wan: boolean) {
+async function runCluster(wan: boolean, clientCount: number) {
   const dir = mkdtempSync(join(tmpdir(), "moe-coord-bench-"));
   const portBase = 21_000 + 20 * Math.floor(Math.random() * 500); // below the ephemeral range
   writeFileSync(
@@ -113,8 +117,9 @@ async function runCluster(wan: boolean) {
     let stop = false;
     let done = 0;
     const lat: number[] = [];
+    let latSum = 0;
     const warmupMs = 2_000;
-    const loops = Array.from({ length: clientsN }, async (_, k) => {
+    const loops = Array.from({ length: clientCount }, async (_, k) => {
       for (let seq = 1; !stop; seq++) {
         const t0 = performance.now();
         await mux.request(`b${k}`, seq, {
@@ -125,6 +130,7 @@ async function runCluster(wan: boolean) {
         if (measuring) {
           done += 1;
           lat.push(performance.now() - t0);
+          latSum += performance.now() - t0;
         }
       }
     });
@@ -142,7 +148,13 @@ async function runCluster(wan: boolean) {
     lat.sort((a, b) => a - b);
     const pct = (p: number) =>
       lat[Math.min(lat.length - 1, Math.floor(p * lat.length))] ?? Number.NaN;
-    return { opsPerS: done / elapsed, p50: pct(0.5), p99: pct(0.99), status: statusOrd };
+    return {
+      opsPerS: done / elapsed,
+      p50: pct(0.5),
+      p99: pct(0.99),
+      mean: latSum / Math.max(1, lat.length),
+      status: statusOrd,
+    };
   } finally {
     cluster.stop();
     rmSync(dir, { recursive: true, force: true });
@@ -165,18 +177,50 @@ const fromOrd = regionsInLeaderOrder
   .sort((a, b) => a - b);
 const quorumDelayMs = fromOrd[2] as number;
 
+interface Phase {
+  p50: number;
+  p99: number;
+  mean: number;
+}
+const lightN = Number(values["light-clients"]);
 console.log(
-  `five coordinators on loopback, ${clientsN} clients (logical, 1 outstanding request each, multiplexed on one connection per coordinator), max_batch ${values.batch}, ${seconds} s measured after 2 s warm-up`,
+  `five coordinators on loopback, clients logical (1 outstanding request each, multiplexed on one connection per coordinator), max_batch ${values.batch}, ${seconds} s measured after 2 s warm-up; load average ${loadavg()
+    .map((x) => x.toFixed(2))
+    .join(" ")}`,
 );
-for (const wan of [false, true]) {
-  if (values.only && values.only !== (wan ? "wan" : "lan")) continue;
-  const r = await runCluster(wan);
-  const s = r.status;
+console.log(
+  `ORD's quorum one-way delay δ (4th-nearest incl. itself) with WAN: ${quorumDelayMs} ms`,
+);
+const cases = [
+  { name: "lan", wan: false, clients: clientsN },
+  { name: "wan", wan: true, clients: clientsN },
+  { name: "lan-light", wan: false, clients: lightN },
+  { name: "wan-light", wan: true, clients: lightN },
+];
+for (const c of cases) {
+  if (values.only && values.only !== c.name) continue;
+  const r = await runCluster(c.wan, c.clients);
+  const s = r.status as Record<string, unknown> & Record<string, number>;
+  const d = (ms: number) => (c.wan ? ` (${(ms / quorumDelayMs).toFixed(2)} δ)` : "");
+  const ph = (x: Phase | undefined) =>
+    x ? `p50 ${x.p50.toFixed(0)}${d(x.p50)} mean ${x.mean.toFixed(1)}${d(x.mean)}` : "n/a";
+  const b = s.latencyBreakdownMs as Record<string, Phase> | undefined;
+  const arrivalMean = b
+    ? (b.arrivalToProposal?.mean ?? 0) + (b.proposalToCommit?.mean ?? 0)
+    : Number.NaN;
   console.log(
-    `${wan ? "with emulated WAN latency" : "no WAN latency        "}: ${r.opsPerS.toFixed(0)} committed ops/s, client-observed commit latency p50 ${r.p50.toFixed(1)} ms, p99 ${r.p99.toFixed(1)} ms; ORD replica: view ${s.view}, height ${s.committedHeight}, ${((s.requestsCommittedTotal ?? 0) / Math.max(1, s.blocksCommittedTotal ?? 1)).toFixed(0)} requests/block, arrival→commit p50 ${s.commitLatencyMsP50} ms p99 ${s.commitLatencyMsP99} ms`,
+    `${c.name.padEnd(9)} ${c.clients} clients: ${r.opsPerS.toFixed(0)} committed ops/s; client-observed commit latency p50 ${r.p50.toFixed(1)} ms${d(r.p50)}, p99 ${r.p99.toFixed(1)} ms${d(r.p99)}, mean ${r.mean.toFixed(1)} ms${d(r.mean)}; ORD replica: view ${s.view}, height ${s.committedHeight}, ${((s.requestsCommittedTotal ?? 0) / Math.max(1, s.blocksCommittedTotal ?? 1)).toFixed(0)} requests/block, commits by commit votes ${s.commitsByCommitVotes ?? "n/a"} / by 2-chain ${s.commitsByTwoChain ?? "n/a"}`,
   );
-  if (wan)
-    console.log(
-      `  ORD's quorum one-way delay (4th-nearest incl. itself): ${quorumDelayMs} ms → p50 = ${(r.p50 / quorumDelayMs).toFixed(1)} one-way delays`,
-    );
+  console.log(
+    `  ORD: arrival→commit p50 ${s.commitLatencyMsP50} ms${d(s.commitLatencyMsP50 ?? 0)} p99 ${s.commitLatencyMsP99} ms${d(s.commitLatencyMsP99 ?? 0)}`,
+  );
+  console.log(`    arrival→proposal  ${ph(b?.arrivalToProposal)}`);
+  console.log(`    proposal→QC       ${ph(b?.proposalToQc)}`);
+  console.log(`    QC→commit         ${ph(b?.qcToCommit)}`);
+  console.log(
+    `    proposal→commit   ${ph(b?.proposalToCommit)}  (p99 ${b?.proposalToCommit?.p99 ?? "n/a"})`,
+  );
+  console.log(
+    `    commit→client     mean ${(r.mean - arrivalMean).toFixed(1)} ms${d(r.mean - arrivalMean)} (client mean − ORD arrival→commit mean; the client waits for f + 1 = 2 matching replies)`,
+  );
 }

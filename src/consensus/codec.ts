@@ -89,6 +89,14 @@ export const replicaMsg = z.discriminatedUnion("type", [
     sig: bytes,
   }),
   z.strictObject({
+    type: z.literal("commit-vote"),
+    blockId: hash,
+    round: uint,
+    height: uint,
+    author,
+    sig: bytes,
+  }),
+  z.strictObject({
     type: z.literal("timeout"),
     view: uint,
     highQc: qc,

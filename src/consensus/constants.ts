@@ -29,6 +29,8 @@ export const futureRoundsMax = 1_024;
 export const mempoolRequestsMax = 100_000;
 /** Proposals parked while their ancestors are fetched. */
 export const parkedProposalsMax = 16;
+/** Blocks with commit votes collected but not committed yet; beyond it new ones are refused. */
+export const pendingCommitVoteSetsMax = 4_096;
 /** Blocks answered in one fetch response. */
 export const fetchBlocksMax = 64;
 /** Committed blocks kept in memory (and on disk until a snapshot) to serve lagging replicas. */

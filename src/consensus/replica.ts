@@ -9,6 +9,25 @@
 //   high QC reported in the TC. Timing out of a view raises lastVotedRound to the view's last round.
 // - Commit rule (2-chain): a QC for block B2 whose parent B1 is in the directly preceding round of
 //   the same view commits B1 and all its ancestors.
+// - Commit votes (a third, PBFT-style phase: "Commit Moonshot", Doidge et al. 2024,
+//   https://arxiv.org/abs/2401.01791): a replica that holds QC(B) for round r, in view v, and has
+//   not timed out of v (lastVotedRound < the last round of v) first makes its high QC round ≥ r
+//   durable, then broadcasts a signed commit vote for B. 4 = 2f + 1 commit votes for B commit B and
+//   its ancestors, ≈ 3 one-way delays after B's proposal instead of the 2-chain's ≥ 4. The 2-chain
+//   rule stays as the other path (it commits when commit votes are lost).
+//   Safety: let 4 commit votes for B (round r, view v) exist; ≥ 3 come from honest replicas. Claim:
+//   every certified block B' with round r' > r extends B. Take the smallest such r' with B' not
+//   extending B. (a) r' in view v, or r' > roundAt(view(r'), 0): B' was voted via a QC of round
+//   r' − 1 ≥ r; QCs per round are unique (honest replicas vote once per round and two quorums of 4
+//   of 5 share an honest replica), so that QC is QC(B) (r' − 1 = r) or certifies a block that
+//   extends B (minimality), so B' extends B. (b) B' opens a view w > v with a TC for w − 1 ≥ v, and
+//   honest replicas vote for it only if B'.qc.round ≥ every high QC round in the TC. The TC's 4
+//   senders and the 4 commit voters share ≥ 3 replicas, ≥ 2 of them honest. Such an honest replica
+//   sent its commit vote before timing out of w − 1 ≥ v: timing out of w − 1 raises lastVotedRound
+//   to the last round of w − 1 ≥ that of v, after which it never commit-votes in v. So its
+//   timeout carries a high QC round ≥ r (persisted, monotone, survives a restart), hence
+//   B'.qc.round ≥ r, and B'.qc is QC(B) or certifies a block extending B (minimality): B' extends
+//   B. So any block committed by either rule at a height ≥ B's extends B.
 // - Pacemaker: a replica with work pending (client requests or uncommitted non-empty blocks) that
 //   sees no new round within the timeout — or a request waiting several timeouts (a censoring
 //   leader) — leaves the view and broadcasts a timeout carrying its highest QC; f + 1 timeouts for
@@ -32,6 +51,7 @@ import {
   leaderTermRoundsMax,
   mempoolRequestsMax,
   parkedProposalsMax,
+  pendingCommitVoteSetsMax,
   quorumSize,
   replicaCount,
   retainedCommittedBlocks,
@@ -47,6 +67,8 @@ import {
   type BlocksMsg,
   blockIdOf,
   type ClientRequest,
+  type CommitVoteMsg,
+  commitVoteDigest,
   type FetchMsg,
   genesisBlock,
   genesisQc,
@@ -101,6 +123,8 @@ export interface ReplicaInit {
   readonly nowMs: number;
   /** Committed blocks between snapshots (WAL truncation); default snapshotEveryBlocks. */
   readonly snapshotEveryBlocks?: number;
+  /** Send commit votes (third phase); default true. Off leaves only the 2-chain rule (A/B runs). */
+  readonly commitVotes?: boolean;
   readonly log?: (event: ReplicaEvent) => void;
   /** Called once per committed block, in height order, after its commit record is durable. */
   readonly onCommit?: (block: Block, results: readonly RegistryResult[]) => void;
@@ -128,6 +152,35 @@ export interface ReplicaStatus {
   /** Request arrival → commit at this replica, over the last commitLatencySamplesMax requests. */
   readonly commitLatencyMsP50: number;
   readonly commitLatencyMsP99: number;
+  /**
+   * Where arrival → commit goes, per committed request at this replica (same samples): waiting for
+   * the block that carries it (arrival → the block is proposed here or reaches here), proposal →
+   * QC of that block formed here, QC → commit. The three means add up to the arrival → commit mean.
+   */
+  readonly latencyBreakdownMs: LatencyBreakdown;
+  /** Blocks committed by 2f + 1 commit votes, and by the 2-chain rule (the other path). */
+  readonly commitsByCommitVotes: number;
+  readonly commitsByTwoChain: number;
+}
+
+export interface LatencyPhase {
+  readonly p50: number;
+  readonly p99: number;
+  readonly mean: number;
+}
+export interface LatencyBreakdown {
+  readonly arrivalToProposal: LatencyPhase;
+  readonly proposalToQc: LatencyPhase;
+  readonly qcToCommit: LatencyPhase;
+  readonly proposalToCommit: LatencyPhase;
+}
+
+function phaseOf(samples: readonly number[]): LatencyPhase {
+  const sorted = [...samples].sort((a, b) => a - b);
+  const pct = (p: number) =>
+    sorted[Math.min(sorted.length - 1, Math.floor(p * sorted.length))] ?? 0;
+  const mean = sorted.length === 0 ? 0 : sorted.reduce((a, b) => a + b, 0) / sorted.length;
+  return { p50: pct(0.5), p99: pct(0.99), mean };
 }
 
 export const commitLatencySamplesMax = 4096;
@@ -152,6 +205,7 @@ export class Replica {
   readonly #log: (event: ReplicaEvent) => void;
   readonly #onCommit: ReplicaInit["onCommit"];
   readonly #snapshotEvery: number;
+  readonly #sendCommitVotes: boolean;
 
   #now: number;
   // Safety state (persisted before any vote or timeout leaves).
@@ -178,6 +232,12 @@ export class Replica {
   // Votes and timeouts being collected.
   readonly #votes = new Map<Hex, VoteSet>();
   readonly #voteOf = new Map<string, Hex>();
+  readonly #commitVotes = new Map<Hex, VoteSet>();
+  readonly #commitVoteOf = new Map<string, Hex>();
+  /** Highest round this replica commit-voted in (this life; repeating one after a restart is harmless). */
+  #commitVotedRound = 0;
+  /** Highest high-QC round known durable in the WAL (a commit vote needs its round there first). */
+  #durableHighQcRound = 0;
   readonly #timeouts = new Map<number, Map<ReplicaId, TimeoutSig>>();
   // Requests and execution.
   readonly #mempool = new Map<string, { req: ClientRequest; arrivedMs: number }>();
@@ -194,6 +254,17 @@ export class Replica {
   #rejectedTotal = 0;
   #evidenceTotal = 0;
   readonly #latencies: number[] = [];
+  // Latency decomposition: when each uncommitted block reached this replica and when its QC did.
+  readonly #blockSeenMs = new Map<Hex, number>();
+  readonly #qcSeenMs = new Map<Hex, number>();
+  readonly #phaseSamples = {
+    arrivalToProposal: [] as number[],
+    proposalToQc: [] as number[],
+    qcToCommit: [] as number[],
+    proposalToCommit: [] as number[],
+  };
+  #commitsByCommitVotes = 0;
+  #commitsByTwoChain = 0;
 
   constructor(init: ReplicaInit) {
     invariant(
@@ -213,6 +284,7 @@ export class Replica {
     this.#log = init.log ?? (() => {});
     this.#onCommit = init.onCommit;
     this.#snapshotEvery = init.snapshotEveryBlocks ?? snapshotEveryBlocks;
+    this.#sendCommitVotes = init.commitVotes ?? true;
     this.#now = init.nowMs;
     this.#roundDeadlineMs = init.nowMs + init.viewTimeoutMs;
     this.#viewStartMs = init.nowMs;
@@ -260,6 +332,7 @@ export class Replica {
       invariant(target, `recovered commit record names block ${commitTarget} that the WAL holds`);
       this.#commitChain(target, false);
     }
+    this.#durableHighQcRound = this.#highQc.round; // recovered from the WAL, so durable
     const resumeRound = Math.max(this.#highQc.round + 1, this.#lastVotedRound);
     this.#view = viewOf(resumeRound);
     this.#round = Math.max(this.#highQc.round + 1, roundAt(this.#view, 0));
@@ -335,6 +408,14 @@ export class Replica {
       evidenceTotal: this.#evidenceTotal,
       commitLatencyMsP50: pct(0.5),
       commitLatencyMsP99: pct(0.99),
+      latencyBreakdownMs: {
+        arrivalToProposal: phaseOf(this.#phaseSamples.arrivalToProposal),
+        proposalToQc: phaseOf(this.#phaseSamples.proposalToQc),
+        qcToCommit: phaseOf(this.#phaseSamples.qcToCommit),
+        proposalToCommit: phaseOf(this.#phaseSamples.proposalToCommit),
+      },
+      commitsByCommitVotes: this.#commitsByCommitVotes,
+      commitsByTwoChain: this.#commitsByTwoChain,
     };
   }
 
@@ -370,6 +451,10 @@ export class Replica {
       }
       case "blocks": {
         this.#onBlocks(from, msg);
+        return;
+      }
+      case "commit-vote": {
+        this.#onCommitVote(from, msg);
         return;
       }
       case "sync": {
@@ -409,6 +494,9 @@ export class Replica {
     const records = this.#pendingWal;
     this.#pendingWal = [];
     this.#storage.append(records);
+    for (const r of records)
+      if (r.kind === "safety" && r.highQc.round > this.#durableHighQcRound)
+        this.#durableHighQcRound = r.highQc.round;
   }
 
   // ---- Requests ---------------------------------------------------------------------------------
@@ -586,6 +674,7 @@ export class Replica {
     this.#retryParked();
     // The new block may complete a 2-chain whose QC (from votes) arrived before the block did.
     this.#tryCommit(this.#highQc);
+    this.#retryCommitVotes();
   }
 
   #extendsCommitted(parent: Block): boolean {
@@ -605,6 +694,7 @@ export class Replica {
       );
     else this.#proposalsByRound.set(b.round, b.id);
     this.#blocks.set(b.id, b);
+    if (b.height > this.#committed.height) this.#blockSeenMs.set(b.id, this.#now);
     this.#pendingWal.push({ kind: "block", block: b });
   }
 
@@ -689,16 +779,136 @@ export class Replica {
   /** Takes in a verified QC: raises the high QC, commits by the 2-chain rule, enters the next round. */
   #processQc(qc: QuorumCert, from: ReplicaId): void {
     if (qc.round > this.#highQc.round) this.#highQc = qc;
+    if (qc.height > this.#committed.height && !this.#qcSeenMs.has(qc.blockId))
+      this.#qcSeenMs.set(qc.blockId, this.#now);
     if (qc.votes.length > 0 && !this.#blocks.has(qc.blockId) && qc.height > this.#committed.height)
       this.#net.send(from === this.id ? leaderOf(viewOf(qc.round)) : from, {
         type: "fetch",
         blockId: qc.blockId,
       });
     this.#tryCommit(qc);
+    this.#maybeCommitVote(qc);
     if (qc.round >= this.#round && viewOf(qc.round) >= this.#view) {
       this.#roundsTotal += 1;
       this.#enterRound(qc.round + 1);
     }
+  }
+
+  /** Third phase: see the header for why holding QC(B) without having timed out of B's view suffices. */
+  #maybeCommitVote(qc: QuorumCert): void {
+    if (!this.#sendCommitVotes || qc.votes.length === 0 || qc.round <= this.#commitVotedRound)
+      return;
+    if (qc.height <= this.#committed.height) return; // committed already: nothing to speed up
+    if (this.#lastVotedRound >= lastRoundOf(viewOf(qc.round))) return; // timed out of its view
+    this.#commitVotedRound = qc.round;
+    if (this.#durableHighQcRound < qc.round) {
+      this.#pendingWal.push({
+        kind: "safety",
+        lastVotedRound: this.#lastVotedRound,
+        highQc: this.#highQc,
+      });
+      this.#flushWal(); // the high QC round ≥ r is durable before the commit vote leaves
+    }
+    const cv: CommitVoteMsg = {
+      type: "commit-vote",
+      blockId: qc.blockId,
+      round: qc.round,
+      height: qc.height,
+      author: this.id,
+      sig: this.#signer.sign(commitVoteDigest(this.#chainId, qc.blockId, qc.round, qc.height)),
+    };
+    this.#broadcast(cv);
+    this.#selfQueue.push(cv);
+  }
+
+  #onCommitVote(from: ReplicaId, v: CommitVoteMsg): void {
+    if (from !== v.author) {
+      this.#reject(from, `commit vote by ${v.author} relayed by ${from}`);
+      return;
+    }
+    if (v.height <= this.#committed.height) return; // late: committed already (checked before any work)
+    // A replica a view behind still counts commit votes of the view the others are in (it commits
+    // by them); far-future views and rounds are refused.
+    const vView = viewOf(v.round);
+    if (
+      vView > this.#view + futureViewsMax ||
+      (vView <= this.#view && v.round > this.#round + futureRoundsMax)
+    ) {
+      this.#reject(from, `commit vote for future round ${v.round}`);
+      return;
+    }
+    const known = this.#commitVotes.get(v.blockId);
+    if (known?.sigs.has(v.author)) return; // duplicate or replay
+    if (!known && this.#commitVotes.size >= pendingCommitVoteSetsMax) {
+      this.#reject(from, `commit votes pending for ${pendingCommitVoteSetsMax} blocks already`);
+      return;
+    }
+    if (
+      from !== this.id &&
+      !this.#verifier.verify(
+        v.author,
+        commitVoteDigest(this.#chainId, v.blockId, v.round, v.height),
+        v.sig,
+      )
+    ) {
+      this.#reject(from, `commit vote for round ${v.round} has an invalid signature`);
+      return;
+    }
+    const key = `${v.author}:${v.round}`;
+    const prior = this.#commitVoteOf.get(key);
+    if (prior !== undefined && prior !== v.blockId) {
+      this.#evidence(
+        v.author,
+        `conflicting commit votes in round ${v.round} (${prior.slice(0, 8)}, ${v.blockId.slice(0, 8)})`,
+      );
+      return;
+    }
+    let set = this.#commitVotes.get(v.blockId);
+    if (!set) {
+      set = { round: v.round, height: v.height, sigs: new Map(), certified: false };
+      this.#commitVotes.set(v.blockId, set);
+    }
+    if (set.round !== v.round || set.height !== v.height) {
+      this.#evidence(
+        v.author,
+        `commit vote for ${v.blockId.slice(0, 8)} with a different round or height`,
+      );
+      return;
+    }
+    this.#commitVoteOf.set(key, v.blockId);
+    set.sigs.set(v.author, v.sig);
+    if (set.sigs.size >= quorumSize) this.#tryCommitByVotes(v.blockId, from);
+  }
+
+  /** Commits a block that 2f + 1 replicas commit-voted for, once it and its ancestors are here. */
+  #tryCommitByVotes(blockId: Hex, from: ReplicaId): void {
+    const set = this.#commitVotes.get(blockId);
+    if (!set || set.certified || set.sigs.size < quorumSize) return;
+    if (set.height <= this.#committed.height) return;
+    let b = this.#blocks.get(blockId);
+    let missing = b ? undefined : blockId;
+    while (b && b.height > this.#committed.height + 1) {
+      const parent = this.#blocks.get(b.parentId);
+      if (!parent) missing = b.parentId;
+      b = parent;
+    }
+    if (missing !== undefined) {
+      this.#net.send(from === this.id ? leaderOf(viewOf(set.round)) : from, {
+        type: "fetch",
+        blockId: missing,
+      });
+      return;
+    }
+    set.certified = true;
+    this.#commitsByCommitVotes += 1;
+    this.#commitChain(this.#blocks.get(blockId) as Block, true);
+  }
+
+  /** After blocks arrive: commit-vote quorums that waited for them. */
+  #retryCommitVotes(): void {
+    for (const [id, set] of this.#commitVotes)
+      if (!set.certified && set.sigs.size >= quorumSize && set.height > this.#committed.height)
+        this.#tryCommitByVotes(id, this.id);
   }
 
   #tryCommit(qc: QuorumCert): void {
@@ -706,8 +916,10 @@ export class Replica {
     if (!b2) return;
     const b1 = this.#blocks.get(b2.qc.blockId);
     if (!b1 || b1.height <= this.#committed.height) return;
-    if (viewOf(b1.round) === viewOf(b2.round) && b2.round === b1.round + 1)
+    if (viewOf(b1.round) === viewOf(b2.round) && b2.round === b1.round + 1) {
+      this.#commitsByTwoChain += 1;
       this.#commitChain(b1, true);
+    }
   }
 
   #commitChain(target: Block, live: boolean): void {
@@ -745,13 +957,15 @@ export class Replica {
         const waiting = this.#mempool.get(key);
         if (waiting) {
           this.#mempool.delete(key);
-          if (live) this.#recordLatency(this.#now - waiting.arrivedMs);
+          if (live) this.#recordLatency(this.#now - waiting.arrivedMs, block.id);
         }
         replies.push(entry);
         this.#requestsCommittedTotal += live ? 1 : 0;
       }
       this.#committed = block;
       this.#committedIds.set(block.height, block.id);
+      this.#blockSeenMs.delete(block.id);
+      this.#qcSeenMs.delete(block.id);
       perBlock.push(results);
       if (live) this.#blocksCommittedTotal += 1;
     }
@@ -771,9 +985,23 @@ export class Replica {
     if (this.#committed.height % 64 === 0) this.#prune();
   }
 
-  #recordLatency(ms: number): void {
-    if (this.#latencies.length >= commitLatencySamplesMax) this.#latencies.shift();
-    this.#latencies.push(ms);
+  #recordLatency(ms: number, blockId: Hex): void {
+    const push = (samples: number[], x: number) => {
+      if (samples.length >= commitLatencySamplesMax) samples.shift();
+      samples.push(x);
+    };
+    push(this.#latencies, ms);
+    const seen = this.#blockSeenMs.get(blockId);
+    const qcAt = this.#qcSeenMs.get(blockId);
+    if (seen === undefined || qcAt === undefined) return;
+    const arrived = this.#now - ms;
+    const s = this.#phaseSamples;
+    // A request can arrive here after its block did (the leader's batch beat the client's copy).
+    const proposed = Math.max(seen, arrived);
+    push(s.arrivalToProposal, proposed - arrived);
+    push(s.proposalToQc, Math.max(qcAt, proposed) - proposed);
+    push(s.qcToCommit, this.#now - Math.max(qcAt, proposed));
+    push(s.proposalToCommit, this.#now - proposed);
   }
 
   #takeSnapshot(): void {
@@ -811,11 +1039,20 @@ export class Replica {
       if (set.round < this.#highQc.round - 2 * futureRoundsMax || set.height <= h - 2)
         this.#votes.delete(id);
     for (const [key, id] of this.#voteOf) if (!this.#votes.has(id)) this.#voteOf.delete(key);
+    for (const [id, set] of this.#commitVotes)
+      if (set.round < this.#highQc.round - 2 * futureRoundsMax || set.height <= h)
+        this.#commitVotes.delete(id);
+    for (const [key, id] of this.#commitVoteOf)
+      if (!this.#commitVotes.has(id)) this.#commitVoteOf.delete(key);
     for (const round of this.#proposalsByRound.keys())
       if (round < this.#round - futureRoundsMax) this.#proposalsByRound.delete(round);
     for (const view of this.#timeouts.keys())
       if (view < this.#view - 1) this.#timeouts.delete(view);
     for (const [id, b] of this.#orphans) if (b.height <= h) this.#orphans.delete(id);
+    for (const id of this.#blockSeenMs.keys())
+      if (!this.#blocks.has(id)) this.#blockSeenMs.delete(id);
+    for (const [id, at] of this.#qcSeenMs)
+      if (!this.#blocks.has(id) && at < this.#now - 60_000) this.#qcSeenMs.delete(id);
   }
 
   // ---- Pacemaker --------------------------------------------------------------------------------
@@ -1089,5 +1326,6 @@ export class Replica {
     this.#retryParked();
     // Blocks we now hold may complete a 2-chain whose QC we saw before the blocks.
     this.#tryCommit(this.#highQc);
+    this.#retryCommitVotes();
   }
 }

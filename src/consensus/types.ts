@@ -98,6 +98,19 @@ export interface VoteMsg {
   readonly author: ReplicaId;
   readonly sig: Uint8Array;
 }
+/**
+ * "I hold QC(block) for its round and had not timed out of its view": the third, PBFT-style phase
+ * (Commit Moonshot, Doidge et al. 2024, https://arxiv.org/abs/2401.01791). 2f + 1 of them commit
+ * the block; the sender's high QC round is durably ≥ `round` before it leaves (replica.ts header).
+ */
+export interface CommitVoteMsg {
+  readonly type: "commit-vote";
+  readonly blockId: Hex;
+  readonly round: number;
+  readonly height: number;
+  readonly author: ReplicaId;
+  readonly sig: Uint8Array;
+}
 export interface TimeoutMsg {
   readonly type: "timeout";
   readonly view: number;
@@ -133,7 +146,14 @@ export interface ReplyMsg {
   readonly result: unknown;
 }
 
-export type ReplicaMsg = ProposalMsg | VoteMsg | TimeoutMsg | FetchMsg | BlocksMsg | SyncMsg;
+export type ReplicaMsg =
+  | ProposalMsg
+  | VoteMsg
+  | CommitVoteMsg
+  | TimeoutMsg
+  | FetchMsg
+  | BlocksMsg
+  | SyncMsg;
 export type Message = ReplicaMsg | RequestMsg | ReplyMsg;
 
 // ---- Canonical bytes and digests ---------------------------------------------------------------
@@ -187,6 +207,15 @@ export function voteDigest(
   height: number,
 ): Uint8Array {
   return te.encode(`moe-swarm/vote/v1\0${chainId}\0${blockId}\0${round}\0${height}`);
+}
+/** Same layout as a vote, distinct tag: a vote can never pass as a commit vote or back. */
+export function commitVoteDigest(
+  chainId: string,
+  blockId: Hex,
+  round: number,
+  height: number,
+): Uint8Array {
+  return te.encode(`moe-swarm/commit-vote/v1\0${chainId}\0${blockId}\0${round}\0${height}`);
 }
 export function timeoutDigest(chainId: string, view: number, highQcRound: number): Uint8Array {
   return te.encode(`moe-swarm/timeout/v1\0${chainId}\0${view}\0${highQcRound}`);

@@ -1,7 +1,9 @@
 // Byzantine behaviours for the simulator. The faulty replica runs the honest code, but everything
 // it sends passes through `ByzantineNetwork`, which lies: it equivocates as leader, votes for
 // conflicting blocks, corrupts signatures, replays old messages (its own and others'), forges the
-// author field, sends messages for far-future views, or goes silent. It holds only its own signer,
+// author field, sends messages for far-future views, or goes silent. Against the commit-vote phase
+// it commit-votes for conflicting blocks, commit-votes for every QC and proposal it ever sees (after
+// timing out, for uncertified blocks) and replays its own and others' old commit votes. It holds only its own signer,
 // so what it cannot do is what no real attacker can do: sign as an honest replica.
 
 import type { Prng } from "../../common/prng.ts";
@@ -11,6 +13,8 @@ import type { ReplicaNetwork } from "../replica.ts";
 import {
   type Block,
   blockIdOf,
+  type CommitVoteMsg,
+  commitVoteDigest,
   type ProposalMsg,
   proposalDigest,
   type ReplicaId,
@@ -30,6 +34,9 @@ export const byzantineBehaviours = [
   "replay",
   "forge-author",
   "future-view",
+  "conflicting-commit-votes",
+  "reckless-commit-votes",
+  "replay-commit-votes",
   "silent",
 ] as const;
 export type ByzantineBehaviour = (typeof byzantineBehaviours)[number];
@@ -44,6 +51,10 @@ export class ByzantineNetwork implements ReplicaNetwork {
   readonly #prng: Prng;
   readonly #behaviours: ReadonlySet<ByzantineBehaviour>;
   readonly #seen: ReplicaMsg[] = [];
+  /** Commit votes this replica (honestly or not) sent, kept to replay later. */
+  readonly #ownCommitVotes: CommitVoteMsg[] = [];
+  /** Blocks it has already commit-voted for recklessly. */
+  readonly #reckless = new Set<string>();
   /** Counts of each lie actually told (the harness checks that they were attempted). */
   readonly told = new Map<ByzantineBehaviour, number>();
 
@@ -74,6 +85,37 @@ export class ByzantineNetwork implements ReplicaNetwork {
     if (this.#seen.length >= replayBufferMessagesMax)
       this.#seen.splice(this.#prng.int(this.#seen.length), 1);
     this.#seen.push(msg);
+    if (this.#behaviours.has("reckless-commit-votes")) this.#recklessCommitVotes(msg);
+  }
+
+  /**
+   * Commit votes that no honest replica would send: for the QC a timeout or proposal carries, and
+   * for a proposed or voted-for block that is not certified yet, whatever its own timeouts say.
+   */
+  #recklessCommitVotes(msg: ReplicaMsg): void {
+    const targets: { blockId: string; round: number; height: number }[] = [];
+    if (msg.type === "timeout" && msg.highQc.votes.length > 0) targets.push(msg.highQc);
+    if (msg.type === "vote") targets.push(msg); // a block someone voted for, certified or not
+    if (msg.type === "proposal") {
+      const b = msg.block;
+      if (b.qc.votes.length > 0) targets.push(b.qc);
+      targets.push({ blockId: b.id, round: b.round, height: b.height });
+    }
+    for (const { blockId, round, height } of targets) {
+      if (this.#reckless.has(blockId)) continue;
+      if (this.#reckless.size >= replayBufferMessagesMax) this.#reckless.clear();
+      this.#reckless.add(blockId);
+      this.#lie("reckless-commit-votes");
+      const cv: CommitVoteMsg = {
+        type: "commit-vote",
+        blockId,
+        round,
+        height,
+        author: this.#id,
+        sig: this.#signer.sign(commitVoteDigest(this.#chainId, blockId, round, height)),
+      };
+      for (let to = 0; to < replicaCount; to++) if (to !== this.#id) this.#inner.send(to, cv);
+    }
   }
 
   reply(msg: ReplyMsg): void {
@@ -97,6 +139,23 @@ export class ByzantineNetwork implements ReplicaNetwork {
     }
     if (msg.type === "vote" && this.#behaviours.has("conflicting-votes") && to % 2 === 1) {
       out = this.#conflictingVote(msg);
+    }
+    if (msg.type === "commit-vote") {
+      if (this.#ownCommitVotes.length >= replayBufferMessagesMax) this.#ownCommitVotes.shift();
+      this.#ownCommitVotes.push(msg);
+      if (this.#behaviours.has("conflicting-commit-votes") && to % 2 === 1)
+        out = this.#conflictingCommitVote(msg);
+    }
+    if (
+      this.#behaviours.has("replay-commit-votes") &&
+      this.#prng.next() < 0.3 &&
+      this.#lie("replay-commit-votes")
+    ) {
+      // Its own old commit votes (validly signed, stale or duplicate) and others' (not its to send).
+      const others = this.#seen.filter((m) => m.type === "commit-vote");
+      const pool = this.#prng.next() < 0.5 && others.length > 0 ? others : this.#ownCommitVotes;
+      const old = pool[this.#prng.int(Math.max(1, pool.length))];
+      if (old) this.#inner.send(to, old);
     }
     if (this.#behaviours.has("bad-signatures") && this.#prng.next() < 0.2) out = this.#corrupt(out);
     this.#inner.send(to, out);
@@ -141,8 +200,31 @@ export class ByzantineNetwork implements ReplicaNetwork {
     };
   }
 
+  /** A commit vote for another block of the same round (a seen proposal, else a made-up id). */
+  #conflictingCommitVote(v: CommitVoteMsg): CommitVoteMsg {
+    this.#lie("conflicting-commit-votes");
+    const other = this.#seen.find(
+      (m) => m.type === "proposal" && m.block.id !== v.blockId && m.block.round === v.round,
+    );
+    const blockId =
+      other?.type === "proposal"
+        ? other.block.id
+        : `${v.blockId.slice(0, 63)}${v.blockId.endsWith("0") ? "1" : "0"}`;
+    return {
+      ...v,
+      blockId,
+      sig: this.#signer.sign(commitVoteDigest(this.#chainId, blockId, v.round, v.height)),
+    };
+  }
+
   #corrupt(msg: ReplicaMsg): ReplicaMsg {
-    if (msg.type !== "proposal" && msg.type !== "vote" && msg.type !== "timeout") return msg;
+    if (
+      msg.type !== "proposal" &&
+      msg.type !== "vote" &&
+      msg.type !== "commit-vote" &&
+      msg.type !== "timeout"
+    )
+      return msg;
     this.#lie("bad-signatures");
     const sig = msg.sig.slice();
     const at = this.#prng.int(sig.length);

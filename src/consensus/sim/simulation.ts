@@ -56,6 +56,10 @@ export interface SimulationOptions {
   /** Partitions, crashes, drops and duplicates in the safety phase (delays and reordering always). */
   readonly faults?: boolean;
   readonly livenessViewsMax?: number;
+  /** Fixed one-way delay per replica link (e.g. the WAN matrix) instead of the seeded random one. */
+  readonly linkDelayMs?: (from: ReplicaId, to: ReplicaId) => number;
+  /** Honest replicas send commit votes (default true); false runs the 2-chain rule alone. */
+  readonly commitVotes?: boolean;
   /** Receives every replica event (rejections, evidence, view changes) for debugging a seed. */
   readonly trace?: (atMs: number, replica: ReplicaId, event: ReplicaEvent) => void;
 }
@@ -174,7 +178,7 @@ export function runSimulation(options: SimulationOptions): SimulationResult {
 
   const deliverToReplica = (from: ReplicaId, to: ReplicaId, msg: ReplicaMsg) => {
     const life = incarnation[to];
-    q.at(q.nowMs + delay(), () => {
+    q.at(q.nowMs + (options.linkDelayMs ? options.linkDelayMs(from, to) : delay()), () => {
       const r = replicas[to];
       if (!r || incarnation[to] !== life || !linkUp(from, to)) return;
       if (to === byz?.id) byzNet.net?.observe(msg);
@@ -245,6 +249,7 @@ export function runSimulation(options: SimulationOptions): SimulationResult {
       maxBatch: options.maxBatch ?? 16,
       // Small, so that snapshots and WAL truncation happen (and are crashed through) in every run.
       snapshotEveryBlocks: 4,
+      ...(options.commitVotes === undefined ? {} : { commitVotes: options.commitVotes }),
       nowMs: q.nowMs,
       log,
       onCommit: (block) => {
