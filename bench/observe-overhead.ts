@@ -16,6 +16,12 @@
 // metrics are recorded for every request either way.
 //
 //   npx tsx bench/observe-overhead.ts [--sample 1] [--emulation] [--clients 4] [--tokens 8] [--phase 6] [--rounds 2]
+//
+// Profiling: `--only on` (or `off`) runs a single phase of that mode and no ABBA rounds, e.g.
+//   OBSERVED_NODE_CPU_PROF_DIR=/tmp/prof node --cpu-prof --cpu-prof-dir=/tmp/prof --import tsx \
+//     bench/observe-overhead.ts --only on --phase 20
+// writes a CPU profile of the gateway (this process) and of each node process (node 20 refuses
+// --cpu-prof in NODE_OPTIONS, so the swarm fixture passes it to the nodes from that variable).
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { createServer } from "node:http";
 import type { AddressInfo } from "node:net";
@@ -42,12 +48,16 @@ const { values } = parseArgs({
     tokens: { type: "string", default: "8" },
     phase: { type: "string", default: "6" },
     rounds: { type: "string", default: "2" },
+    only: { type: "string" },
   },
 });
 const clients = Number(values.clients);
 const tokens = Number(values.tokens);
 const phaseSeconds = Number(values.phase);
-const rounds = Number(values.rounds);
+const only = values.only;
+if (only !== undefined && only !== "on" && only !== "off")
+  throw new RangeError(`--only: expected on or off; got "${only}"`);
+const rounds = only === undefined ? Number(values.rounds) : 0;
 
 // ---- 1. what each instrumented operation costs, in isolation -----------------------------------
 // CPU time (process.cpuUsage) per operation, median of 5 runs, on this process alone — robust to
@@ -135,7 +145,11 @@ async function operationCosts(): Promise<{
   };
 }
 
-const costs = await operationCosts();
+// Skipped with --only, so a profile of the phase is not mixed with these loops.
+const costs =
+  only === undefined
+    ? await operationCosts()
+    : { metricsUs: Number.NaN, gatewaySpanUs: Number.NaN, nodeSpanUs: Number.NaN };
 console.log("CPU per instrumented operation (median of 5 runs, this process alone):");
 console.log(`  metrics per expert call            ${costs.metricsUs.toFixed(2)} µs`);
 console.log(`  gateway client span per call       ${costs.gatewaySpanUs.toFixed(2)} µs`);
@@ -223,10 +237,10 @@ async function phase(on: boolean): Promise<{
 }
 
 const load = Array.from({ length: clients }, (_, i) => client(i));
-await phase(true); // warm-up
+const warmup = await phase(only !== "off"); // warm-up (the only phase with --only)
 const order: boolean[] = [];
 for (let r = 0; r < rounds; r++) order.push(false, true, true, false);
-const results = [];
+const results = only === undefined ? [] : [warmup];
 for (const on of order) {
   const p = await phase(on);
   results.push(p);

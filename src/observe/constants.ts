@@ -22,6 +22,15 @@ export const commitLatencyBucketsSeconds = [
   0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30,
 ] as const;
 
+/**
+ * Buckets appended to the spec's expert_coherence_time buckets (10 ns … 10 µs), in seconds, in the
+ * spec's own 1-5-10 steps up to 10 s: real coherence times (first to last replica ack of a weight
+ * version) are milliseconds, which the spec's buckets put in +Inf (metrics.ts coherenceBuckets).
+ */
+export const coherenceBucketsExtensionSeconds = [
+  5e-5, 1e-4, 5e-4, 1e-3, 5e-3, 1e-2, 5e-2, 0.1, 0.5, 1, 5, 10,
+] as const;
+
 /** Recent request latencies kept for the dashboard's live p50/p99 (a ring; oldest overwritten). */
 export const latencyWindowSamplesMax = 4096;
 /** The dashboard's request rate and p50/p99 look at this much recent history. */

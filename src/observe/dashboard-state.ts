@@ -42,12 +42,31 @@ export interface NodeView {
   readonly latencyP50Seconds: number | null;
 }
 
+/** Commit latency of the coordinator cluster, as the gateway learns it from their status. */
+export interface CommitLatencyView {
+  /**
+   * Request arrival → commit: the median, over the coordinators that answered, of each one's own
+   * percentile over its last requests (a lying coordinator cannot move a median of 3 or more).
+   */
+  readonly p50Seconds: number | null;
+  readonly p99Seconds: number | null;
+  /** Blocks and requests committed, the (f+1)-th highest reported (vouched by an honest one). */
+  readonly blocksCommitted: number;
+  readonly requestsCommitted: number;
+  /** Coordinators that answered the last status poll. */
+  readonly coordinatorsUp: number;
+  readonly coordinators: number;
+}
+
 export interface ConsensusView {
   readonly leader: string;
   readonly view: number;
   readonly height: number;
+  /** Blocks whose commit this process recorded itself (a coordinator), and the last latency. */
   readonly commits: number;
   readonly lastCommitLatencySeconds: number | null;
+  /** The cluster's commit latency (the gateway's view of the coordinators); null until known. */
+  readonly commitLatency: CommitLatencyView | null;
 }
 
 export interface TierView {
@@ -269,8 +288,21 @@ export class DashboardState {
       height: status.height,
       commits: before?.commits ?? 0,
       lastCommitLatencySeconds: before?.lastCommitLatencySeconds ?? null,
+      commitLatency: before?.commitLatency ?? null,
     };
     return before;
+  }
+
+  setCommitLatency(latency: CommitLatencyView): void {
+    const c = this.#consensus ?? {
+      leader: "",
+      view: 0,
+      height: 0,
+      commits: 0,
+      lastCommitLatencySeconds: null,
+      commitLatency: null,
+    };
+    this.#consensus = { ...c, commitLatency: latency };
   }
 
   recordCommit(latencySeconds: number): void {
@@ -280,6 +312,7 @@ export class DashboardState {
       height: 0,
       commits: 0,
       lastCommitLatencySeconds: null,
+      commitLatency: null,
     };
     this.#consensus = { ...c, commits: c.commits + 1, lastCommitLatencySeconds: latencySeconds };
   }

@@ -15,7 +15,12 @@ import { expertKey } from "../model/expert.ts";
 import type { DispatchObserver } from "../swarm/dispatch-observer.ts";
 import { failoverEventIntervalSeconds } from "./constants.ts";
 import type { SwarmMetrics } from "./metrics.ts";
-import { extractTraceContext, type SwarmTracing, traceparentOf } from "./tracing.ts";
+import {
+  extractTraceContext,
+  type SwarmTracing,
+  traceparentOf,
+  traceparentSampled,
+} from "./tracing.ts";
 
 export interface DispatchObserverInit {
   readonly tracing?: SwarmTracing;
@@ -33,7 +38,8 @@ export function metricsDispatchObserver(init: DispatchObserverInit): DispatchObs
     hedgeStarted({ expert, primaryNode, hedgeNode, traceparent }) {
       if (!on()) return undefined;
       metrics.recordHedge(expert.layer);
-      if (!tracing || traceparent === undefined) return undefined;
+      // An unsampled call (flag off) gets no hedge span: the hedged frames carry the call's context.
+      if (!tracing || traceparentSampled(traceparent) !== true) return undefined;
       const parent = extractTraceContext(traceparent);
       // The primary attempt carries the call span's context: the hedge links to it.
       const primary = trace.getSpan(parent);

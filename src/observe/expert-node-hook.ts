@@ -11,7 +11,7 @@ import { SpanStatusCode } from "@opentelemetry/api";
 import type { Frame } from "../swarm/frame.ts";
 import { Op } from "../swarm/frame.ts";
 import type { SwarmMetrics } from "./metrics.ts";
-import type { SwarmTracing } from "./tracing.ts";
+import { type SwarmTracing, traceparentSampled } from "./tracing.ts";
 
 const opNames: Record<number, string> = {
   [Op.forward]: "forward",
@@ -33,25 +33,33 @@ type FrameLike = Pick<Frame, "op" | "traceparent" | "ids" | "tensors" | "region"
 export function expertNodeRequestHook(
   init: ExpertNodeHookInit,
 ): (frame: FrameLike) => ((failed: boolean) => void) | undefined {
+  // Bound once per op: a frame's metrics cost no label lookup (see bound-metrics.ts).
+  const recordByOp = new Map<number, (status: number, seconds: number) => void>();
+  if (init.metrics) {
+    for (const [op, name] of Object.entries(opNames))
+      recordByOp.set(Number(op), init.metrics.bindRequest(`wire:${name}`));
+  }
   return (frame) => {
     const op = opNames[frame.op];
     if (op === undefined || (init.enabled && !init.enabled())) return undefined;
     const t0 = performance.now();
-    const first = frame.ids[0];
-    const span = init.tracing?.startServerSpan(
-      `expert.node.${op}`,
-      frame.traceparent || undefined,
-      {
-        "moe.node": init.nodeId,
-        "moe.expert": first ? `L${first.layer}.E${first.expert}` : "",
-        "moe.experts": frame.ids.length,
-        "moe.tokens": frame.tensors[0]?.dims[0] ?? 0,
-        "moe.caller_region": frame.region,
-      },
-    );
+    // A call the gateway did not sample (flag off in its traceparent) gets no span: parent-based
+    // sampling would make it a non-recording span anyway, so skip building one and its attributes.
+    const traceparent = frame.traceparent || undefined;
+    const span =
+      init.tracing && traceparentSampled(traceparent) !== false
+        ? init.tracing.startServerSpan(`expert.node.${op}`, traceparent, {
+            "moe.node": init.nodeId,
+            "moe.expert": frame.ids[0] ? `L${frame.ids[0].layer}.E${frame.ids[0].expert}` : "",
+            "moe.experts": frame.ids.length,
+            "moe.tokens": frame.tensors[0]?.dims[0] ?? 0,
+            "moe.caller_region": frame.region,
+          })
+        : undefined;
+    const record = recordByOp.get(frame.op);
     return (failed) => {
       const seconds = (performance.now() - t0) / 1000;
-      init.metrics?.recordRequest(`wire:${op}`, failed ? 500 : 200, seconds);
+      record?.(failed ? 500 : 200, seconds);
       if (op === "forward" || op === "backward") {
         const tokens = frame.tensors[0]?.dims[0] ?? 0;
         if (!failed && tokens > 0)

@@ -5,7 +5,8 @@
 // The spec's three custom metrics come from config `metrics.custom_metrics` (their type, unit,
 // buckets and labels), converted to base units:
 //   expert_coherence_time          → moe_swarm_expert_coherence_time_seconds (histogram; the spec's
-//                                    10 ns … 10 µs buckets become 1e-8 … 1e-5 s): how long the
+//                                    10 ns … 10 µs buckets become 1e-8 … 1e-5 s, extended upward to
+//                                    10 s, see coherenceBucketsExtensionSeconds): how long the
 //                                    replicas of one expert take to agree on a weight version;
 //   gradient_entanglement_fidelity → moe_swarm_gradient_entanglement_fidelity_ratio (gauge):
 //                                    cosine(true gradient, communicated gradient);
@@ -20,12 +21,24 @@ import client from "prom-client";
 import { invariant } from "../common/assert.ts";
 import type { SwarmConfig } from "../config/schema.ts";
 import {
+  BoundHistogram,
+  type CounterChild,
+  type HistogramChild,
+  PendingCounter,
+} from "./bound-metrics.ts";
+import {
+  coherenceBucketsExtensionSeconds,
   commitLatencyBucketsSeconds,
   expertCallDurationBucketsSeconds,
   metricPrefix,
   requestDurationBucketsSeconds,
 } from "./constants.ts";
-import { type DashboardSnapshot, DashboardState, type SwarmEvent } from "./dashboard-state.ts";
+import {
+  type CommitLatencyView,
+  type DashboardSnapshot,
+  DashboardState,
+  type SwarmEvent,
+} from "./dashboard-state.ts";
 
 type CustomMetricConfig = SwarmConfig["metrics"]["custom_metrics"][number];
 
@@ -80,6 +93,20 @@ const specMetrics = {
 } as const;
 const roundsLabels = ["region", "gpu_type", "algorithm"] as const;
 
+/**
+ * Buckets of expert_coherence_time: the configured ones (the spec's 10 ns … 10 µs) followed by
+ * coherenceBucketsExtensionSeconds above the largest. Replicas of one expert acknowledge an update
+ * over real network round trips, so measured coherence times are milliseconds: with the spec's
+ * buckets alone every observation fell in +Inf and the histogram said nothing.
+ */
+export function coherenceBuckets(configured: readonly number[] | undefined): number[] {
+  const base = configured ?? [];
+  const top = base.length > 0 ? Math.max(...base) : 0;
+  return [...base, ...coherenceBucketsExtensionSeconds.filter((b) => b > top)];
+}
+const coherenceHelpNote =
+  "; buckets above the spec's 10 µs added because measured times are milliseconds (replica acks cross the network)";
+
 type AnyMetric = client.Counter<string> | client.Gauge<string> | client.Histogram<string>;
 
 export interface SwarmMetricsInit {
@@ -97,6 +124,7 @@ export interface SwarmMetricsInit {
 export type ExpertCallOutcome = "ok" | "error" | "timeout" | "cancelled";
 export type FailoverReason = "timeout" | "error" | "node_down";
 export type TokenKind = "prompt" | "generated" | "train";
+export type CommitLatencySince = "proposal" | "request";
 
 export class SwarmMetrics {
   readonly registry: client.Registry;
@@ -111,12 +139,13 @@ export class SwarmMetrics {
   readonly #rounds: client.Counter<string>;
   readonly #roundsLabels: readonly string[];
   // Operational metrics.
-  readonly #requests: client.Counter<"route" | "status">;
-  readonly #requestSeconds: client.Histogram<"route">;
-  readonly #tokens: client.Counter<"kind">;
+  // Per-call series (a request, a wire frame, an expert call, tokens) are bound once (bound-metrics.ts).
+  readonly #requests = new PendingCounter<"route" | "status">(["route", "status"]);
+  readonly #requestSeconds: BoundHistogram<"route">;
+  readonly #tokens = new PendingCounter<"kind">(["kind"]);
   readonly #activations: client.Counter<"tier" | "layer" | "expert">;
   readonly #dropped: client.Counter<"tier" | "layer">;
-  readonly #expertCallSeconds: client.Histogram<"region" | "outcome">;
+  readonly #expertCallSeconds: BoundHistogram<"region" | "outcome">;
   readonly #failovers: client.Counter<"tier" | "reason">;
   readonly #hedges: client.Counter<"tier">;
   readonly #nodeUp: client.Gauge<"node" | "node_region">;
@@ -125,7 +154,7 @@ export class SwarmMetrics {
   readonly #consensusView: client.Gauge<string>;
   readonly #consensusHeight: client.Gauge<string>;
   readonly #consensusViewChanges: client.Counter<string>;
-  readonly #commitSeconds: client.Histogram<string>;
+  readonly #commitSeconds: client.Histogram<"since">;
   readonly #checkpointBytes: client.Gauge<"level">;
   readonly #checkpoints: client.Counter<"level">;
   readonly #trainingLoss: client.Gauge<string>;
@@ -134,6 +163,9 @@ export class SwarmMetrics {
   readonly #events: client.Counter<"kind">;
   /** Label values per layer, computed once so the hot path does no string building. */
   readonly #layerLabels: { tier: string; layer: string }[];
+  readonly #collectors: (() => void)[] = [];
+  readonly #routes = new Map<string, (status: number, seconds: number) => void>();
+  readonly #tokenChildren: Record<TokenKind, CounterChild>;
   readonly #expertLabels: string[];
 
   constructor(init: SwarmMetricsInit) {
@@ -162,10 +194,13 @@ export class SwarmMetrics {
           `${key}.labels: "process" is set on every series by the exporter; remove it`,
         );
       }
-      const help = `spec custom metric ${metric.name}${metric.unit ? ` (configured in ${metric.unit}, exported in base units)` : ""}`;
+      const coherence = metric.name === specMetrics.coherence && metric.type === "histogram";
+      const help = `spec custom metric ${metric.name}${metric.unit ? ` (configured in ${metric.unit}, exported in base units)` : ""}${coherence ? coherenceHelpNote : ""}`;
       let built: AnyMetric;
       if (metric.type === "histogram") {
-        const buckets = customMetricBuckets(metric);
+        const buckets = coherence
+          ? coherenceBuckets(customMetricBuckets(metric))
+          : customMetricBuckets(metric);
         built = new client.Histogram({
           name,
           help,
@@ -193,9 +228,12 @@ export class SwarmMetrics {
       if (!entry) {
         // Not in the config: build it with the spec's own definition so recorders always work.
         const name = customMetricName(fallback);
-        const help = `spec custom metric ${specName}`;
+        const coherence = specName === specMetrics.coherence;
+        const help = `spec custom metric ${specName}${coherence ? coherenceHelpNote : ""}`;
         const labelNames = fallback.labels ?? [];
-        const buckets = customMetricBuckets(fallback);
+        const buckets = coherence
+          ? coherenceBuckets(customMetricBuckets(fallback))
+          : customMetricBuckets(fallback);
         const metric: AnyMetric =
           type === "histogram"
             ? new client.Histogram({
@@ -248,25 +286,33 @@ export class SwarmMetrics {
 
     // --- operational metrics -------------------------------------------------------------------
     const p = metricPrefix;
-    this.#requests = new client.Counter({
-      name: `${p}requests_total`,
-      help: "HTTP requests served, by route and status code class",
-      labelNames: ["route", "status"],
-      registers,
-    });
-    this.#requestSeconds = new client.Histogram({
+    const requests = this.#requests;
+    requests.attach(
+      new client.Counter({
+        name: `${p}requests_total`,
+        help: "HTTP requests served, by route and status code class",
+        labelNames: ["route", "status"],
+        registers,
+        collect: () => requests.flush(),
+      }),
+    );
+    this.#requestSeconds = new BoundHistogram({
       name: `${p}request_duration_seconds`,
       help: "Time from request received to response finished",
       labelNames: ["route"],
-      buckets: [...requestDurationBucketsSeconds],
+      buckets: requestDurationBucketsSeconds,
       registers,
     });
-    this.#tokens = new client.Counter({
-      name: `${p}tokens_total`,
-      help: "Tokens processed (rate() gives tokens per second), by kind: prompt, generated, train",
-      labelNames: ["kind"],
-      registers,
-    });
+    const tokens = this.#tokens;
+    tokens.attach(
+      new client.Counter({
+        name: `${p}tokens_total`,
+        help: "Tokens processed (rate() gives tokens per second), by kind: prompt, generated, train",
+        labelNames: ["kind"],
+        registers,
+        collect: () => tokens.flush(),
+      }),
+    );
     this.#activations = new client.Counter({
       name: `${p}expert_activations_total`,
       help: "Tokens routed to each expert, by tier, global MoE layer and expert",
@@ -279,11 +325,16 @@ export class SwarmMetrics {
       labelNames: ["tier", "layer"],
       registers,
     });
-    this.#expertCallSeconds = new client.Histogram({
+    this.#tokenChildren = {
+      prompt: tokens.child({ kind: "prompt" }),
+      generated: tokens.child({ kind: "generated" }),
+      train: tokens.child({ kind: "train" }),
+    };
+    this.#expertCallSeconds = new BoundHistogram({
       name: `${p}expert_call_duration_seconds`,
       help: "Remote expert call latency, by the serving node's region and outcome",
       labelNames: ["region", "outcome"],
-      buckets: [...expertCallDurationBucketsSeconds],
+      buckets: expertCallDurationBucketsSeconds,
       registers,
     });
     this.#failovers = new client.Counter({
@@ -333,7 +384,8 @@ export class SwarmMetrics {
     });
     this.#commitSeconds = new client.Histogram({
       name: `${p}consensus_commit_latency_seconds`,
-      help: "Time from proposal to commit of a block",
+      help: "Commit latency at a coordinator, per committed block since=proposal (the leader's proposal timestamp to the commit here; across machines it includes their clock offset) and per committed request since=request (its arrival at this coordinator to its commit)",
+      labelNames: ["since"],
       buckets: [...commitLatencyBucketsSeconds],
       registers,
     });
@@ -446,15 +498,32 @@ export class SwarmMetrics {
 
   /** One HTTP request finished after `seconds` with status code `status`. */
   recordRequest(route: string, status: number, seconds: number): void {
-    const statusClass =
-      status >= 500 ? "5xx" : status >= 400 ? "4xx" : status >= 300 ? "3xx" : "2xx";
-    this.#requests.inc({ route, status: statusClass });
-    this.#requestSeconds.observe({ route }, seconds);
-    this.dashboard.recordRequest(seconds, status < 500);
+    this.bindRequest(route)(status, seconds);
+  }
+
+  /**
+   * The recorder of one route's requests, bound once (for per-frame paths such as a node's wire
+   * ops): no label lookup per call. Routes must come from a bounded set.
+   */
+  bindRequest(route: string): (status: number, seconds: number) => void {
+    let bound = this.#routes.get(route);
+    if (!bound) {
+      const duration = this.#requestSeconds.child({ route });
+      const byClass = (["2xx", "3xx", "4xx", "5xx"] as const).map((status) =>
+        this.#requests.child({ route, status }),
+      ) as [CounterChild, CounterChild, CounterChild, CounterChild];
+      bound = (status, seconds) => {
+        byClass[status >= 500 ? 3 : status >= 400 ? 2 : status >= 300 ? 1 : 0].inc();
+        duration.observe(seconds);
+        this.dashboard.recordRequest(seconds, status < 500);
+      };
+      this.#routes.set(route, bound);
+    }
+    return bound;
   }
 
   recordTokens(kind: TokenKind, count: number): void {
-    this.#tokens.inc({ kind }, count);
+    this.#tokenChildren[kind].inc(count);
     this.dashboard.recordTokens(count);
   }
 
@@ -486,7 +555,18 @@ export class SwarmMetrics {
   }
 
   recordExpertCall(region: string, outcome: ExpertCallOutcome, seconds: number): void {
-    this.#expertCallSeconds.observe({ region, outcome }, seconds);
+    this.bindExpertCall(region)(outcome, seconds);
+  }
+
+  /** The expert-call latency recorder of one caller region, bound once (one call per expert call). */
+  bindExpertCall(region: string): (outcome: ExpertCallOutcome, seconds: number) => void {
+    const children: Record<ExpertCallOutcome, HistogramChild> = {
+      ok: this.#expertCallSeconds.child({ region, outcome: "ok" }),
+      error: this.#expertCallSeconds.child({ region, outcome: "error" }),
+      timeout: this.#expertCallSeconds.child({ region, outcome: "timeout" }),
+      cancelled: this.#expertCallSeconds.child({ region, outcome: "cancelled" }),
+    };
+    return (outcome, seconds) => children[outcome].observe(seconds);
   }
 
   recordFailover(
@@ -566,9 +646,22 @@ export class SwarmMetrics {
     }
   }
 
-  recordCommit(latencySeconds: number): void {
-    this.#commitSeconds.observe(latencySeconds);
-    this.dashboard.recordCommit(latencySeconds);
+  /** A block (since proposal) or a client request (since its arrival) committed. */
+  recordCommit(latencySeconds: number, since: CommitLatencySince = "proposal"): void {
+    if (!(latencySeconds >= 0))
+      throw new RangeError(`commit latency must be ≥ 0 s; got ${latencySeconds}`);
+    this.#commitSeconds.observe({ since }, latencySeconds);
+    if (since === "proposal") this.dashboard.recordCommit(latencySeconds);
+  }
+
+  /** The cluster's commit latency percentiles as the gateway learns them from the coordinators. */
+  setCommitLatency(latency: CommitLatencyView): void {
+    this.dashboard.setCommitLatency(latency);
+  }
+
+  /** Runs `collect` before every exposition (scrape or push): for values read on demand. */
+  addCollector(collect: () => void): void {
+    this.#collectors.push(collect);
   }
 
   // --- storage, training, deployments -----------------------------------------------------------
@@ -607,6 +700,7 @@ export class SwarmMetrics {
 
   /** The Prometheus text exposition format (version 0.0.4). */
   async exposition(): Promise<string> {
+    for (const collect of this.#collectors) collect();
     // prom-client 15 prints NaN as "Nan"; the format's spelling is "NaN" (strict parsers need it).
     return (await this.registry.metrics()).replace(/^([^#\n].*) Nan$/gm, "$1 NaN");
   }

@@ -215,6 +215,8 @@ export function nodeObservability(
   const tracing = new SwarmTracing({
     serviceName: init.nodeId,
     resource: { "moe.region": init.region },
+    // Node spans take their parent from the frame's traceparent; no active-span context needed.
+    activeContext: false,
     otlpScheduledDelayMs: init.otlpScheduledDelayMs ?? 1000,
     ...(init.otlpEndpoint !== undefined ? { otlpEndpoint: init.otlpEndpoint } : {}),
   });

@@ -9,6 +9,7 @@
 // Counters only grow; a value that goes down (a restarted process) is taken as a restart and the
 // new value counts from zero.
 
+import type { CommitLatencyView } from "./dashboard-state.ts";
 import type { SwarmMetrics } from "./metrics.ts";
 
 export interface RoutingStatsLike {
@@ -149,6 +150,11 @@ export class SwarmRecorder {
     const rounds = delta(roundsTotal, this.#rounds.get(labels.region));
     this.#rounds.set(labels.region, roundsTotal);
     if (rounds > 0) this.#metrics.recordConsensusRound(labels, rounds);
+  }
+
+  /** The coordinators' commit latency and counts, for the dashboard's consensus panel. */
+  recordCommitLatency(latency: CommitLatencyView): void {
+    this.#metrics.setCommitLatency(latency);
   }
 
   /** Records the tokens the gateway's API generated since the last call. */

@@ -5,9 +5,22 @@
 // run concurrently, so they appear as parallel sibling spans (the fan-out). Call latency and
 // outcome go to `moe_swarm_expert_call_duration_seconds`.
 //
+// Cost (issue #8's < 3 % budget): with parent-based sampling most requests are not sampled; a
+// call under an unsampled request creates no span at all, it hands the request's own context
+// (sampled flag off) to the callee, which then records nothing either. The latency series are
+// bound once (SwarmMetrics.bindExpertCall), so a call costs two clock reads and an array write.
+//
 // Wiring: the gateway wraps its dispatcher, `buildTrunk(cfg, new TracedExpertHost(dispatcher, …))`.
 
-import { type Span, SpanKind, SpanStatusCode } from "@opentelemetry/api";
+import {
+  context,
+  isSpanContextValid,
+  type Span,
+  SpanKind,
+  SpanStatusCode,
+  TraceFlags,
+  trace,
+} from "@opentelemetry/api";
 import {
   type ExpertCallContext,
   type ExpertHost,
@@ -37,12 +50,12 @@ function outcomeOf(err: unknown): ExpertCallOutcome {
 export class TracedExpertHost implements ExpertHost {
   readonly inner: ExpertHost;
   readonly #init: TracedExpertHostInit;
-  readonly #region: string;
+  readonly #recordCall: ((outcome: ExpertCallOutcome, seconds: number) => void) | undefined;
 
   constructor(inner: ExpertHost, init: TracedExpertHostInit) {
     this.inner = inner;
     this.#init = init;
-    this.#region = init.region ?? "swarm";
+    this.#recordCall = init.metrics?.bindExpertCall(init.region ?? "swarm");
   }
 
   async #call<T>(
@@ -53,23 +66,35 @@ export class TracedExpertHost implements ExpertHost {
     run: (ctx: ExpertCallContext | undefined) => Promise<T>,
   ): Promise<T> {
     if (this.#init.enabled && !this.#init.enabled()) return run(ctx);
-    const { tracing, metrics } = this.#init;
+    const { tracing } = this.#init;
+    const record = this.#recordCall;
     let span: Span | undefined;
     let callCtx = ctx;
     if (tracing) {
-      span = tracing.startSpan(name, {
-        kind: SpanKind.CLIENT,
-        attributes: { "moe.expert": expertKey(id), "moe.layer": id.layer, "moe.tokens": tokens },
-      });
-      callCtx = { ...ctx, traceparent: traceparentOf(span) };
+      const parent = trace.getSpan(context.active());
+      const parentContext = parent?.spanContext();
+      if (
+        parentContext &&
+        isSpanContextValid(parentContext) &&
+        (parentContext.traceFlags & TraceFlags.SAMPLED) === 0
+      ) {
+        // Not sampled: no span; the callee follows the request's decision from its traceparent.
+        callCtx = { ...ctx, traceparent: traceparentOf(parent as Span) };
+      } else {
+        span = tracing.startSpan(name, {
+          kind: SpanKind.CLIENT,
+          attributes: { "moe.expert": expertKey(id), "moe.layer": id.layer, "moe.tokens": tokens },
+        });
+        callCtx = { ...ctx, traceparent: traceparentOf(span) };
+      }
     }
-    const t0 = performance.now();
+    const t0 = record ? performance.now() : 0;
     try {
       const result = await run(callCtx);
-      metrics?.recordExpertCall(this.#region, "ok", (performance.now() - t0) / 1000);
+      record?.("ok", (performance.now() - t0) / 1000);
       return result;
     } catch (err) {
-      metrics?.recordExpertCall(this.#region, outcomeOf(err), (performance.now() - t0) / 1000);
+      record?.(outcomeOf(err), (performance.now() - t0) / 1000);
       span?.recordException(err instanceof Error ? err : String(err));
       span?.setStatus({ code: SpanStatusCode.ERROR, message: String(err) });
       throw err;

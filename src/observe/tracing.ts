@@ -96,6 +96,15 @@ export function extractTraceContext(
   );
 }
 
+/**
+ * The sampled flag of a well-formed traceparent (bit 0 of its trace-flags); undefined when the
+ * value is absent or malformed. A callee uses it to skip span work for an unsampled call at once.
+ */
+export function traceparentSampled(traceparent: string | undefined): boolean | undefined {
+  if (traceparent === undefined || !traceparentPattern.test(traceparent)) return undefined;
+  return (Number.parseInt(traceparent.slice(53, 55), 16) & 1) === 1;
+}
+
 /** True when `value` is a well-formed W3C traceparent of version 00. */
 export function isTraceparent(value: string): boolean {
   return traceparentPattern.test(value);
@@ -120,6 +129,13 @@ export interface SwarmTracingInit {
    * traceparent follows the caller's decision (its sampled flag), so a trace is whole or absent.
    */
   readonly sampleRatio?: number;
+  /**
+   * Install the AsyncLocalStorage context manager that carries the active span across awaits
+   * (default true). A process whose spans all have explicit parents (an expert node: the parent
+   * comes from the frame's traceparent) passes false: once the manager runs anything, Node's
+   * async hooks stay on and tax every promise in the process (visible in the nodes' CPU profiles).
+   */
+  readonly activeContext?: boolean;
 }
 
 /** The OTLP traces endpoint from the standard OpenTelemetry environment variables. */
@@ -138,7 +154,7 @@ export class SwarmTracing {
   readonly #provider: BasicTracerProvider;
 
   constructor(init: SwarmTracingInit) {
-    installContextManager();
+    if (init.activeContext ?? true) installContextManager();
     this.serviceName = init.serviceName;
     const processors: SpanProcessor[] = [];
     if (init.ringBuffer) processors.push(new RingBufferSpanProcessor(init.ringBuffer));

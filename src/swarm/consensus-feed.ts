@@ -9,6 +9,11 @@
 //     single Byzantine coordinator cannot inflate them. The leader is the view's leader
 //     (round-robin from ORD, src/consensus/types.ts leaderOf). Shown values never go back: a poll
 //     whose aggregate view is older than the last shown is not shown.
+//   - Commit latency (the dashboard's panel): each coordinator reports the p50 and p99 of request
+//     arrival → commit over its own last requests (replica.ts, commitLatencySamplesMax); the panel
+//     shows the median over the coordinators that answered, which one liar cannot move with three
+//     or more answers, beside the blocks and requests committed (vouched like the height). Each
+//     coordinator's full histogram is on its own /metrics (moe-swarm coordinator --metrics-port).
 // Status is not a consensus read: it is each coordinator's own account, which is what a dashboard
 // of the coordinators shows (CometBFT's /status is the same).
 
@@ -37,6 +42,18 @@ export interface ConsensusSink {
     roundsTotal: number,
     labels: { region: string; gpuType: string; algorithm: string },
   ): void;
+  /** The cluster's commit latency and commit counts (optional: a sink may not show them). */
+  recordCommitLatency?(latency: CommitLatencySummary): void;
+}
+
+/** What the feed learns about commit latency from one poll (dashboard-state.ts shows it). */
+export interface CommitLatencySummary {
+  readonly p50Seconds: number | null;
+  readonly p99Seconds: number | null;
+  readonly blocksCommitted: number;
+  readonly requestsCommitted: number;
+  readonly coordinatorsUp: number;
+  readonly coordinators: number;
 }
 
 export interface CoordinatorStatus {
@@ -44,13 +61,63 @@ export interface CoordinatorStatus {
   readonly view: number;
   readonly committedHeight: number;
   readonly roundsTotal: number;
+  /** Optional fields: a coordinator that omits or garbles them is left out of those figures. */
+  readonly blocksCommittedTotal?: number;
+  readonly requestsCommittedTotal?: number;
+  readonly commitLatencyMsP50?: number;
+  readonly commitLatencyMsP99?: number;
 }
 
 function statusOf(i: number, raw: Record<string, unknown>): CoordinatorStatus | undefined {
   const { view, committedHeight, roundsTotal } = raw;
   const ok = (v: unknown): v is number => Number.isSafeInteger(v) && (v as number) >= 0;
   if (!ok(view) || !ok(committedHeight) || !ok(roundsTotal)) return undefined;
-  return { region: regionsInLeaderOrder[i] as string, view, committedHeight, roundsTotal };
+  const finite = (v: unknown): v is number => typeof v === "number" && Number.isFinite(v) && v >= 0;
+  const { blocksCommittedTotal, requestsCommittedTotal, commitLatencyMsP50, commitLatencyMsP99 } =
+    raw;
+  return {
+    region: regionsInLeaderOrder[i] as string,
+    view,
+    committedHeight,
+    roundsTotal,
+    ...(ok(blocksCommittedTotal) ? { blocksCommittedTotal } : {}),
+    ...(ok(requestsCommittedTotal) ? { requestsCommittedTotal } : {}),
+    // Percentiles mean something only once the coordinator has committed a request.
+    ...(ok(requestsCommittedTotal) && requestsCommittedTotal > 0 && finite(commitLatencyMsP50)
+      ? { commitLatencyMsP50 }
+      : {}),
+    ...(ok(requestsCommittedTotal) && requestsCommittedTotal > 0 && finite(commitLatencyMsP99)
+      ? { commitLatencyMsP99 }
+      : {}),
+  };
+}
+
+/** The median of the values (the mean of the middle two for an even count); undefined if none. */
+export function median(values: readonly number[]): number | undefined {
+  if (values.length === 0) return undefined;
+  const sorted = [...values].sort((a, b) => a - b);
+  const mid = sorted.length >> 1;
+  return sorted.length % 2 === 1
+    ? (sorted[mid] as number)
+    : ((sorted[mid - 1] as number) + (sorted[mid] as number)) / 2;
+}
+
+/** Commit figures of one poll's answers (see the header). */
+export function commitLatencySummary(
+  up: readonly CoordinatorStatus[],
+  coordinators: number = replicaCount,
+): CommitLatencySummary {
+  const defined = (xs: (number | undefined)[]) => xs.filter((x): x is number => x !== undefined);
+  const p50 = median(defined(up.map((s) => s.commitLatencyMsP50)));
+  const p99 = median(defined(up.map((s) => s.commitLatencyMsP99)));
+  return {
+    p50Seconds: p50 === undefined ? null : p50 / 1000,
+    p99Seconds: p99 === undefined ? null : p99 / 1000,
+    blocksCommitted: vouchedMax(defined(up.map((s) => s.blocksCommittedTotal))) ?? 0,
+    requestsCommitted: vouchedMax(defined(up.map((s) => s.requestsCommittedTotal))) ?? 0,
+    coordinatorsUp: up.length,
+    coordinators,
+  };
 }
 
 /** The (f+1)-th highest of the values (undefined with fewer than f + 1 values). */
@@ -96,6 +163,7 @@ export class ConsensusFeed {
         gpuType: coordinatorGpuLabel,
         algorithm: this.#algorithm,
       });
+    this.#sink.recordCommitLatency?.(commitLatencySummary(up));
     const view = vouchedMax(up.map((s) => s.view));
     const height = vouchedMax(up.map((s) => s.committedHeight));
     if (view === undefined || height === undefined || view < this.#shownView) return;

@@ -32,7 +32,8 @@ function family(families: PromMetrics, name: string): PromMetric {
 /** Records one of every kind of operation, as the gateway, nodes and coordinators would. */
 function exercise(m: SwarmMetrics): void {
   m.recordCoherenceTime(42e-9);
-  m.recordCoherenceTime(0.5); // far above the spec's 10 µs top bucket: lands in +Inf only
+  m.recordCoherenceTime(0.5); // far above the spec's 10 µs top bucket: in the extension's 0.5 s
+  m.recordCoherenceTime(30); // above the extension's 10 s: +Inf only
   m.recordGradientFidelity(Float32Array.of(1, 0), Float32Array.of(1, 1));
   m.recordConsensusRound({ region: "ORD", gpuType: "a100-80gb", algorithm: "hotstuff_2chain" });
   m.recordConsensusRound({ region: "ORD", gpuType: "a100-80gb", algorithm: "hotstuff_2chain" });
@@ -80,15 +81,36 @@ describe("SwarmMetrics /metrics", () => {
     const coherence = family(families, "moe_swarm_expert_coherence_time_seconds");
     assert.equal(coherence.type, "histogram");
     const sample = coherence.data[0] as PromHistogramData;
-    // The spec's 10 ns … 10 µs buckets, in seconds.
-    assert.deepEqual(
-      Object.keys(sample.buckets).map((k) => (k === "+Inf" ? Number.POSITIVE_INFINITY : Number(k))),
-      [1e-8, 5e-8, 1e-7, 5e-7, 1e-6, 5e-6, 1e-5, Number.POSITIVE_INFINITY],
-    );
+    // The spec's 10 ns … 10 µs buckets, in seconds, come first and all of them are there; the
+    // buckets above them reach 10 s, because measured coherence times are milliseconds.
+    // (Sorted: the parser returns the buckets as an object, whose integer keys such as "10" come first.)
+    const bounds = Object.keys(sample.buckets)
+      .map((k) => (k === "+Inf" ? Number.POSITIVE_INFINITY : Number(k)))
+      .sort((a, b) => a - b);
+    assert.deepEqual(bounds.slice(0, 7), [1e-8, 5e-8, 1e-7, 5e-7, 1e-6, 5e-6, 1e-5]);
+    assert.deepEqual(bounds.slice(7), [
+      5e-5,
+      1e-4,
+      5e-4,
+      1e-3,
+      5e-3,
+      1e-2,
+      5e-2,
+      0.1,
+      0.5,
+      1,
+      5,
+      10,
+      Number.POSITIVE_INFINITY,
+    ]);
     assert.equal(sample.buckets["1e-8"], 0);
     assert.equal(sample.buckets["5e-8"], 1); // 42 ns
-    assert.equal(sample.buckets["+Inf"], 2);
-    assert.equal(sample.count, 2);
+    assert.equal(sample.buckets["0.1"], 1); // 0.5 s is above 0.1 s …
+    assert.equal(sample.buckets["0.5"], 2); // … and within 0.5 s
+    assert.equal(sample.buckets["10"], 2);
+    assert.equal(sample.buckets["+Inf"], 3); // 30 s
+    assert.equal(sample.count, 3);
+    assert.match(coherence.help, /measured times are milliseconds/);
     assert.deepEqual(sample.labels, { process: "gateway", region: "ORD" });
 
     const fidelity = family(families, "moe_swarm_gradient_entanglement_fidelity_ratio");
@@ -121,7 +143,7 @@ describe("SwarmMetrics /metrics", () => {
       ["moe_swarm_region_link_rtt_seconds", "gauge", ["source_region", "target_region"]],
       ["moe_swarm_consensus_view", "gauge", []],
       ["moe_swarm_consensus_height", "gauge", []],
-      ["moe_swarm_consensus_commit_latency_seconds", "histogram", []],
+      ["moe_swarm_consensus_commit_latency_seconds", "histogram", ["since"]],
       ["moe_swarm_checkpoint_size_bytes", "gauge", ["level"]],
       ["moe_swarm_checkpoints_total", "counter", ["level"]],
       ["moe_swarm_training_loss", "gauge", []],
