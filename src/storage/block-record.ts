@@ -9,6 +9,9 @@
 //   4  u8 compression               0 none · 1 zstd · 2 brotli
 //   5  u8 flags                     bit0 byte planes · bit1 float delta · bit2 encrypted
 //                                   bit3 dictionary delta (zstd with the base block as dictionary)
+//                                   bit4 plane coders (the byte-plane table holds a coder per plane)
+//                                   bit5 context base (with bit1: the bases are coding context
+//                                   only; the planes hold the block itself, not a float delta)
 //   6  u8 delta depth               0 for a whole block; base depth + 1 for a delta
 //   7  u8 phase                     shard offset of the first byte, mod 4
 //   8  u32 plaintext length
@@ -17,7 +20,10 @@
 //   payload (encrypted: ciphertext ‖ tag; associated data = header ‖ CID bytes); with byte planes
 //   it is u8 mask (bit k: plane k compressed), 4 × u32 stored plane lengths, then the 4 planes,
 //   each compressed on its own (the planes differ too much to share one entropy model) or stored
-//   raw when that is smaller (low mantissa bytes are close to random).
+//   raw when that is smaller (low mantissa bytes are close to random). With bit4 the mask byte is
+//   a coder table, 2 bits per plane (plane k at bits 2k..2k+1): 0 raw · 1 the tier's compression ·
+//   2 adaptive range coder (range-coder.ts) · 3 range coder with the base's byte at the same
+//   position of the same plane as context — the smallest of them is kept for each plane.
 // Every field is validated on read; a malformed record is reported as a corrupt block.
 
 import { brotliCompressSync, brotliDecompressSync, constants as zc } from "node:zlib";
@@ -34,6 +40,7 @@ import {
   planeLengths,
   toBytePlanes,
 } from "./float-transform.ts";
+import { rangeDecodeBytes, rangeEncodeBytes } from "./range-coder.ts";
 
 const magic = [0x4d, 0x53, 0x42, 0x31]; // "MSB1"
 const headerBytes = 12;
@@ -41,6 +48,16 @@ const flagPlanes = 1;
 const flagDelta = 2;
 const flagEncrypted = 4;
 const flagDict = 8;
+const flagCoders = 16;
+const flagContext = 32;
+/** Plane coders of a bit4 table. */
+const coderRaw = 0;
+const coderTier = 1;
+const coderRange = 2;
+const coderRangeBase = 3;
+/** Planes tried with the range coder (2: exponent bit 0 + high mantissa, 3: sign + exponent);
+ * planes 0–1 (low mantissa) measured within 1% of 8 bits/byte under every coder. */
+const rangeCodedPlanesMin = 2;
 /** Bytes of a block compressed two ways (planes or not) to pick the layout before the real pass. */
 const layoutProbeBytes = 64 * 1024;
 /** zstd level of the layout probe (fast; only the ranking matters). */
@@ -68,6 +85,8 @@ export interface RecordInit {
   readonly compression: Compression;
   /** The base range's bytes (already resolved) and where they come from. */
   readonly delta?: { readonly ref: DeltaRef; readonly baseBytes: Uint8Array };
+  /** A base range used only as the range coder's context (no float delta against it). */
+  readonly context?: { readonly ref: DeltaRef; readonly baseBytes: Uint8Array };
   /** A similar earlier block (found by super-features) to use as a zstd dictionary. */
   readonly dict?: { readonly ref: DeltaRef; readonly baseBytes: Uint8Array };
   readonly seal?: { readonly keyId: string; readonly dataKey: Uint8Array };
@@ -76,11 +95,17 @@ export interface RecordInit {
 export interface RecordHeader {
   readonly compression: Compression;
   readonly planes: boolean;
+  /** Whether the byte-plane table holds a coder per plane (bit4). */
+  readonly coders: boolean;
   readonly depth: number;
   readonly phase: number;
   readonly length: number;
   readonly delta:
-    | { readonly kind: "float" | "dict"; readonly bases: CID[]; readonly offset: number }
+    | {
+        readonly kind: "float" | "dict" | "context";
+        readonly bases: CID[];
+        readonly offset: number;
+      }
     | undefined;
   readonly keyId: string | undefined;
   readonly nonce: Uint8Array | undefined;
@@ -122,26 +147,48 @@ function decompress(kind: Compression, data: Uint8Array, length: number): Uint8A
   }
 }
 
-/** Byte planes of `body`, each compressed on its own (or raw when that is smaller). */
+/**
+ * Byte planes of `body`, each compressed on its own (or raw when that is smaller). With `coders`,
+ * each plane is stored by the smallest of raw, the tier's compression and the range coder (with
+ * the same plane of `context` — the base's bytes, grouped the same way — as context when given),
+ * and the table byte holds a 2-bit coder per plane; `usedContext` says whether any plane needs it.
+ */
 function packPlanes(
   kind: Compression,
   body: Uint8Array,
   phase: number,
   level?: number,
-): Uint8Array {
+  coders?: { readonly context: Uint8Array | undefined },
+): { bytes: Uint8Array; usedContext: boolean } {
   const grouped = toBytePlanes(body, phase);
+  const context = coders?.context === undefined ? undefined : toBytePlanes(coders.context, phase);
   const lengths = planeLengths(body.length, phase);
   const stored: Uint8Array[] = [];
   let mask = 0;
+  let usedContext = false;
   let at = 0;
   for (let k = 0; k < 4; k++) {
     const plane = grouped.subarray(at, at + lengths[k as 0]);
+    const planeContext = context?.subarray(at, at + plane.length);
     at += plane.length;
-    const packed = plane.length === 0 ? plane : compress(kind, plane, level);
-    if (packed.length < plane.length) {
-      mask |= 1 << k;
-      stored.push(packed);
-    } else stored.push(plane);
+    let best = plane;
+    let coder = coderRaw;
+    const consider = (bytes: Uint8Array, id: number) => {
+      if (bytes.length < best.length) {
+        best = bytes;
+        coder = id;
+      }
+    };
+    if (plane.length > 0) consider(compress(kind, plane, level), coderTier);
+    if (coders !== undefined && k >= rangeCodedPlanesMin && plane.length > 0) {
+      consider(rangeEncodeBytes(plane), coderRange);
+      if (planeContext !== undefined)
+        consider(rangeEncodeBytes(plane, planeContext), coderRangeBase);
+    }
+    if (coders === undefined) mask |= coder === coderTier ? 1 << k : 0;
+    else mask |= coder << (2 * k);
+    if (coder === coderRangeBase) usedContext = true;
+    stored.push(best);
   }
   const out = new Uint8Array(17 + stored.reduce((s, x) => s + x.length, 0));
   const dv = new DataView(out.buffer);
@@ -152,21 +199,28 @@ function packPlanes(
     out.set(x, w);
     w += x.length;
   });
-  return out;
+  return { bytes: out, usedContext };
 }
 
+/**
+ * Inverse of packPlanes. `coders`: the table is a 2-bit coder per plane; `context()` gives the
+ * base's bytes (the caller resolves them only when a plane needs them).
+ */
 function unpackPlanes(
   kind: Compression,
   payload: Uint8Array,
   length: number,
   phase: number,
+  coders?: { readonly context: () => Uint8Array },
 ): Uint8Array {
   if (payload.length < 17) throw new RecordFormatError("byte-plane payload shorter than its table");
   const dv = new DataView(payload.buffer, payload.byteOffset, payload.byteLength);
   const mask = payload[0] as number;
-  if (mask > 15) throw new RecordFormatError(`byte-plane mask 0x${mask.toString(16)}`);
+  if (coders === undefined && mask > 15)
+    throw new RecordFormatError(`byte-plane mask 0x${mask.toString(16)}`);
   const lengths = planeLengths(length, phase);
   const grouped = new Uint8Array(length);
+  let context: Uint8Array | undefined;
   let r = 17;
   let w = 0;
   for (let k = 0; k < 4; k++) {
@@ -176,7 +230,16 @@ function unpackPlanes(
     const stored = payload.subarray(r, r + storedLen);
     r += storedLen;
     const want = lengths[k as 0];
-    const plane = mask & (1 << k) ? decompress(kind, stored, want) : stored;
+    const coder = coders === undefined ? (mask >>> k) & 1 : (mask >>> (2 * k)) & 3;
+    let plane: Uint8Array;
+    if (coder === coderRaw) plane = stored;
+    else if (coder === coderTier) plane = decompress(kind, stored, want);
+    else if (coder === coderRange) plane = rangeDecodeBytes(stored, want);
+    else {
+      if (coders === undefined) throw new RecordFormatError("plane coder without a table");
+      context ??= toBytePlanes(coders.context(), phase);
+      plane = rangeDecodeBytes(stored, want, context.subarray(w, w + want));
+    }
     if (plane.length !== want)
       throw new RecordFormatError(`byte plane ${k} holds ${plane.length} B, expected ${want}`);
     grouped.set(plane, w);
@@ -190,7 +253,7 @@ function unpackPlanes(
 function probeSize(body: Uint8Array, phase: number, planes: boolean): number {
   const probe = body.subarray(0, Math.min(layoutProbeBytes, body.length));
   return planes
-    ? packPlanes("zstd", probe, phase, probeLevel).length
+    ? packPlanes("zstd", probe, phase, probeLevel).bytes.length
     : zstd.compress(probe, { compressionLevel: probeLevel }).length;
 }
 
@@ -246,13 +309,28 @@ export function encodeRecord(init: RecordInit): EncodedRecord {
     depth = init.delta.ref.baseDepth + 1;
     invariant(depth <= deltaChainMax, "delta chain within deltaChainMax");
   }
+  let useContext = false;
+  const contextBase = init.delta ?? init.context;
   if (compression !== "none") {
-    const packed = planes ? packPlanes(compression, body, phase) : compress(compression, body);
+    let packed: Uint8Array;
+    if (planes) {
+      const p = packPlanes(compression, body, phase, undefined, {
+        context: contextBase?.baseBytes,
+      });
+      packed = p.bytes;
+      if (!useDelta && p.usedContext && contextBase !== undefined) {
+        // The base serves as coding context only: the record still depends on it.
+        useContext = true;
+        depth = contextBase.ref.baseDepth + 1;
+        invariant(depth <= deltaChainMax, "delta chain within deltaChainMax");
+      }
+    } else packed = compress(compression, body);
     if (packed.length < body.length) body = packed;
     else {
       compression = "none";
       planes = false;
-      if (useDelta) {
+      useContext = false;
+      if (useDelta || depth > 0) {
         useDelta = false;
         depth = 0;
         body = plaintext;
@@ -283,7 +361,7 @@ export function encodeRecord(init: RecordInit): EncodedRecord {
     }
   }
   const parts: number[] = [...magic, compressionIds[compression], 0, depth, phase, 0, 0, 0, 0];
-  let flags = planes ? flagPlanes : 0;
+  let flags = planes ? flagPlanes | flagCoders : 0;
   const u16 = (v: number) => parts.push(v & 0xff, (v >>> 8) & 0xff);
   const u32 = (v: number) =>
     parts.push(v & 0xff, (v >>> 8) & 0xff, (v >>> 16) & 0xff, (v >>> 24) & 0xff);
@@ -291,9 +369,15 @@ export function encodeRecord(init: RecordInit): EncodedRecord {
   parts[9] = (plaintext.length >>> 8) & 0xff;
   parts[10] = (plaintext.length >>> 16) & 0xff;
   parts[11] = (plaintext.length >>> 24) & 0xff;
-  const ref = useDelta ? init.delta?.ref : useDict ? init.dict?.ref : undefined;
+  const ref = useDelta
+    ? init.delta?.ref
+    : useContext
+      ? contextBase?.ref
+      : useDict
+        ? init.dict?.ref
+        : undefined;
   if (ref !== undefined) {
-    flags |= useDelta ? flagDelta : flagDict;
+    flags |= useDelta ? flagDelta : useContext ? flagDelta | flagContext : flagDict;
     u16(ref.bases.length);
     for (const base of ref.bases) {
       u16(base.bytes.length);
@@ -317,7 +401,7 @@ export function encodeRecord(init: RecordInit): EncodedRecord {
     body = sealed.ciphertext;
     header = concat(header, nonce);
   }
-  return { bytes: concat(header, body), delta: useDelta || useDict };
+  return { bytes: concat(header, body), delta: useDelta || useDict || useContext };
 }
 
 function associatedData(headerWithoutNonce: Uint8Array, cid: CID): Uint8Array {
@@ -342,8 +426,11 @@ export function parseRecordHeader(bytes: Uint8Array): RecordHeader {
   const compression =
     compressionNames[bytes[4] as number] ?? fail(`unknown compression id ${bytes[4]}`);
   const flags = bytes[5] as number;
-  if (flags & ~(flagPlanes | flagDelta | flagEncrypted | flagDict))
+  if (flags & ~(flagPlanes | flagDelta | flagEncrypted | flagDict | flagCoders | flagContext))
     fail(`unknown flags 0x${flags.toString(16)}`);
+  if ((flags & flagCoders) !== 0 && (flags & flagPlanes) === 0) fail("plane coders without planes");
+  if ((flags & flagContext) !== 0 && ((flags & flagDelta) === 0 || (flags & flagPlanes) === 0))
+    fail("a context base needs byte planes and a base");
   const depth = bytes[6] as number;
   const phase = bytes[7] as number;
   if (phase > 3) fail(`phase ${phase} out of range`);
@@ -381,7 +468,11 @@ export function parseRecordHeader(bytes: Uint8Array): RecordHeader {
     need(4);
     const offset = dv.getUint32(at, true);
     at += 4;
-    delta = { kind: flags & flagDict ? "dict" : "float", bases, offset };
+    delta = {
+      kind: flags & flagDict ? "dict" : flags & flagContext ? "context" : "float",
+      bases,
+      offset,
+    };
   } else if (depth !== 0) fail(`depth ${depth} on a whole block`);
   let keyId: string | undefined;
   let nonce: Uint8Array | undefined;
@@ -400,6 +491,7 @@ export function parseRecordHeader(bytes: Uint8Array): RecordHeader {
   return {
     compression,
     planes: (flags & flagPlanes) !== 0,
+    coders: (flags & flagCoders) !== 0,
     depth,
     phase,
     length,
@@ -447,8 +539,13 @@ export function decodeRecord(cid: CID, bytes: Uint8Array, ctx: RecordContext): U
     return plain;
   }
   try {
+    const ref = h.delta;
+    const context = () => {
+      if (ref === undefined) throw new RecordFormatError("a context-coded plane without a base");
+      return ctx.baseRange(ref.bases, ref.offset, h.length);
+    };
     plain = h.planes
-      ? unpackPlanes(h.compression, body, h.length, h.phase)
+      ? unpackPlanes(h.compression, body, h.length, h.phase, h.coders ? { context } : undefined)
       : decompress(h.compression, body, h.length);
   } catch (err) {
     if (err instanceof RecordFormatError) throw err;
@@ -458,7 +555,7 @@ export function decodeRecord(cid: CID, bytes: Uint8Array, ctx: RecordContext): U
   }
   if (plain.length !== h.length)
     throw new RecordFormatError(`payload decodes to ${plain.length} B, header says ${h.length}`);
-  if (h.delta !== undefined)
+  if (h.delta?.kind === "float")
     plain = floatUndelta(plain, ctx.baseRange(h.delta.bases, h.delta.offset, h.length), h.phase);
   return plain;
 }

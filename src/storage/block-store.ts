@@ -39,6 +39,11 @@ export interface PutOptions {
   readonly delta?: DeltaRef;
   /** Dictionary delta against one similar earlier block (super-feature match). */
   readonly dict?: DeltaRef;
+  /**
+   * The same region of an earlier checkpoint, too unlike the block for a float delta (below the
+   * similarity threshold) but still usable as the range coder's context for its byte planes.
+   */
+  readonly context?: DeltaRef;
   readonly seal?: { readonly keyId: string; readonly dataKey: Uint8Array };
 }
 
@@ -105,6 +110,13 @@ export class BlockStore {
       const baseBytes = readable(() => this.baseRange(ref.bases, ref.offset, plaintext.length));
       if (baseBytes !== undefined) delta = { ref, baseBytes };
     }
+    let context: { ref: DeltaRef; baseBytes: Uint8Array } | undefined;
+    if (options.context !== undefined && delta === undefined) {
+      const ref = options.context;
+      invariant(ref.baseDepth < deltaChainMax, "context base below the chain limit");
+      const baseBytes = readable(() => this.baseRange(ref.bases, ref.offset, plaintext.length));
+      if (baseBytes !== undefined) context = { ref, baseBytes };
+    }
     let dict: { ref: DeltaRef; baseBytes: Uint8Array } | undefined;
     if (options.dict !== undefined) {
       const ref = options.dict;
@@ -119,6 +131,7 @@ export class BlockStore {
       compression: this.compression,
       ...(delta !== undefined ? { delta } : {}),
       ...(dict !== undefined ? { dict } : {}),
+      ...(context !== undefined ? { context } : {}),
       ...(options.seal !== undefined ? { seal: options.seal } : {}),
     });
     this.#crash("block:before-write");

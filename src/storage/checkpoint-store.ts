@@ -447,7 +447,9 @@ export class CheckpointStore {
         if (tier.blocks.has(leaf.cid)) {
           duplicateChunks++;
         } else {
-          const delta = this.#deltaFor(tier, baseLeaves, leaf, bytes);
+          const base = this.#deltaFor(tier, baseLeaves, leaf, bytes);
+          const delta = base?.similar === true ? base.ref : undefined;
+          const context = base?.similar === false ? base.ref : undefined;
           const dict =
             f !== undefined && similar !== undefined
               ? this.#similarBase(tier, similar, f)
@@ -455,6 +457,7 @@ export class CheckpointStore {
           const put = tier.blocks.put(leaf.cid, bytes, {
             phase: leaf.offset & 3,
             ...(delta !== undefined ? { delta } : {}),
+            ...(context !== undefined ? { context } : {}),
             ...(dict !== undefined ? { dict } : {}),
             ...sealOpt,
           });
@@ -559,13 +562,17 @@ export class CheckpointStore {
     return baseDepth + 1 > deltaChainMax ? undefined : { bases: [base], offset: 0, baseDepth };
   }
 
-  /** The delta reference for `leaf` when the base range at the same offset is similar enough. */
+  /**
+   * The base range at the same offset of the previous checkpoint's same shard, and whether it is
+   * similar enough (`similarity_threshold`) for a float delta; below it, the base is only offered
+   * as coding context (block-record.ts, range-coded planes).
+   */
   #deltaFor(
     tier: Tier,
     baseLeaves: LeafRef[] | undefined,
     leaf: LeafRef,
     bytes: Uint8Array,
-  ): DeltaRef | undefined {
+  ): { ref: DeltaRef; similar: boolean } | undefined {
     if (baseLeaves === undefined || leaf.length < 16) return undefined;
     const end = leaf.offset + leaf.length;
     const covering = baseLeaves.filter((b) => b.offset < end && b.offset + b.length > leaf.offset);
@@ -587,7 +594,7 @@ export class CheckpointStore {
         leaf.offset & 3,
         similaritySampleWordsMax,
       );
-      return resemblance < this.#threshold ? undefined : { bases, offset, baseDepth };
+      return { ref: { bases, offset, baseDepth }, similar: resemblance >= this.#threshold };
     } catch (err) {
       if (err instanceof StorageError) return undefined; // a damaged base only costs compression
       throw err;

@@ -1,0 +1,152 @@
+// An adaptive binary range coder (the one of LZMA: 11-bit probabilities, shift-5 adaptation,
+// carry propagation through a cached byte) coding bytes through a 256-leaf bit tree per context.
+// Why: zstd and brotli model a byte stream order-0 within a block (Huffman / FSE plus matches), so
+// a float32 byte plane whose byte is predictable from the *previous checkpoint's* byte at the same
+// position (the sign/exponent plane: measured 1.6–1.7 bits/float given the base's byte, against
+// 2.6 bits/float for zstd-9 on the same plane of a 4.3M-parameter AdamW run) costs them 0.5–1 bit
+// per float more than the conditional entropy. Coding each byte with the base's byte as context
+// (fpzip and CM coders do this) closes that gap. The coder is exact: decode(encode(x)) === x.
+// Reference: Igor Pavlov, LZMA SDK (rc: RangeEnc_EncodeBit / RangeDec_DecodeBit), and
+// P. Lindstrom, M. Isenburg, "Fast and Efficient Compression of Floating-Point Data", IEEE TVCG 2006.
+//
+// Untrusted input: decoding reads at most the given bytes and does exactly `length` symbols of work.
+// The encoder flushes `low` whole, so a clean stream ends with the decoder's code at exactly 0
+// having read every byte; anything else (a flipped byte, even in the flush, a cut or an extended
+// payload) throws RangeCoderError, and a flip that still ends cleanly changes the decoded bytes,
+// which the caller's CID check rejects.
+
+import { invariant } from "../common/assert.ts";
+
+const probBits = 11;
+const probOne = 1 << probBits;
+const probInit = probOne >>> 1;
+const moveBits = 5;
+const topValue = 2 ** 24;
+const two32 = 2 ** 32;
+/** Contexts × 256 tree nodes: one byte of context selects a 256-node bit tree. */
+const contextCount = 256;
+
+export class RangeCoderError extends Error {}
+
+/** Growable output for the encoder. */
+class ByteSink {
+  #buf = new Uint8Array(1024);
+  #len = 0;
+  push(b: number): void {
+    if (this.#len === this.#buf.length) {
+      const next = new Uint8Array(this.#buf.length * 2);
+      next.set(this.#buf);
+      this.#buf = next;
+    }
+    this.#buf[this.#len++] = b;
+  }
+  bytes(): Uint8Array {
+    return this.#buf.slice(0, this.#len);
+  }
+}
+
+/**
+ * Codes `data` byte by byte; byte i is modelled in the context `context[i]` (one probability tree
+ * per context value), or in one context when `context` is undefined.
+ */
+export function rangeEncodeBytes(data: Uint8Array, context?: Uint8Array): Uint8Array {
+  invariant(context === undefined || context.length >= data.length, "a context byte per byte");
+  const probs = new Uint16Array(contextCount * 256).fill(probInit);
+  const out = new ByteSink();
+  let low = 0;
+  let range = 0xffff_ffff;
+  let cache = 0;
+  let cacheSize = 1;
+  const shiftLow = () => {
+    if (low < 0xff00_0000 || low >= two32) {
+      const carry = low >= two32 ? 1 : 0;
+      let temp = cache;
+      do {
+        out.push((temp + carry) & 0xff);
+        temp = 0xff;
+      } while (--cacheSize !== 0);
+      cache = Math.floor(low / topValue) & 0xff;
+    }
+    cacheSize++;
+    low = (low % topValue) * 256;
+  };
+  for (let i = 0; i < data.length; i++) {
+    const base = context === undefined ? 0 : (context[i] as number) << 8;
+    const byte = data[i] as number;
+    let node = 1;
+    for (let bit = 7; bit >= 0; bit--) {
+      const b = (byte >>> bit) & 1;
+      const at = base + node;
+      const p = probs[at] as number;
+      const bound = (range >>> probBits) * p;
+      if (b === 0) {
+        range = bound;
+        probs[at] = p + ((probOne - p) >>> moveBits);
+      } else {
+        low += bound;
+        range -= bound;
+        probs[at] = p - (p >>> moveBits);
+      }
+      while (range < topValue) {
+        range = (range * 256) >>> 0;
+        shiftLow();
+      }
+      node = (node << 1) | b;
+    }
+  }
+  for (let k = 0; k < 5; k++) shiftLow();
+  return out.bytes();
+}
+
+/** Inverse of rangeEncodeBytes: exactly `length` bytes, with the same `context`. */
+export function rangeDecodeBytes(
+  payload: Uint8Array,
+  length: number,
+  context?: Uint8Array,
+): Uint8Array {
+  invariant(context === undefined || context.length >= length, "a context byte per byte");
+  const probs = new Uint16Array(contextCount * 256).fill(probInit);
+  const out = new Uint8Array(length);
+  let at = 0;
+  const next = () => {
+    if (at >= payload.length)
+      throw new RangeCoderError(`range-coded payload of ${payload.length} B ends early`);
+    return payload[at++] as number;
+  };
+  let range = 0xffff_ffff;
+  let code = 0;
+  // The encoder's first byte is always 0 (its cache starts empty) and falls outside the 32-bit code.
+  if (next() !== 0) throw new RangeCoderError("range-coded payload does not start with 0");
+  for (let k = 0; k < 4; k++) code = code * 256 + next();
+  for (let i = 0; i < length; i++) {
+    const base = context === undefined ? 0 : (context[i] as number) << 8;
+    let node = 1;
+    for (let bit = 0; bit < 8; bit++) {
+      const idx = base + node;
+      const p = probs[idx] as number;
+      const bound = (range >>> probBits) * p;
+      let b: number;
+      if (code < bound) {
+        range = bound;
+        probs[idx] = p + ((probOne - p) >>> moveBits);
+        b = 0;
+      } else {
+        code -= bound;
+        range -= bound;
+        probs[idx] = p - (p >>> moveBits);
+        b = 1;
+      }
+      while (range < topValue) {
+        range = (range * 256) >>> 0;
+        code = (code * 256 + next()) % two32;
+      }
+      node = (node << 1) | b;
+    }
+    out[i] = node & 0xff;
+  }
+  if (code !== 0 || at !== payload.length)
+    throw new RangeCoderError(
+      `range-coded payload does not end cleanly (code ${code}, ${payload.length - at} B left)`,
+    );
+  return out;
+}
