@@ -43,6 +43,7 @@ function killOnExit(child: ChildProcess): void {
 export class LocalCoordinatorCluster {
   readonly #init: LocalClusterInit;
   readonly #children: (ChildProcess | undefined)[] = new Array(replicaCount).fill(undefined);
+  readonly #metricsUrls: (string | undefined)[] = new Array(replicaCount).fill(undefined);
 
   constructor(init: LocalClusterInit) {
     this.#init = init;
@@ -53,6 +54,17 @@ export class LocalCoordinatorCluster {
       host: "127.0.0.1",
       port: clientPort(this.#init.portBase, i),
     }));
+  }
+
+  /** Each running coordinator's Prometheus /metrics URL, by region (ports picked by the OS). */
+  metricsUrls(): Record<string, string> {
+    const out: Record<string, string> = {};
+    this.#metricsUrls.forEach((url, i) => {
+      const c = this.#children[i];
+      if (url && c && c.exitCode === null && c.signalCode === null)
+        out[regionsInLeaderOrder[i] as string] = url;
+    });
+    return out;
   }
 
   client(options: Omit<RegistryClientInit, "endpoints"> = {}): RegistryClient {
@@ -82,6 +94,8 @@ export class LocalCoordinatorCluster {
       String(this.#init.portBase),
       "--chain-id",
       this.#init.chainId ?? "moe-swarm",
+      "--metrics-port",
+      "0",
     ];
     const child = spawn(process.execPath, args, { stdio: ["ignore", "pipe", "pipe"] });
     this.#children[i] = child;
@@ -100,6 +114,8 @@ export class LocalCoordinatorCluster {
         this.#init.startTimeoutMs ?? 30_000,
       );
       child.stdout?.setEncoding("utf8").on("data", (d: string) => {
+        const metrics = /metrics on (http:\/\/\S+)/.exec(d);
+        if (metrics) this.#metricsUrls[i] = metrics[1];
         if (d.includes(" up:")) {
           clearTimeout(timer);
           resolve();

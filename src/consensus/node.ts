@@ -23,7 +23,7 @@ import { clientFrame, decodeReplicaMsg, decodeWith, encodeMessage } from "./code
 import { messageBytesMax, quorumSize, replicaCount } from "./constants.ts";
 import { FrameReader, writeFrame } from "./framing.ts";
 import { Replica, type ReplicaEvent } from "./replica.ts";
-import type { ReplicaId, ReplicaMsg, ReplyMsg } from "./types.ts";
+import type { Block, ReplicaId, ReplicaMsg, ReplyMsg } from "./types.ts";
 import { FileWal } from "./wal.ts";
 
 export interface CoordinatorNodeInit {
@@ -41,7 +41,25 @@ export interface CoordinatorNodeInit {
   /** One-way delay to peer j in ms (0 without emulation). */
   readonly latencyMs: (peer: ReplicaId) => number;
   readonly log: (line: string) => void;
+  /** Metrics hooks (src/observe/coordinator-metrics.ts); none when omitted. */
+  readonly observer?: CoordinatorObserver;
 }
+
+/**
+ * What a coordinator reports as it runs, for its /metrics (issue #8). Structural, so consensus
+ * depends on no observability module.
+ */
+export interface CoordinatorObserver {
+  /** Every replica event (rejections, timeouts, view changes …) and every frame the node drops. */
+  event(e: { readonly kind: string; readonly reason?: string }): void;
+  /** A block committed live here; `nowMs` is this replica's clock (the block carries the leader's). */
+  committed(block: Pick<Block, "height" | "timestampMs">, nowMs: number): void;
+  /** A request a client sent to this coordinator committed `ms` after it arrived. */
+  requestCommitted(ms: number): void;
+}
+
+/** Client requests whose arrival time is kept for the arrival → commit latency (oldest dropped). */
+export const requestArrivalsMax = 4_096;
 
 export const handshakeTimeoutMs = 5_000;
 export const reconnectDelayMs = 250;
@@ -75,6 +93,8 @@ export class CoordinatorNode {
   #timerAt = Number.POSITIVE_INFINITY;
   #stopped = false;
   readonly #reconnects: NodeJS.Timeout[] = [];
+  /** clientId \0 seq → arrival ms, for requests that came from this node's clients. */
+  readonly #arrivals = new Map<string, number>();
 
   constructor(init: CoordinatorNodeInit) {
     this.#init = init;
@@ -83,6 +103,7 @@ export class CoordinatorNode {
     this.#identity = { selfId: init.id, signer, verifier, peers: replicaCount };
     this.#wal = new FileWal(init.dataDir);
     const log = (e: ReplicaEvent) => {
+      init.observer?.event(e);
       if (e.kind === "reject") init.log(`reject from ${e.from}: ${e.reason}`);
       else if (e.kind === "evidence") init.log(`evidence against ${e.against}: ${e.reason}`);
       else if (e.kind === "view-change") init.log(`view ${e.view}, leader ${e.leader}`);
@@ -100,7 +121,28 @@ export class CoordinatorNode {
       maxBatch: init.maxBatch,
       nowMs: Date.now(),
       log,
+      ...(init.observer ? { onCommit: (block: Block) => this.#observeCommit(block) } : {}),
     });
+  }
+
+  /** fsync calls of the WAL so far. */
+  get walFsyncs(): number {
+    return this.#wal.fsyncs;
+  }
+
+  #observeCommit(block: Block): void {
+    const observer = this.#init.observer;
+    if (!observer) return;
+    const now = Date.now();
+    observer.committed(block, now);
+    for (const req of block.payload) {
+      const key = `${req.clientId}\u0000${req.seq}`;
+      const at = this.#arrivals.get(key);
+      if (at !== undefined) {
+        this.#arrivals.delete(key);
+        observer.requestCommitted(now - at);
+      }
+    }
   }
 
   get replica(): Replica {
@@ -263,6 +305,7 @@ export class CoordinatorNode {
     const d = decodeReplicaMsg(plain);
     if (!d.ok) {
       this.#init.log(`reject from ${j}: ${d.reason}`);
+      this.#init.observer?.event({ kind: "reject", reason: `malformed: ${d.reason}` });
       return;
     }
     this.#replica.onMessage(j, d.value, Date.now());
@@ -294,6 +337,7 @@ export class CoordinatorNode {
         const d = decodeWith(clientFrame, f);
         if (!d.ok) {
           this.#init.log(`reject from client ${s.remoteAddress}:${s.remotePort}: ${d.reason}`);
+          this.#init.observer?.event({ kind: "reject", reason: `malformed: ${d.reason}` });
           continue;
         }
         const m = d.value;
@@ -309,6 +353,16 @@ export class CoordinatorNode {
         }
         ids.add(m.request.clientId);
         this.#clients.set(m.request.clientId, s);
+        if (this.#init.observer) {
+          const key = `${m.request.clientId}\u0000${m.request.seq}`;
+          if (!this.#arrivals.has(key)) {
+            if (this.#arrivals.size >= requestArrivalsMax) {
+              const oldest = this.#arrivals.keys().next().value;
+              if (oldest !== undefined) this.#arrivals.delete(oldest);
+            }
+            this.#arrivals.set(key, Date.now());
+          }
+        }
         this.#replica.submit(m.request, Date.now());
         this.#arm();
       }

@@ -164,6 +164,7 @@ export class SwarmMetrics {
   /** Label values per layer, computed once so the hot path does no string building. */
   readonly #layerLabels: { tier: string; layer: string }[];
   readonly #collectors: (() => void)[] = [];
+  #statusViewSeen: number | undefined;
   readonly #routes = new Map<string, (status: number, seconds: number) => void>();
   readonly #tokenChildren: Record<TokenKind, CounterChild>;
   readonly #expertLabels: string[];
@@ -637,12 +638,16 @@ export class SwarmMetrics {
   // --- consensus --------------------------------------------------------------------------------
 
   setConsensusStatus(status: { leader: string; view: number; height: number }): void {
-    const before = this.dashboard.setConsensus(status);
+    this.dashboard.setConsensus(status);
     this.#consensusView.set(status.view);
     this.#consensusHeight.set(status.height);
-    if (before && status.view > before.view) {
-      this.#consensusViewChanges.inc(status.view - before.view);
-      this.#emit("view_change", `view ${before.view} → ${status.view}, leader ${status.leader}`);
+    // Changes are counted from the first status seen (a commit or latency figure recorded before
+    // any status is not a view 0).
+    const before = this.#statusViewSeen;
+    this.#statusViewSeen = status.view;
+    if (before !== undefined && status.view > before) {
+      this.#consensusViewChanges.inc(status.view - before);
+      this.#emit("view_change", `view ${before} → ${status.view}, leader ${status.leader}`);
     }
   }
 

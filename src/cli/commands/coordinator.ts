@@ -10,9 +10,12 @@ import { generateClusterKeys, loadClusterKeys } from "../../consensus/keys.ts";
 import { CoordinatorNode, clientPort } from "../../consensus/node.ts";
 import { runSimulation } from "../../consensus/sim/simulation.ts";
 import { regionsInLeaderOrder } from "../../consensus/types.ts";
+import { CoordinatorMetrics } from "../../observe/coordinator-metrics.ts";
 import { type CliIO, configFor, OperationError, UsageError } from "../context.ts";
 
 export const portBaseDefault = 7400;
+/** Replica i serves /metrics on port base + 20 + i unless --metrics-port says otherwise. */
+export const metricsPortOffset = 20;
 
 function intOption(name: string, text: string | undefined, fallback: number): number {
   if (text === undefined) return fallback;
@@ -40,6 +43,10 @@ export function registerCoordinator(program: Command, io: CliIO): void {
       String(portBaseDefault),
     )
     .option("--chain-id <id>", "cluster id bound into every signature", "moe-swarm")
+    .option(
+      "--metrics-port <n>",
+      `HTTP port of this replica's Prometheus /metrics (0: any free port; default port base + ${metricsPortOffset} + replica index)`,
+    )
     .action(
       async (
         opts: {
@@ -48,6 +55,7 @@ export function registerCoordinator(program: Command, io: CliIO): void {
           dataDir?: string;
           portBase: string;
           chainId: string;
+          metricsPort?: string;
         },
         c: Command,
       ) => {
@@ -64,6 +72,13 @@ export function registerCoordinator(program: Command, io: CliIO): void {
           );
         const cfg = configFor(c).config;
         const portBase = intOption("--port-base", opts.portBase, portBaseDefault);
+        const metricsPort = intOption(
+          "--metrics-port",
+          opts.metricsPort,
+          portBase + metricsPortOffset + id,
+        );
+        if (metricsPort > 65535)
+          throw new UsageError(`--metrics-port: expected a port ≤ 65535; got ${metricsPort}`);
         let keys: ReturnType<typeof loadClusterKeys>;
         try {
           keys = loadClusterKeys(opts.keys, opts.region);
@@ -72,10 +87,24 @@ export function registerCoordinator(program: Command, io: CliIO): void {
         }
         const { secretKey, publicKeys } = keys;
         const region = opts.region;
-        const node = new CoordinatorNode({
+        const host = cfg.swarm.host === "0.0.0.0" ? "127.0.0.1" : cfg.swarm.host;
+        // Set once the node exists: the metrics read its replica's status at each scrape.
+        let node: CoordinatorNode | undefined;
+        const metrics = new CoordinatorMetrics({
+          config: cfg,
+          region,
+          source: {
+            status: () => {
+              if (!node) throw new Error("coordinator not started");
+              return node.replica.status();
+            },
+            walFsyncs: () => node?.walFsyncs ?? 0,
+          },
+        });
+        node = new CoordinatorNode({
           id,
           chainId: opts.chainId,
-          host: cfg.swarm.host === "0.0.0.0" ? "127.0.0.1" : cfg.swarm.host,
+          host,
           portBase,
           dataDir: opts.dataDir ?? join(cfg.swarm.data_dir, "coordinators", region),
           secretKey,
@@ -86,14 +115,25 @@ export function registerCoordinator(program: Command, io: CliIO): void {
           latencyMs: (peer) =>
             1000 * oneWayLatencySeconds(cfg, region, regionsInLeaderOrder[peer] as string),
           log: (line) => io.err(`[${region}] ${line}`),
+          observer: metrics,
         });
-        await node.start();
+        const running = node;
+        let served: { url: string };
+        try {
+          served = await metrics.serve(host, metricsPort);
+        } catch (err) {
+          throw new OperationError(
+            `coordinator --metrics-port ${metricsPort}: cannot listen (${(err as Error).message}); pick another port or 0 for any`,
+          );
+        }
+        await running.start();
         io.out(
-          `coordinator ${region} (replica ${id}) up: peers on ${portBase + id}, clients on ${clientPort(portBase, id)}`,
+          `coordinator ${region} (replica ${id}) up: peers on ${portBase + id}, clients on ${clientPort(portBase, id)}, metrics on ${served.url}`,
         );
         await new Promise<void>((resolve) => {
           const stop = () => {
-            node.stop();
+            running.stop();
+            void metrics.close();
             resolve();
           };
           process.once("SIGINT", stop);

@@ -1,0 +1,206 @@
+// Coordinators expose /metrics (issue #8: every process does):
+//   - unit: rejections map to a bounded set of reasons; commit latency is recorded per block
+//     (since=proposal) and per request (since=request); status-derived gauges, rounds and WAL
+//     fsyncs are read at each scrape and only grow;
+//   - the consensus feed's commit figures for the dashboard: median of the coordinators' own
+//     percentiles (one liar cannot move it), counts vouched by two coordinators;
+//   - live: five real `moe-swarm coordinator` processes (LocalCoordinatorCluster, --metrics-port 0)
+//     commit a few registry writes; every coordinator's /metrics parses with a Prometheus parser
+//     and holds the spec's metrics, the commit-latency histogram with both `since` series fed,
+//     rounds with gpu_type "none", the view and height, and WAL fsyncs.
+
+import assert from "node:assert/strict";
+import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { after, before, describe, it } from "node:test";
+import type { PromData, PromHistogramData, PromMetrics } from "prom2javascript";
+import { loadConfig } from "../../src/config/load.ts";
+import { LocalCoordinatorCluster } from "../../src/consensus/local-cluster.ts";
+import {
+  CoordinatorMetrics,
+  rejectReasonLabel,
+  rejectReasons,
+} from "../../src/observe/coordinator-metrics.ts";
+import { commitLatencySummary, median } from "../../src/swarm/consensus-feed.ts";
+import { parseExposition } from "./exposition.ts";
+
+function value(families: PromMetrics, name: string, labels: Record<string, string> = {}): number {
+  const f = families[name];
+  assert.ok(f, `${name} missing`);
+  const s = f.data.find((d) => Object.entries(labels).every(([k, v]) => d.labels[k] === v));
+  assert.ok(s, `${name}${JSON.stringify(labels)} missing`);
+  return (s as PromData).value;
+}
+
+function histogram(families: PromMetrics, name: string, since: string): PromHistogramData {
+  const s = families[name]?.data.find((d) => d.labels.since === since);
+  assert.ok(s, `${name}{since="${since}"} missing`);
+  return s as PromHistogramData;
+}
+
+describe("coordinator metrics", () => {
+  it("classifies rejections, records commit latency both ways, reads status at each scrape", async () => {
+    const { config } = loadConfig();
+    let status = { view: 2, committedHeight: 5, leaderRegion: "SJC", roundsTotal: 7 };
+    let fsyncs = 3;
+    const m = new CoordinatorMetrics({
+      config,
+      region: "SJC",
+      source: { status: () => status, walFsyncs: () => fsyncs },
+    });
+    for (const [text, label] of [
+      ["proposal 1a2b3c4d has an invalid signature", "bad_signature"],
+      ["vote by 3 relayed by 2", "relayed"],
+      ["proposal for view 4 from non-leader 1", "not_leader"],
+      ["timeout for future view 9", "future"],
+      ["proposal timestamp 9000 ms ahead of this replica's clock", "clock"],
+      ["mempool full (4096 requests)", "mempool_full"],
+      ["malformed: bad frame", "malformed"],
+      ["something new", "other"],
+    ] as const) {
+      assert.equal(rejectReasonLabel(text), label, text);
+      assert.ok(rejectReasons.includes(label));
+      m.event({ kind: "reject", reason: text });
+    }
+    m.event({ kind: "timeout" });
+    m.event({ kind: "view-change" }); // counted from the status' view, not from the event
+    m.committed({ timestampMs: 1_000 }, 1_250);
+    m.committed({ timestampMs: 2_000 }, 1_990); // leader clock ahead: 0, not negative
+    m.requestCommitted(400);
+    let f = await parseExposition(await m.metrics.exposition());
+    const proposal = histogram(f, "moe_swarm_consensus_commit_latency_seconds", "proposal");
+    assert.equal(proposal.count, 2);
+    assert.ok(Math.abs((proposal.sum ?? 0) - 0.25) < 1e-12);
+    const request = histogram(f, "moe_swarm_consensus_commit_latency_seconds", "request");
+    assert.equal(request.count, 1);
+    assert.equal(request.sum, 0.4);
+    assert.equal(value(f, "moe_swarm_consensus_rejected_messages_total", { reason: "relayed" }), 1);
+    assert.equal(value(f, "moe_swarm_consensus_timeouts_total"), 1);
+    assert.equal(value(f, "moe_swarm_consensus_view"), 2);
+    assert.equal(value(f, "moe_swarm_consensus_height"), 5);
+    assert.equal(value(f, "moe_swarm_consensus_wal_fsyncs_total"), 3);
+    const rounds = { region: "SJC", gpu_type: "none", algorithm: config.consensus.algorithm };
+    assert.equal(value(f, "moe_swarm_consensus_rounds_total", rounds), 7);
+    assert.equal(value(f, "moe_swarm_consensus_view_changes_total"), 0);
+    // The replica moves on: the next scrape adds the differences.
+    status = { view: 5, committedHeight: 9, leaderRegion: "ORD", roundsTotal: 12 };
+    fsyncs = 10;
+    f = await parseExposition(await m.metrics.exposition());
+    assert.equal(value(f, "moe_swarm_consensus_rounds_total", rounds), 12);
+    assert.equal(value(f, "moe_swarm_consensus_wal_fsyncs_total"), 10);
+    assert.equal(value(f, "moe_swarm_consensus_view_changes_total"), 3);
+    assert.equal(value(f, "moe_swarm_consensus_height"), 9);
+  });
+
+  it("the dashboard's commit figures: a median one liar cannot move, counts two vouch for", () => {
+    const honest = (p50: number, p99: number, blocks: number) => ({
+      region: "ORD",
+      view: 1,
+      committedHeight: blocks,
+      roundsTotal: blocks,
+      blocksCommittedTotal: blocks,
+      requestsCommittedTotal: blocks * 2,
+      commitLatencyMsP50: p50,
+      commitLatencyMsP99: p99,
+    });
+    const up = [
+      honest(250, 400, 100),
+      honest(260, 420, 99),
+      honest(240, 390, 100),
+      // A liar claims instant commits and a huge count.
+      { ...honest(0.001, 0.001, 1e9) },
+    ];
+    const s = commitLatencySummary(up);
+    assert.equal(s.p50Seconds, 0.245); // median of 0.001, 240, 250, 260 ms
+    assert.equal(s.p99Seconds, 0.395);
+    assert.equal(s.blocksCommitted, 100);
+    assert.equal(s.requestsCommitted, 200);
+    assert.equal(s.coordinatorsUp, 4);
+    assert.equal(s.coordinators, 5);
+    // No coordinator has committed a request yet: no latency, not zero.
+    const idle = commitLatencySummary([
+      { region: "ORD", view: 0, committedHeight: 0, roundsTotal: 0 },
+      { region: "IAD", view: 0, committedHeight: 0, roundsTotal: 0 },
+    ]);
+    assert.equal(idle.p50Seconds, null);
+    assert.equal(idle.blocksCommitted, 0);
+    assert.equal(median([3, 1, 2]), 2);
+    assert.equal(median([]), undefined);
+  });
+});
+
+// ---- five live coordinators ----------------------------------------------------------------------
+
+// Below the ephemeral port range (32768+), so outgoing connections cannot hold our ports.
+const portBase = 23_000 + 20 * Math.floor(Math.random() * 400);
+const dir = mkdtempSync(join(tmpdir(), "moe-coord-metrics-"));
+const cluster = new LocalCoordinatorCluster({
+  dataDir: dir,
+  portBase,
+  configPath: join(dir, "swarm.yaml"),
+  chainId: "metrics-test",
+});
+
+describe("five coordinator processes serve /metrics", { timeout: 120_000 }, () => {
+  before(async () => {
+    writeFileSync(
+      join(dir, "swarm.yaml"),
+      'profile: local\nconsensus:\n  view_timeout: "1s"\nswarm:\n  emulation:\n    enabled: false\n',
+    );
+    await cluster.start();
+  });
+  after(async () => {
+    await cluster.stop();
+    rmSync(dir, { recursive: true, force: true });
+  });
+
+  it("every coordinator's /metrics parses and shows its commits, rounds, view, height and fsyncs", async () => {
+    const urls = cluster.metricsUrls();
+    assert.deepEqual(Object.keys(urls).sort(), ["AMS", "IAD", "ORD", "SJC", "SYD"]);
+    const client = cluster.client({ clientId: "metrics-test", deadlineMs: 60_000 });
+    try {
+      for (let k = 0; k < 4; k++)
+        await client.registerNode(`n${k}`, "ORD", "a10", `127.0.0.1:${9000 + k}`);
+    } finally {
+      client.close();
+    }
+    const { config } = loadConfig(join(dir, "swarm.yaml"));
+    let requestsSeen = 0;
+    for (const [region, url] of Object.entries(urls)) {
+      assert.match(url, /^http:\/\/127\.0\.0\.1:\d+\/metrics$/);
+      // A replica learns of a commit one round after the leader: allow it a moment.
+      let f: PromMetrics | undefined;
+      const until = Date.now() + 20_000;
+      for (;;) {
+        const res = await fetch(url);
+        assert.equal(res.status, 200);
+        f = await parseExposition(await res.text());
+        const p = f.moe_swarm_consensus_commit_latency_seconds?.data.find(
+          (d) => d.labels.since === "proposal",
+        ) as PromHistogramData | undefined;
+        if ((p?.count ?? 0) > 0 || Date.now() > until) break;
+        await new Promise((r) => setTimeout(r, 200));
+      }
+      const proposal = histogram(f, "moe_swarm_consensus_commit_latency_seconds", "proposal");
+      assert.ok(proposal.count > 0, `${region}: blocks committed`);
+      const sum = proposal.sum ?? 0;
+      assert.ok(sum > 0 && sum / proposal.count < 30, `${region}: latency`);
+      requestsSeen += histogram(f, "moe_swarm_consensus_commit_latency_seconds", "request").count;
+      assert.equal(f.moe_swarm_expert_coherence_time_seconds?.type, "histogram");
+      assert.equal(f.moe_swarm_gradient_entanglement_fidelity_ratio?.type, "gauge");
+      const rounds = value(f, "moe_swarm_consensus_rounds_total", {
+        region,
+        gpu_type: "none",
+        algorithm: config.consensus.algorithm,
+      });
+      assert.ok(rounds > 0, `${region}: rounds`);
+      assert.ok(value(f, "moe_swarm_consensus_height") >= 1, `${region}: height`);
+      assert.ok(value(f, "moe_swarm_consensus_view") >= 0);
+      assert.ok(value(f, "moe_swarm_consensus_wal_fsyncs_total") > 0, `${region}: fsyncs`);
+      assert.equal(f.moe_swarm_consensus_height?.data[0]?.labels.process, `coordinator-${region}`);
+    }
+    // The client sent its 4 requests to some coordinator(s); each was timed from its arrival there.
+    assert.ok(requestsSeen >= 4, `request → commit observations: ${requestsSeen}`);
+  });
+});
