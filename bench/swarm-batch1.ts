@@ -4,7 +4,9 @@
 // per swarm forward: expert calls the model made, wire frames and bytes sent, dispatch rounds
 // (one per MoE layer, two for the cascade tier), and the bare round trip of a ping to a node — the
 // fixed cost each round pays before any compute.
-//   npx tsx bench/swarm-batch1.ts [iterations] [batch]
+// Both models run the trunk (embeddings, attention, routers) on onnxruntime as `moe-swarm gateway`
+// does; `js` as the third argument runs both trunks on the TypeScript kernels instead.
+//   npx tsx bench/swarm-batch1.ts [iterations] [batch] [onnx|js]
 // For a CPU profile of the gateway side: node --cpu-prof --import tsx bench/swarm-batch1.ts; of
 // the nodes: start them by hand with `node --cpu-prof bin/moe-swarm.js node ...`.
 
@@ -13,18 +15,23 @@ import { loadavg, tmpdir } from "node:os";
 import { join } from "node:path";
 import { Prng } from "../src/common/prng.ts";
 import { loadConfig } from "../src/config/load.ts";
-import { buildLocalModel, buildTrunk } from "../src/model/build.ts";
-import type { MoeTransformer } from "../src/model/transformer.ts";
+import { buildExpertHost } from "../src/model/build.ts";
+import { modelConfigFrom } from "../src/model/config.ts";
+import { MoeTransformer } from "../src/model/transformer.ts";
 import { type ChildNode, spawnNode, stopChild } from "../src/swarm/child-nodes.ts";
 import { Op } from "../src/swarm/frame.ts";
 import { NodeClient } from "../src/swarm/node-client.ts";
 import { planFromConfig, StaticPlacement } from "../src/swarm/placement.ts";
 import { directLinks } from "../src/swarm/region-links.ts";
 import { RemoteExpertHost } from "../src/swarm/remote-expert-host.ts";
+import { OnnxKernels } from "../src/tensor/onnx-kernels.ts";
 import { noGradAsync } from "../src/tensor/tensor.ts";
 
 const iterations = Number(process.argv[2] ?? 40);
 const B = Number(process.argv[3] ?? 1);
+const trunkKernels = process.argv[4] ?? "onnx";
+if (trunkKernels !== "onnx" && trunkKernels !== "js")
+  throw new RangeError(`trunk kernels: expected onnx or js; got ${trunkKernels}`);
 const T = 64;
 
 function quantile(xs: number[], q: number): number {
@@ -62,8 +69,11 @@ try {
     region: "ORD",
     dModel: cfg.model.d_model,
   });
-  const local = await buildLocalModel(cfg);
-  const trunk = buildTrunk(cfg, host);
+  const kernels = trunkKernels === "onnx" ? await OnnxKernels.create(1) : null;
+  const mc = modelConfigFrom(cfg);
+  const localHost = await buildExpertHost(cfg);
+  const local = { model: new MoeTransformer(mc, localHost, "float32", kernels), host: localHost };
+  const trunk = new MoeTransformer(mc, host, "float32", kernels);
 
   const rng = new Prng(B);
   const a: number[] = [];
@@ -98,7 +108,7 @@ try {
 
   const per = (n: number) => (n / iterations).toFixed(1);
   console.log(
-    `# batch ${B}, T=${T}, ${iterations} forwards each, alternating; load average ${loadavg()
+    `# batch ${B}, T=${T}, trunk on ${trunkKernels}, ${iterations} forwards each, alternating; load average ${loadavg()
       .map((x) => x.toFixed(2))
       .join(" ")}`,
   );

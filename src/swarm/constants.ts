@@ -31,6 +31,23 @@ export const traceparentBytesMax = 128;
 /** Longest text (error message) in one frame. */
 export const frameTextBytesMax = 4096;
 
+/**
+ * Most experts in one grouped forward frame (one tensor and one weight version per expert). The
+ * dispatcher sends one frame per node per MoE dispatch round instead of one per expert.
+ */
+export const forwardGroupExpertsMax = frameTensorsMax;
+/**
+ * A dispatch round adds an expert to a node's group only while the group holds fewer tokens than
+ * this: small calls are dominated by the per-frame cost (a process wake-up and a round trip), so
+ * they ride together on as few nodes as possible; large ones are spread so nodes compute in parallel.
+ */
+export const groupTokensMax = 512;
+/**
+ * A replica already in this round's plan is preferred to the best one when its expected latency
+ * (with in-flight load) is within this factor of the best: joining a frame costs nothing, a frame
+ * to one more node costs a round trip. Replicas behind an emulated WAN link are never within it.
+ */
+export const groupAffinitySlack = 1.5;
 /** Tokens a node merges into one expert call when concurrent requests for the same expert queue. */
 export const batchTokensMax = 8192;
 /** Requests a node queues across all experts before answering OVERLOADED. */
@@ -48,6 +65,12 @@ export const latencySamplesMin = 8;
 /** Per-attempt deadline = this × recent p99, clamped to the bounds below. */
 export const deadlineP99Multiplier = 4;
 export const attemptDeadlineMsMin = 50;
+/**
+ * Floor of a write's (backward, applyUpdate, importState) attempt deadline. A write waits for every
+ * replica anyway, so its deadline only has to catch a hung node; one missed by a node that was
+ * merely slow makes that replica stale until a resync, so it is far from the read floor.
+ */
+export const writeDeadlineMsMin = 1000;
 export const attemptDeadlineMsMax = 30_000;
 /** Before any sample: the attempt deadline is the emulated RTT plus this much compute time. */
 export const computeBudgetMsPrior = 2000;
@@ -75,6 +98,15 @@ invariant(
   "header fits",
 );
 invariant(batchTokensMax <= requestTokensMax, "a merged batch is a legal request");
+invariant(
+  forwardGroupExpertsMax <= frameTensorsMax && forwardGroupExpertsMax <= frameScalarsMax,
+  "a grouped forward's tensors and weight versions fit in one frame",
+);
+invariant(groupAffinitySlack >= 1, "affinity never prefers a slower replica by less than 1×");
 invariant(attemptDeadlineMsMin < attemptDeadlineMsMax, "deadline bounds are ordered");
+invariant(
+  attemptDeadlineMsMin <= writeDeadlineMsMin && writeDeadlineMsMin < attemptDeadlineMsMax,
+  "write deadline floor within the bounds",
+);
 invariant(probeIntervalMsMin <= probeIntervalMsMax, "probe bounds are ordered");
 invariant(latencySamplesMin <= latencyWindowSamples, "the window holds the minimum sample count");

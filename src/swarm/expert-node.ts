@@ -5,9 +5,11 @@
 // - Every frame is validated at the edge; a malformed one gets an error frame with the reason, an
 //   unframeable stream (bad length) gets one error frame and the connection is closed. The process
 //   never crashes on peer input, and an exception from the expert host becomes a HOST_FAILURE reply.
-// - Concurrent requests for the same expert and op are merged into one expert call (dynamic
-//   batching: requests that arrive while a batch runs go together in the next one, up to
-//   batchTokensMax tokens). Experts are token-wise, so a merged call gives each request exactly
+// - A forward frame may carry several experts (one tensor and one returned weight version each):
+//   the dispatcher sends one frame per node per MoE dispatch round. Backward carries one expert.
+// - Concurrent requests for the same expert and op are merged into one expert call (continuous
+//   batching: an idle expert starts at once; requests that arrive while a batch runs go together
+//   in the next one, up to batchTokensMax tokens). Experts are token-wise, so a merged call gives each request exactly
 //   the rows it would get alone, and backward's parameter gradients are the sum either way.
 // - A request whose caller's time budget ran out while it queued is answered DEADLINE_EXCEEDED
 //   without computing it.
@@ -24,6 +26,7 @@ import {
 } from "../model/expert.ts";
 import {
   batchTokensMax,
+  forwardGroupExpertsMax,
   modelWidthMax,
   nodeQueueRequestsMax,
   requestTokensMax,
@@ -374,7 +377,23 @@ export class ExpertNode {
             ],
           });
         }
-        case Op.forward:
+        case Op.forward: {
+          // One frame may carry several experts' rows (a dispatch round's calls to this node).
+          const calls = this.#checkForwardGroup(frame);
+          const ys = await Promise.all(
+            calls.map(({ id, x, tokens }) =>
+              this.#enqueue(Op.forward, id, { x, dy: undefined, tokens, deadlineAtMs }),
+            ),
+          );
+          return reply({
+            tensors: calls.map(({ tokens }, i) => {
+              this.#served++;
+              this.#tokens += tokens;
+              return { dims: [tokens, this.#init.dModel], data: ys[i] as Float32Array };
+            }),
+            scalars: calls.map(({ id }) => this.#versions.get(expertKey(id)) ?? 0),
+          });
+        }
         case Op.backward: {
           const { id, x, dy, tokens } = this.#checkExpertCall(frame);
           const y = await this.#enqueue(frame.op, id, { x, dy, tokens, deadlineAtMs });
@@ -453,28 +472,48 @@ export class ExpertNode {
     return out;
   }
 
+  /** A forward frame: 1..forwardGroupExpertsMax distinct hosted experts, one [tokens, d] each. */
+  #checkForwardGroup(frame: Frame): { id: ExpertId; x: Float32Array; tokens: number }[] {
+    const k = frame.ids.length;
+    if (k < 1 || k > forwardGroupExpertsMax || frame.tensors.length !== k)
+      throw new RequestError(
+        WireErrorCode.badShape,
+        `forward needs 1..${forwardGroupExpertsMax} expert ids and one tensor per id; got ${k} and ${frame.tensors.length}`,
+      );
+    const ids = this.#checkHosted(frame.ids);
+    if (new Set(ids.map(expertKey)).size !== k)
+      throw new RequestError(WireErrorCode.badShape, "forward names an expert twice");
+    return ids.map((id, i) => {
+      const t = frame.tensors[i] as WireTensor;
+      this.#checkRowsTensor(t);
+      return { id, x: t.data, tokens: t.dims[0] as number };
+    });
+  }
+
+  #checkRowsTensor(t: WireTensor): void {
+    const d = this.#init.dModel;
+    const [rows, cols] = t.dims;
+    if (t.dims.length !== 2 || cols !== d || (rows as number) > requestTokensMax)
+      throw new RequestError(
+        WireErrorCode.badShape,
+        `expected a tensor [tokens ≤ ${requestTokensMax}, ${d}]; got [${t.dims}]`,
+      );
+  }
+
+  /** A backward frame: 1 hosted expert, x and dy of the same [tokens, d]. */
   #checkExpertCall(frame: Frame): {
     id: ExpertId;
     x: Float32Array;
     dy: Float32Array | undefined;
     tokens: number;
   } {
-    const wantTensors = frame.op === Op.backward ? 2 : 1;
-    if (frame.ids.length !== 1 || frame.tensors.length !== wantTensors)
+    if (frame.ids.length !== 1 || frame.tensors.length !== 2)
       throw new RequestError(
         WireErrorCode.badShape,
-        `${frame.op === Op.backward ? "backward" : "forward"} needs 1 expert id and ${wantTensors} tensor(s); got ${frame.ids.length} and ${frame.tensors.length}`,
+        `backward needs 1 expert id and 2 tensors; got ${frame.ids.length} and ${frame.tensors.length}`,
       );
     const [id] = this.#checkHosted(frame.ids) as [ExpertId];
-    const d = this.#init.dModel;
-    for (const t of frame.tensors) {
-      const [rows, cols] = t.dims;
-      if (t.dims.length !== 2 || cols !== d || (rows as number) > requestTokensMax)
-        throw new RequestError(
-          WireErrorCode.badShape,
-          `expected a tensor [tokens ≤ ${requestTokensMax}, ${d}]; got [${t.dims}]`,
-        );
-    }
+    for (const t of frame.tensors) this.#checkRowsTensor(t);
     const x = frame.tensors[0] as (typeof frame.tensors)[0];
     const dy = frame.tensors[1];
     if (dy && dy.dims[0] !== x.dims[0])
@@ -502,8 +541,10 @@ export class ExpertNode {
       this.#queued++;
       if (!l.busy) {
         l.busy = true;
-        // Let every request that arrived in this I/O turn join the batch.
-        setImmediate(() => void this.#runLane(l));
+        // An idle lane starts at once, with what is queued when the frames of the bytes just read
+        // have been handled (continuous batching: no window to wait for; requests that arrive
+        // while a batch runs form the next one).
+        queueMicrotask(() => void this.#runLane(l));
       }
     });
   }

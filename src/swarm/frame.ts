@@ -12,6 +12,8 @@
 //  24  traceparent (ASCII) · text (UTF-8, error messages) · ids (u16 layer, u16 expert)*
 //      · u8 scalar count, f64* · u8 tensor count, then per tensor: u8 dtype (1 = f32), u8 ndim,
 //        u32 dims[ndim], raw data (product(dims) × 4 bytes)
+// A forward request names 1..forwardGroupExpertsMax experts with one [tokens, d] tensor each, and
+// its answer holds one tensor and one weight version (scalar) per expert, in the same order.
 // A decoder consumes exactly the frame or throws `FrameDecodeError`; it never reads past the frame
 // and checks every count against the limits in constants.ts before allocating.
 

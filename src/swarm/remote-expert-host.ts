@@ -33,10 +33,14 @@ import {
   callAttemptsMax,
   computeBudgetMsPrior,
   deadlineP99Multiplier,
+  forwardGroupExpertsMax,
+  groupAffinitySlack,
+  groupTokensMax,
   hedgeDelayMsMin,
   inflightLatencyWeight,
   probeIntervalMsMax,
   probeIntervalMsMin,
+  writeDeadlineMsMin,
 } from "./constants.ts";
 import type { DispatchFailoverReason, DispatchObserver, HedgeHandle } from "./dispatch-observer.ts";
 import {
@@ -75,6 +79,48 @@ interface ForwardPart {
   readonly ctx: ExpertCallContext | undefined;
   readonly resolve: (y: Float32Array) => void;
   readonly reject: (e: unknown) => void;
+}
+
+/** A forward call after coalescing: one expert's rows, settled once. */
+interface ForwardCall {
+  readonly id: ExpertId;
+  readonly x: Float32Array;
+  readonly tokens: number;
+  readonly ctx: ExpertCallContext | undefined;
+  readonly resolve: (y: Float32Array) => void;
+  readonly reject: (e: unknown) => void;
+}
+
+/** Where a read starts: the planned replica first, or every replica but one (and why). */
+interface ReadRoute {
+  /** Try this replica first (the round's plan chose it). */
+  readonly first?: NodeState | undefined;
+  /** Never this replica (its group frame failed, or it is being hedged). */
+  readonly exclude?: NodeState;
+  /** The read is a hedge of a group frame sent to this node. */
+  readonly hedgeOf?: NodeState;
+}
+
+/**
+ * One context for a call made on behalf of several callers: it lives as long as the latest
+ * caller's deadline and is aborted only when every caller has aborted. `dispose` drops listeners.
+ */
+function mergeContexts(ctxs: readonly (ExpertCallContext | undefined)[]): {
+  ctx: ExpertCallContext;
+  dispose: () => void;
+} {
+  const deadlines = ctxs.map((c) => c?.deadlineMs);
+  const deadlineMs = deadlines.some((t) => t === undefined)
+    ? undefined
+    : Math.max(...(deadlines as number[]));
+  const signals = ctxs.map((c) => c?.signal);
+  const all = signals.every((sg) => sg !== undefined)
+    ? allAborted(signals as AbortSignal[])
+    : undefined;
+  return {
+    ctx: { deadlineMs, signal: all?.signal, traceparent: ctxs[0]?.traceparent },
+    dispose: () => all?.dispose(),
+  };
 }
 
 function parseKey(k: string): ExpertId {
@@ -183,7 +229,8 @@ export class RemoteExpertHost implements ExpertHost {
   /** Expert key → newest weight version any replica reported. */
   readonly #versions = new Map<string, number>();
   readonly #now: () => number;
-  readonly #pendingForward = new Map<string, { id: ExpertId; parts: ForwardPart[] }>();
+  /** Forward calls of the current event-loop turn, per expert key (flushed by #flushTurn). */
+  #turn: Map<string, { id: ExpertId; parts: ForwardPart[] }> | undefined;
   #closed = false;
 
   constructor(init: RemoteExpertHostInit) {
@@ -195,9 +242,13 @@ export class RemoteExpertHost implements ExpertHost {
   // ---- ExpertHost ------------------------------------------------------------------------------
 
   /**
-   * Forward calls for one expert issued in the same event-loop turn (concurrent requests at the
-   * gateway reaching the same layer together) are coalesced into one wire call of their
-   * concatenated rows, up to batchTokensMax tokens; each caller gets back exactly its rows.
+   * Forward calls issued in the same event-loop turn (an MoE layer's dispatch round, and
+   * concurrent requests at the gateway reaching a layer together) go out together:
+   * - calls for one expert are coalesced into one call of their concatenated rows, up to
+   *   batchTokensMax tokens; each caller gets back exactly its rows;
+   * - the round's calls are then planned onto replicas (#planRound) and each node gets one frame
+   *   carrying all of its experts' rows (#forwardGroup), so a round costs one round trip per node
+   *   used instead of one per expert.
    * Experts are token-wise, so this changes no result, only the number of frames.
    */
   forward(
@@ -209,28 +260,46 @@ export class RemoteExpertHost implements ExpertHost {
     this.#checkRows(x, tokens, "x");
     if (this.#init.coalesce === false) return this.#forwardNow(id, x, tokens, ctx);
     return new Promise<Float32Array>((resolve, reject) => {
+      let turn = this.#turn;
+      if (!turn) {
+        turn = new Map();
+        this.#turn = turn;
+        setImmediate(() => this.#flushTurn());
+      }
       const k = expertKey(id);
-      let batch = this.#pendingForward.get(k);
+      let batch = turn.get(k);
       if (!batch) {
         batch = { id, parts: [] };
-        this.#pendingForward.set(k, batch);
-        setImmediate(() => this.#flushForward(k));
+        turn.set(k, batch);
       }
       batch.parts.push({ x, tokens, ctx, resolve, reject });
     });
   }
 
-  #flushForward(k: string): void {
-    const batch = this.#pendingForward.get(k);
-    this.#pendingForward.delete(k);
-    if (!batch) return;
+  #flushTurn(): void {
+    const turn = this.#turn;
+    this.#turn = undefined;
+    if (!turn) return;
+    const calls: ForwardCall[] = [];
+    for (const { id, parts } of turn.values()) calls.push(...this.#coalesce(id, parts));
+    for (const { node, calls: group } of this.#planRound(calls)) {
+      if (node !== undefined && group.length > 1) this.#forwardGroup(node, group);
+      else
+        for (const c of group)
+          this.#forwardNow(c.id, c.x, c.tokens, c.ctx, { first: node }).then(c.resolve, c.reject);
+    }
+  }
+
+  /** One expert's parts of a turn → calls of at most batchTokensMax tokens each. */
+  #coalesce(id: ExpertId, all: ForwardPart[]): ForwardCall[] {
     const d = this.#init.dModel;
     // Callers that already gave up are answered now and not sent.
-    const parts = batch.parts.filter((p) => {
+    const parts = all.filter((p) => {
       if (!p.ctx?.signal?.aborted) return true;
       p.reject(p.ctx.signal.reason instanceof Error ? p.ctx.signal.reason : new Error("aborted"));
       return false;
     });
+    const calls: ForwardCall[] = [];
     while (parts.length > 0) {
       const group: ForwardPart[] = [];
       let tokens = 0;
@@ -244,7 +313,7 @@ export class RemoteExpertHost implements ExpertHost {
       }
       if (group.length === 1) {
         const p = group[0] as ForwardPart;
-        this.#forwardNow(batch.id, p.x, p.tokens, p.ctx).then(p.resolve, p.reject);
+        calls.push({ id, x: p.x, tokens, ctx: p.ctx, resolve: p.resolve, reject: p.reject });
         continue;
       }
       this.counters.coalescedCalls += group.length - 1;
@@ -256,34 +325,246 @@ export class RemoteExpertHost implements ExpertHost {
       }
       // The merged call lives as long as its latest caller wants it, and is cancelled only when
       // every caller has gone away.
-      const deadlines = group.map((p) => p.ctx?.deadlineMs);
-      const deadlineMs = deadlines.some((t) => t === undefined)
-        ? undefined
-        : Math.max(...(deadlines as number[]));
-      const signals = group.map((p) => p.ctx?.signal);
-      const all = signals.every((sg) => sg !== undefined)
-        ? allAborted(signals as AbortSignal[])
-        : undefined;
-      const signal = all?.signal;
-      const ctx: ExpertCallContext = {
-        deadlineMs,
-        signal,
-        traceparent: group[0]?.ctx?.traceparent,
-      };
-      this.#forwardNow(batch.id, x, tokens, ctx).then(
-        (y) => {
-          all?.dispose();
+      const merged = mergeContexts(group.map((p) => p.ctx));
+      calls.push({
+        id,
+        x,
+        tokens,
+        ctx: merged.ctx,
+        resolve: (y) => {
+          merged.dispose();
           let at = 0;
           for (const p of group) {
             p.resolve(y.slice(at, at + p.tokens * d));
             at += p.tokens * d;
           }
         },
-        (err: unknown) => {
-          all?.dispose();
+        reject: (err) => {
+          merged.dispose();
           for (const p of group) p.reject(err);
         },
+      });
+    }
+    return calls;
+  }
+
+  /**
+   * Assigns a round's calls to replicas. Each call goes to its best fresh replica by expected
+   * latency weighted by load (calls in flight plus frames already planned in this round), except
+   * that a node already holding an open group is preferred when it is within groupAffinitySlack
+   * of that best: small calls ride together on few nodes (at batch 1 two nodes cover a layer of
+   * the 5-region placement), large ones (groupTokensMax) spread out. Calls with no healthy fresh
+   * replica are left to #read (node undefined), which fails over or reports the error.
+   */
+  #planRound(
+    calls: readonly ForwardCall[],
+  ): { node: NodeState | undefined; calls: ForwardCall[] }[] {
+    const groups: { node: NodeState | undefined; calls: ForwardCall[]; tokens: number }[] = [];
+    const open = new Map<NodeState, (typeof groups)[number]>();
+    const planned = new Map<NodeState, number>();
+    const score = (n: NodeState) =>
+      this.#expectedMs(n) *
+      (1 + inflightLatencyWeight * (n.client.inflight + (planned.get(n) ?? 0)));
+    for (const c of calls) {
+      const k = expertKey(c.id);
+      const fresh = this.#init.registry
+        .replicas(c.id)
+        .map((a) => this.#node(a))
+        .filter((n) => n.healthy && !n.stale.has(k));
+      if (fresh.length === 0) {
+        groups.push({ node: undefined, calls: [c], tokens: c.tokens });
+        continue;
+      }
+      let best = fresh[0] as NodeState;
+      let bestScore = score(best);
+      for (const n of fresh) {
+        const s = score(n);
+        if (s < bestScore || (s === bestScore && n.address.nodeId < best.address.nodeId)) {
+          best = n;
+          bestScore = s;
+        }
+      }
+      let join: (typeof groups)[number] | undefined;
+      let joinScore = Number.POSITIVE_INFINITY;
+      for (const n of fresh) {
+        const g = open.get(n);
+        if (!g || g.tokens + c.tokens > groupTokensMax) continue;
+        const s = score(n);
+        if (s <= bestScore * groupAffinitySlack && s < joinScore) {
+          join = g;
+          joinScore = s;
+        }
+      }
+      if (join) {
+        join.calls.push(c);
+        join.tokens += c.tokens;
+        if (join.calls.length >= forwardGroupExpertsMax) open.delete(join.node as NodeState);
+        continue;
+      }
+      const g = { node: best, calls: [c], tokens: c.tokens };
+      groups.push(g);
+      open.set(best, g);
+      planned.set(best, (planned.get(best) ?? 0) + 1);
+    }
+    return groups;
+  }
+
+  /**
+   * One frame to `n` with several experts' rows. Each call settles once, with the first answer
+   * for it: the group's, or that of its own read to another replica, started when the group is
+   * slower than `n`'s recent p95 (a hedge, per call, only where another replica can be expected
+   * to answer within that time) or when the group fails (a failover, per call; its read fails
+   * over further across the remaining replicas).
+   */
+  #forwardGroup(n: NodeState, calls: readonly ForwardCall[]): void {
+    const d = this.#init.dModel;
+    this.counters.calls += calls.length;
+    this.counters.groupedCalls += calls.length;
+    this.counters.groupFrames++;
+    const settled = calls.map(() => false);
+    const aloneInFlight = calls.map(() => false);
+    let left = calls.length;
+    let groupFailed = false;
+    const controllers: AbortController[] = [];
+    const groupController = new AbortController();
+    controllers.push(groupController);
+    const merged = mergeContexts(calls.map((c) => c.ctx));
+    let hedgeTimer: NodeJS.Timeout | undefined;
+    const unlisten: (() => void)[] = [];
+    const settle = (i: number, y: Float32Array | undefined, err?: unknown): void => {
+      if (settled[i]) return;
+      settled[i] = true;
+      left--;
+      const c = calls[i] as ForwardCall;
+      if (y) c.resolve(y);
+      else c.reject(err);
+      if (left > 0) return;
+      if (hedgeTimer) clearTimeout(hedgeTimer);
+      for (const off of unlisten) off();
+      merged.dispose();
+      for (const ac of controllers) ac.abort(new Error("every call of the group was answered"));
+    };
+    // A caller that gives up is answered at once; the others go on.
+    calls.forEach((c, i) => {
+      const signal = c.ctx?.signal;
+      if (!signal) return;
+      const onAbort = () =>
+        settle(i, undefined, signal.reason instanceof Error ? signal.reason : new Error("aborted"));
+      signal.addEventListener("abort", onAbort, { once: true });
+      unlisten.push(() => signal.removeEventListener("abort", onAbort));
+    });
+    /** Call i alone through #read on the other replicas. */
+    const alone = (i: number, kind: "hedge" | "failover"): void => {
+      const c = calls[i] as ForwardCall;
+      const ac = new AbortController();
+      controllers.push(ac);
+      aloneInFlight[i] = true;
+      const signal = c.ctx?.signal ? AbortSignal.any([c.ctx.signal, ac.signal]) : ac.signal;
+      this.#forwardNow(
+        c.id,
+        c.x,
+        c.tokens,
+        { ...c.ctx, signal },
+        { exclude: n, ...(kind === "hedge" ? { hedgeOf: n } : {}) },
+      ).then(
+        (y) => settle(i, y),
+        (err: unknown) => {
+          aloneInFlight[i] = false;
+          // A failed hedge leaves the call to the group, unless the group failed too.
+          if (kind === "failover" || groupFailed) settle(i, undefined, err);
+        },
       );
+    };
+    const failAll = (err: unknown): void => {
+      groupFailed = true;
+      if (merged.ctx.signal?.aborted) {
+        calls.forEach((_, i) => {
+          settle(i, undefined, err);
+        });
+        return;
+      }
+      this.#markFailure(n, err);
+      const reason = failoverReason(err);
+      const observer = this.#init.observer;
+      calls.forEach((c, i) => {
+        if (settled[i] || aloneInFlight[i]) return;
+        this.counters.failovers++;
+        this.counters.lastFailoverAtMs = this.#now();
+        if (observer?.failover) {
+          const to = this.#candidates(c.id).find((m) => m !== n)?.address.nodeId ?? null;
+          observe(() =>
+            observer.failover?.({ experts: [c.id], from: n.address.nodeId, to, reason }),
+          );
+        }
+        alone(i, "failover");
+      });
+    };
+    const timeoutMs = this.#attemptTimeoutMs(n, merged.ctx, Op.forward);
+    const t0 = this.#now();
+    const signal = merged.ctx.signal
+      ? AbortSignal.any([merged.ctx.signal, groupController.signal])
+      : groupController.signal;
+    n.client
+      .call({
+        op: Op.forward,
+        ids: calls.map((c) => c.id),
+        tensors: calls.map((c) => ({ dims: [c.tokens, d], data: c.x })),
+        timeoutMs,
+        ctx: { ...merged.ctx, signal },
+      })
+      .then(
+        (frame) => {
+          if (left === 0) return;
+          this.#window(n, Op.forward).record(this.#now() - t0);
+          this.#markHealthy(n);
+          if (frame.tensors.length !== calls.length) {
+            failAll(
+              new RemoteCallError(
+                WireErrorCode.badShape,
+                `grouped answer has ${frame.tensors.length} tensors; want ${calls.length}`,
+                n.address.nodeId,
+              ),
+            );
+            return;
+          }
+          calls.forEach((c, i) => {
+            if (settled[i]) return;
+            const t = frame.tensors[i] as WireTensor;
+            if (t.dims[0] !== c.tokens || t.dims[1] !== d) {
+              settle(
+                i,
+                undefined,
+                new RemoteCallError(
+                  WireErrorCode.badShape,
+                  `answer has shape [${t.dims}]; want [${c.tokens}, ${d}]`,
+                  n.address.nodeId,
+                ),
+              );
+              return;
+            }
+            if (!this.#acceptVersion(n, c.id, frame.scalars[i])) {
+              // Stale weights on n for this expert: read it from the others.
+              if (!aloneInFlight[i]) alone(i, "failover");
+              groupFailed = true;
+              return;
+            }
+            settle(i, t.data);
+          });
+        },
+        (err: unknown) => {
+          if (left > 0) failAll(err);
+        },
+      );
+    if (this.#init.hedging ?? true) {
+      const delayMs = this.#hedgeDelayMs(n, timeoutMs, Op.forward);
+      hedgeTimer = setTimeout(() => {
+        hedgeTimer = undefined;
+        calls.forEach((c, i) => {
+          if (settled[i] || aloneInFlight[i]) return;
+          const other = this.#candidates(c.id).find((m) => m !== n && m.healthy);
+          if (other && this.#expectedMs(other) <= delayMs) alone(i, "hedge");
+        });
+      }, delayMs);
     }
   }
 
@@ -292,15 +573,22 @@ export class RemoteExpertHost implements ExpertHost {
     x: Float32Array,
     tokens: number,
     ctx?: ExpertCallContext,
+    route?: ReadRoute,
   ): Promise<Float32Array> {
-    const frame = await this.#read(id, ctx, Op.forward, (client, timeoutMs, signal, traceparent) =>
-      client.call({
-        op: Op.forward,
-        ids: [id],
-        tensors: [{ dims: [tokens, this.#init.dModel], data: x }],
-        timeoutMs,
-        ctx: { ...ctx, signal, traceparent: traceparent ?? ctx?.traceparent },
-      }),
+    const frame = await this.#read(
+      id,
+      ctx,
+      Op.forward,
+      (client, timeoutMs, signal, traceparent) =>
+        client.call({
+          op: Op.forward,
+          ids: [id],
+          tensors: [{ dims: [tokens, this.#init.dModel], data: x }],
+          timeoutMs,
+          ctx: { ...ctx, signal, traceparent: traceparent ?? ctx?.traceparent },
+        }),
+      true,
+      route,
     );
     return this.#rows(frame, tokens);
   }
@@ -653,7 +941,11 @@ export class RemoteExpertHost implements ExpertHost {
     const adaptive = w.trusted
       ? deadlineP99Multiplier * (w.quantile(0.99) as number)
       : this.#priorMs(n) + computeBudgetMsPrior;
-    let t = Math.min(attemptDeadlineMsMax, Math.max(attemptDeadlineMsMin, adaptive));
+    const floor =
+      op === Op.backward || op === Op.applyUpdate || op === Op.importState
+        ? writeDeadlineMsMin
+        : attemptDeadlineMsMin;
+    let t = Math.min(attemptDeadlineMsMax, Math.max(floor, adaptive));
     if (ctx?.deadlineMs !== undefined) t = Math.min(t, Math.max(1, ctx.deadlineMs - Date.now()));
     return t;
   }
@@ -719,9 +1011,15 @@ export class RemoteExpertHost implements ExpertHost {
     op: Op,
     attempt: Attempt,
     versioned = true,
+    route: ReadRoute = {},
   ): Promise<Frame> {
     this.counters.calls++;
-    const queue = this.#candidates(id);
+    const queue = this.#candidates(id).filter((n) => n !== route.exclude);
+    const first = route.first;
+    if (first !== undefined && queue[0] !== first && queue.includes(first)) {
+      queue.splice(queue.indexOf(first), 1);
+      queue.unshift(first);
+    }
     const key = expertKey(id);
     const hedging = this.#init.hedging ?? true;
     return new Promise<Frame>((resolve, reject) => {
@@ -748,7 +1046,7 @@ export class RemoteExpertHost implements ExpertHost {
         this.counters.failedCalls++;
         reject(new NoReplicaError(key, errors));
       };
-      let primaryNode = "";
+      let primaryNode = route.hedgeOf?.address.nodeId ?? "";
       /** Tells the observer that `from` failed and the call moved on (or not). */
       const failover = (from: NodeState, reason: DispatchFailoverReason) => {
         const to = queue[0]?.address.nodeId ?? null;
@@ -852,7 +1150,7 @@ export class RemoteExpertHost implements ExpertHost {
         }
         return true;
       };
-      if (!launch("first")) giveUp();
+      if (!launch(route.hedgeOf ? "hedge" : "first")) giveUp();
     });
   }
 

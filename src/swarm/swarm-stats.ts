@@ -24,6 +24,10 @@ export class DispatchCounters {
   calls = 0;
   /** Forward calls that rode along in another caller's wire call (coalesced in one turn). */
   coalescedCalls = 0;
+  /** Forward calls sent inside a frame with other experts' calls to the same node. */
+  groupedCalls = 0;
+  /** Frames carrying more than one expert's forward call (one per node per dispatch round). */
+  groupFrames = 0;
   /** Calls that failed after every replica was tried. */
   failedCalls = 0;
   /** Attempts started on another replica after one failed (error, deadline, closed connection). */

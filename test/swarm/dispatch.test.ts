@@ -237,13 +237,12 @@ describe("write deadlines", () => {
     const { dispatcher, swarm, reference } = await setup(noDelay, false);
     const ids = experts.slice(0, 3);
     const x = randn(11, d);
-    // Forward latencies are learned (~1 ms each, so 4 × p99 is the 50 ms floor) ...
+    // Forward latencies are learned (~1 ms each, so 4 × p99 is far below every floor) ...
     for (let i = 0; i < 16; i++) for (const id of ids) await dispatcher.forward(id, x, 1);
-    // ... and then every node's optimizer step takes 150 ms, 3× that floor.
-    for (const n of swarm.nodes) n.host.updateDelayMs = 150;
-    // 10 steps: past latencySamplesMin, so the last updates run under a deadline learned from
-    // the updates' own p99, not under the prior.
-    for (let step = 1; step <= 10; step++) {
+    // ... and then every node's optimizer step takes longer than the write floor (1000 ms): only
+    // the updates' own statistics (the prior until they have samples) give them time.
+    for (const n of swarm.nodes) n.host.updateDelayMs = 1100;
+    for (let step = 1; step <= 2; step++) {
       for (const id of ids) {
         await dispatcher.backward(id, x, randn(step, d), 1);
         await reference.backward(id, x, randn(step, d), 1);
@@ -311,6 +310,67 @@ describe("caller cancellation", () => {
       NoReplicaError,
     );
     assert.equal(dispatcher.counters.failovers, 0);
+  });
+});
+
+describe("grouped dispatch rounds", () => {
+  /** One dispatch round: a forward call for every expert in the same turn, as an MoE layer makes. */
+  const round = (dispatcher: RemoteExpertHost, seed: number) =>
+    Promise.all(experts.map((id) => dispatcher.forward(id, randn(seed + id.expert, 2 * d), 2)));
+  const want = (reference: TinyFfnHost, seed: number) =>
+    Promise.all(experts.map((id) => reference.forward(id, randn(seed + id.expert, 2 * d), 2)));
+  /** Forward frames each node receives. */
+  const countFrames = (swarm: LocalSwarm) => {
+    const frames = new Map<string, number>();
+    swarm.onFrame = (nodeId, f) => {
+      if (f.op === 1) frames.set(nodeId, (frames.get(nodeId) ?? 0) + 1);
+    };
+    return frames;
+  };
+
+  it("a round's calls go as one frame per node, on as few nodes as cover them; same results", async () => {
+    const { dispatcher, swarm, reference } = await setup(noDelay, false);
+    const frames = countFrames(swarm);
+    assert.deepEqual(await round(dispatcher, 1), await want(reference, 1));
+    // Expert i lives in regions i, i+1, i+2 (mod 5): two nodes cover all five experts.
+    assert.equal(
+      [...frames.values()].reduce((a, b) => a + b, 0),
+      2,
+      `frames ${[...frames]}`,
+    );
+    assert.equal(dispatcher.counters.groupFrames, 2);
+    assert.equal(dispatcher.counters.groupedCalls, 5);
+    assert.equal(dispatcher.counters.calls, 5);
+  });
+
+  it("a group whose node is gone: each of its calls fails over to a replica, none fails", async () => {
+    const { dispatcher, swarm, reference } = await setup(noDelay, false);
+    const frames = countFrames(swarm);
+    await round(dispatcher, 1);
+    const [victim] = [...frames.keys()];
+    await swarm.stop(victim as string);
+    assert.deepEqual(await round(dispatcher, 2), await want(reference, 2));
+    assert.ok(dispatcher.counters.failovers >= 2, `failovers ${dispatcher.counters.failovers}`);
+    assert.equal(dispatcher.counters.failedCalls, 0);
+    assert.equal(dispatcher.nodeStats().find((n) => n.nodeId === victim)?.healthy, false);
+  });
+
+  it("a slow group is hedged call by call to other replicas, and the hedges win", async () => {
+    const { dispatcher, swarm, reference } = await setup();
+    for (let i = 0; i < 12; i++) await round(dispatcher, 1); // learn latencies
+    const { hedges, hedgeWins } = dispatcher.counters;
+    const frames = countFrames(swarm);
+    await round(dispatcher, 1);
+    const [slow] = [...frames.keys()];
+    swarm.get(slow as string).host.delayMs = 300; // slow, not dead
+    frames.clear();
+    const t0 = performance.now();
+    assert.deepEqual(await round(dispatcher, 3), await want(reference, 3));
+    const ms = performance.now() - t0;
+    assert.ok(dispatcher.counters.hedges - hedges >= 1, "hedged");
+    assert.ok(dispatcher.counters.hedgeWins - hedgeWins >= 1, "a hedge answered first");
+    assert.ok(ms < 300, `the round took ${ms.toFixed(0)} ms; the slow node needs 300`);
+    swarm.get(slow as string).host.delayMs = 0;
   });
 });
 

@@ -91,6 +91,45 @@ describe("expert node", () => {
     assert.deepEqual(f.scalars, [0]);
   });
 
+  it("serves a grouped forward: one frame, one tensor and one weight version per expert, in order", async () => {
+    const rng = new Prng(3);
+    const xs = [randn(rng, 2 * d), randn(rng, 1 * d)];
+    const reference = new TinyFfnHost(d, h, experts, 42);
+    const f = await client.call({
+      op: Op.forward,
+      ids: [experts[1] as ExpertId, experts[0] as ExpertId],
+      tensors: [
+        { dims: [2, d], data: xs[0] as Float32Array },
+        { dims: [1, d], data: xs[1] as Float32Array },
+      ],
+      timeoutMs: 2000,
+    });
+    assert.equal(f.tensors.length, 2);
+    assert.deepEqual(f.tensors[0]?.dims, [2, d]);
+    assert.deepEqual(
+      f.tensors[0]?.data,
+      await reference.forward(experts[1] as ExpertId, xs[0] as Float32Array, 2),
+    );
+    assert.deepEqual(
+      f.tensors[1]?.data,
+      await reference.forward(experts[0] as ExpertId, xs[1] as Float32Array, 1),
+    );
+    assert.equal(f.scalars.length, 2);
+    for (const bad of [
+      { ids: [experts[0], experts[0]], rows: [1, 1] }, // the same expert twice
+      { ids: [experts[0], experts[1]], rows: [1] }, // one tensor for two experts
+    ])
+      await assert.rejects(
+        client.call({
+          op: Op.forward,
+          ids: bad.ids as ExpertId[],
+          tensors: bad.rows.map((r) => ({ dims: [r, d], data: new Float32Array(r * d) })),
+          timeoutMs: 2000,
+        }),
+        (e: RemoteCallError) => e.code === WireErrorCode.badShape,
+      );
+  });
+
   it("merges concurrent requests for one expert into fewer expert calls, same results", async () => {
     const rng = new Prng(2);
     const inputs = Array.from({ length: 16 }, () => randn(rng, 2 * d));
