@@ -59,6 +59,8 @@ export interface RunningCoordinators {
   readonly endpoints: readonly { region: string; host: string; port: number }[];
   /** Process id of each coordinator, by region. */
   readonly pids: Record<string, number>;
+  /** Each coordinator's Prometheus /metrics URL, by region. */
+  readonly metrics: Record<string, string>;
 }
 
 export interface RunningSwarm {
@@ -274,6 +276,7 @@ export async function swarmUp(cfg: SwarmConfig, init: SwarmUpInit): Promise<Runn
               ...e,
             })),
             pids: cluster.pids(),
+            metrics: cluster.metricsUrls(),
           }
         : null,
       async stop() {

@@ -201,6 +201,7 @@ export function registerSwarm(program: Command, io: CliIO): void {
               )
             : null,
           coordinatorPids: swarm.coordinators?.pids ?? null,
+          coordinatorMetrics: swarm.coordinators?.metrics ?? null,
         }),
       );
       const api = swarm.dashboardUrl.replace(/\/$/, "");
@@ -213,6 +214,13 @@ export function registerSwarm(program: Command, io: CliIO): void {
           `  dashboard: ${swarm.dashboardUrl}   ·   metrics: ${swarm.metricsUrl}   ·   live feed: ${swarm.liveUrl}`,
           `  curl ${api}/v1/completions -H 'content-type: application/json' -d '{"model":"moe-swarm-${config.profile}","prompt":"Call me Ishmael.","max_tokens":40}'`,
           `  node metrics: ${swarm.nodes.map((n) => n.metricsUrl ?? "?").join(" ")}`,
+          ...(swarm.coordinators
+            ? [
+                `  coordinator metrics: ${Object.entries(swarm.coordinators.metrics)
+                  .map(([region, url]) => `${region} ${url}`)
+                  .join(" ")}`,
+              ]
+            : []),
           `  swarm state: ${api}/v1/swarm   ·   Ctrl-C stops everything`,
         ].join("\n"),
       );
