@@ -2,11 +2,11 @@
 // expert nodes (child processes, no injected latency) vs the same model generating in-process
 // (ModelTextGenerator over a local model; both with onnxruntime trunk kernels), with 1 and 32 concurrent requests. Prints generated
 // tokens/s and p50/p99 request latency for both and the ratio.
-//   npx tsx bench/gateway-generation.ts [tokens]
+//   npx tsx bench/gateway-generation.ts [tokens] [repeats]
 
 import { setMaxListeners } from "node:events";
 import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
-import { tmpdir } from "node:os";
+import { loadavg, tmpdir } from "node:os";
 import { join } from "node:path";
 import { loadConfig } from "../src/config/load.ts";
 import { buildExpertHost } from "../src/model/build.ts";
@@ -19,6 +19,7 @@ import { planFromConfig, StaticPlacement } from "../src/swarm/placement.ts";
 import { OnnxKernels } from "../src/tensor/onnx-kernels.ts";
 
 const tokens = Number(process.argv[2] ?? 16);
+const repeats = Number(process.argv[3] ?? 5);
 
 function quantile(xs: number[], q: number): number {
   const s = [...xs].sort((a, b) => a - b);
@@ -90,10 +91,13 @@ try {
     if (r.status !== 200) throw new Error(`HTTP ${r.status}: ${await r.text()}`);
     await r.json();
   };
-  const direct = async (i: number) => {
+  // The gateway's own trunk (experts on the nodes) without HTTP: separates the API's cost from
+  // the forwards'.
+  const swarmNoHttp = new ModelTextGenerator(gateway.trunk, "local");
+  const generate = (g: ModelTextGenerator) => async (i: number) => {
     const signal = new AbortController().signal;
     setMaxListeners(4096, signal); // as the gateway does for each completion
-    await inProcess.generate(
+    await g.generate(
       {
         prompt: prompt(i),
         maxTokens: tokens,
@@ -106,22 +110,51 @@ try {
       () => {},
     );
   };
+  const direct = generate(inProcess);
+  const noHttp = generate(swarmNoHttp);
   await viaHttp(0); // warm-up (connections, onnx sessions)
   await direct(0);
   console.log(
-    `# local profile, ${tokens} new tokens per request, no injected latency, 5 expert nodes`,
+    `# local profile, ${tokens} new tokens per request, no injected latency, 5 expert nodes, median of ${repeats} alternating repeats; load average ${loadavg()
+      .map((x) => x.toFixed(2))
+      .join(" ")}`,
   );
   console.log(
-    "| concurrent requests | in-process tok/s | p50 ms | p99 ms | gateway+swarm tok/s | p50 ms | p99 ms | swarm/in-process time |",
+    "| concurrent requests | in-process tok/s | p50 ms | p99 ms | gateway+swarm tok/s | p50 ms | p99 ms | swarm/in-process time | swarm without HTTP tok/s | its /in-process time |",
   );
-  console.log("|---|---|---|---|---|---|---|---|");
+  console.log("|---|---|---|---|---|---|---|---|---|---|");
+  const perToken: string[] = [];
   for (const c of [1, 32]) {
-    const a = await measure(c, direct);
-    const b = await measure(c, viaHttp);
+    // Alternate in-process and swarm `repeats` times so both see the same machine load; report the
+    // median repeat of each (by tokens/s).
+    const as: Awaited<ReturnType<typeof measure>>[] = [];
+    const bs: Awaited<ReturnType<typeof measure>>[] = [];
+    const ns: Awaited<ReturnType<typeof measure>>[] = [];
+    let httpFrames = 0;
+    let noHttpFrames = 0;
+    const frames = () => gateway.dispatcher.wire().frames;
+    for (let r = 0; r < repeats; r++) {
+      as.push(await measure(c, direct));
+      let f0 = frames();
+      bs.push(await measure(c, viaHttp));
+      httpFrames += frames() - f0;
+      f0 = frames();
+      ns.push(await measure(c, noHttp));
+      noHttpFrames += frames() - f0;
+    }
+    perToken.push(
+      `${c} concurrent: ${(httpFrames / (repeats * c * tokens)).toFixed(1)} request frames per generated token through HTTP, ${(noHttpFrames / (repeats * c * tokens)).toFixed(1)} without`,
+    );
+    const median = (xs: typeof as) =>
+      [...xs].sort((x, y) => x.tps - y.tps)[Math.floor(xs.length / 2)] as (typeof xs)[number];
+    const a = median(as);
+    const b = median(bs);
+    const n = median(ns);
     console.log(
-      `| ${c} | ${a.tps.toFixed(0)} | ${a.p50.toFixed(0)} | ${a.p99.toFixed(0)} | ${b.tps.toFixed(0)} | ${b.p50.toFixed(0)} | ${b.p99.toFixed(0)} | ${(a.tps / b.tps).toFixed(2)}× |`,
+      `| ${c} | ${a.tps.toFixed(0)} | ${a.p50.toFixed(0)} | ${a.p99.toFixed(0)} | ${b.tps.toFixed(0)} | ${b.p50.toFixed(0)} | ${b.p99.toFixed(0)} | ${(a.tps / b.tps).toFixed(2)}× | ${n.tps.toFixed(0)} | ${(a.tps / n.tps).toFixed(2)}× |`,
     );
   }
+  for (const line of perToken) console.log(line);
   const c = gateway.dispatcher.counters;
   console.log(
     `gateway dispatcher: ${c.calls} expert calls, ${c.hedges} hedged (${c.hedgeWins} won), ${c.failovers} failovers`,
