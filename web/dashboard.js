@@ -38,6 +38,7 @@ function svg(tag, attrs = {}, text) {
 
 function fmtSeconds(s) {
   if (s === null || s === undefined || !Number.isFinite(s)) return "–";
+  if (s === 0) return "0";
   if (s < 1e-3) return `${(s * 1e6).toFixed(0)} µs`;
   if (s < 1) return `${(s * 1e3).toFixed(s < 0.01 ? 2 : 1)} ms`;
   return `${s.toFixed(2)} s`;
@@ -69,7 +70,7 @@ function sizeCanvas(canvas) {
 /** Line chart; each series has its own axis side ("left" or "right"). */
 function drawChart(canvas, series, options = {}) {
   const { ctx, width, height } = sizeCanvas(canvas);
-  const pad = { l: 44, r: 52, t: 8, b: 18 };
+  const pad = { l: 44, r: 62, t: 8, b: 18 };
   ctx.clearRect(0, 0, width, height);
   const css = getComputedStyle(document.documentElement);
   ctx.strokeStyle = css.getPropertyValue("--line");
@@ -175,11 +176,17 @@ function drawMap(snapshot) {
     map.appendChild(line);
     const value = measured ?? link.configuredRttSeconds;
     if (value !== null) {
+      // At the middle of the link, unless a region's name sits there: then a third of the way.
+      const near = (t) =>
+        Object.values(pos).some(
+          (p) => Math.hypot(a[0] + (b[0] - a[0]) * t - p[0], a[1] + (b[1] - a[1]) * t - p[1]) < 45,
+        );
+      const t = near(0.5) ? (near(0.3) ? 0.7 : 0.3) : 0.5;
       const label = svg(
         "text",
         {
-          x: (a[0] + b[0]) / 2,
-          y: (a[1] + b[1]) / 2 - 3,
+          x: a[0] + (b[0] - a[0]) * t,
+          y: a[1] + (b[1] - a[1]) * t - 3,
           "font-size": 11,
           "text-anchor": "middle",
           fill: measured === null ? "#6b7785" : "#d8dee6",
@@ -293,19 +300,31 @@ function pushHistory(list, point) {
 function renderConsensus(c) {
   const root = $("consensus");
   root.replaceChildren();
+  const l = c?.commitLatency ?? null;
   const rows = c
     ? [
         ["leader", c.leader || "–"],
         ["view", fmtNumber(c.view)],
         ["height", fmtNumber(c.height)],
-        ["commits", fmtNumber(c.commits)],
-        ["last commit", fmtSeconds(c.lastCommitLatencySeconds)],
+        ...(l
+          ? [
+              ["coordinators", `${l.coordinatorsUp} / ${l.coordinators} up`],
+              // Request arrival → commit, median of the coordinators' own percentiles.
+              ["commit p50", fmtSeconds(l.p50Seconds)],
+              ["commit p99", fmtSeconds(l.p99Seconds)],
+              ["blocks", fmtNumber(l.blocksCommitted)],
+              ["requests", fmtNumber(l.requestsCommitted)],
+            ]
+          : [
+              ["commits", fmtNumber(c.commits)],
+              ["last commit", fmtSeconds(c.lastCommitLatencySeconds)],
+            ]),
       ]
     : [["status", "no coordinator has reported"]];
   for (const [k, v] of rows) {
     const div = el("div");
     div.appendChild(el("dt", {}, k));
-    div.appendChild(el("dd", { id: `consensus-${k.replace(" ", "-")}` }, v));
+    div.appendChild(el("dd", { id: `consensus-${k.replaceAll(" ", "-")}` }, v));
     root.appendChild(div);
   }
 }
@@ -340,7 +359,14 @@ function renderNodes(nodes) {
     const experts = el("td", {}, String(n.experts.length));
     experts.title = n.experts.join(" ");
     tr.appendChild(experts);
-    tr.appendChild(el("td", {}, fmtSeconds(n.latencyP50Seconds)));
+    // A replica the gateway never picked (a nearer one serves its experts) has no latency yet.
+    tr.appendChild(
+      el(
+        "td",
+        {},
+        n.latencyP50Seconds === null && n.up ? "no calls" : fmtSeconds(n.latencyP50Seconds),
+      ),
+    );
     body.appendChild(tr);
   }
 }

@@ -17,12 +17,15 @@ import { after, before, describe, it } from "node:test";
 import type { PromData, PromHistogramData, PromMetrics } from "prom2javascript";
 import { loadConfig } from "../../src/config/load.ts";
 import { LocalCoordinatorCluster } from "../../src/consensus/local-cluster.ts";
+import { leaderOf, regionsInLeaderOrder } from "../../src/consensus/types.ts";
 import {
   CoordinatorMetrics,
   rejectReasonLabel,
   rejectReasons,
 } from "../../src/observe/coordinator-metrics.ts";
-import { commitLatencySummary, median } from "../../src/swarm/consensus-feed.ts";
+import { SwarmMetrics } from "../../src/observe/metrics.ts";
+import { SwarmRecorder } from "../../src/observe/swarm-recorder.ts";
+import { ConsensusFeed, commitLatencySummary, median } from "../../src/swarm/consensus-feed.ts";
 import { parseExposition } from "./exposition.ts";
 
 function value(families: PromMetrics, name: string, labels: Record<string, string> = {}): number {
@@ -127,6 +130,45 @@ describe("coordinator metrics", () => {
     assert.equal(idle.blocksCommitted, 0);
     assert.equal(median([3, 1, 2]), 2);
     assert.equal(median([]), undefined);
+  });
+
+  it("the gateway's consensus feed puts the commit figures in the dashboard snapshot", async () => {
+    const { config } = loadConfig();
+    const metrics = new SwarmMetrics({ config, process: "gateway", defaultMetrics: false });
+    const status = (view: number, p50: number) => ({
+      view,
+      committedHeight: 40,
+      roundsTotal: 41,
+      blocksCommittedTotal: 40,
+      requestsCommittedTotal: 35,
+      commitLatencyMsP50: p50,
+      commitLatencyMsP99: 2 * p50,
+    });
+    const answers = [status(3, 300), status(3, 310), status(3, 290), status(3, 305), "down"];
+    const feed = new ConsensusFeed(
+      {
+        status: (i: number) => {
+          const a = answers[i];
+          return typeof a === "string"
+            ? Promise.reject(new Error("connection refused"))
+            : Promise.resolve(a as Record<string, unknown>);
+        },
+      },
+      new SwarmRecorder(metrics),
+      config.consensus.algorithm,
+    );
+    await feed.poll();
+    const c = metrics.snapshot().consensus;
+    assert.equal(c?.view, 3);
+    assert.equal(c?.leader, regionsInLeaderOrder[leaderOf(3)]);
+    assert.deepEqual(c?.commitLatency, {
+      p50Seconds: 0.3025,
+      p99Seconds: 0.605,
+      blocksCommitted: 40,
+      requestsCommitted: 35,
+      coordinatorsUp: 4,
+      coordinators: 5,
+    });
   });
 });
 
