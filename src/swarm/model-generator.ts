@@ -1,10 +1,14 @@
 // The gateway's TextGenerator over the model of src/model/: the trunk runs here, every MoE layer
 // dispatches its tokens to the experts through the trunk's ExpertHost (a RemoteExpertHost in the
-// gateway). Sampling is the model's own (`sampleLogits`: temperature, top-k); this file only adds
-// what serving needs — UTF-8 assembly of byte tokens, stop sequences, cancellation when the client
-// goes away, and the caller's deadline passed down to every expert call.
+// gateway). Sampling is the model's own (`sampleLogits`: temperature, top-k) at top_p = 1, and
+// nucleus sampling (`sampleNucleus`, Holtzman et al. 2020, https://arxiv.org/abs/1904.09751) below
+// it; this file also adds what serving needs — UTF-8 assembly of byte tokens, stop sequences,
+// cancellation when the client goes away, and the caller's deadline passed down to every expert
+// call.
 
+import { invariant } from "../common/assert.ts";
 import { Prng } from "../common/prng.ts";
+import { byteVocab } from "../model/config.ts";
 import { sampleLogits } from "../model/generate.ts";
 import type { MoeTransformer } from "../model/transformer.ts";
 import { noGradAsync } from "../tensor/tensor.ts";
@@ -14,11 +18,43 @@ import {
   GenerationDeadlineError,
   StopSequenceFilter,
   type TextGenerator,
-  UnsupportedParameterError,
 } from "./text-generator.ts";
 
 /** Top-k of the model's sampler used for API requests (0 = all 256 bytes). */
 export const samplingTopK = 0;
+
+/**
+ * Nucleus (top-p) sampling over the byte tokens: the smallest set of them, most probable first (ties by token id),
+ * whose probabilities under `temperature` sum to at least `topP`, renormalised, then one draw of
+ * `rng`. Temperature 0 is greedy. With topP = 1 the set is every token.
+ */
+export function sampleNucleus(
+  row: ArrayLike<number>,
+  temperature: number,
+  topP: number,
+  rng: Prng,
+): number {
+  invariant(temperature >= 0, () => `temperature ${temperature}`);
+  invariant(topP > 0 && topP <= 1, () => `top_p ${topP}`);
+  // Bytes only, as the model's sampler: the special tokens after them are never generated.
+  const n = Math.min(row.length, byteVocab);
+  const idx = Array.from({ length: n }, (_, i) => i).sort(
+    (a, b) => (row[b] as number) - (row[a] as number) || a - b,
+  );
+  if (temperature === 0) return idx[0] as number;
+  const max = row[idx[0] as number] as number;
+  const w = idx.map((i) => Math.exp(((row[i] as number) - max) / temperature));
+  const total = w.reduce((a, b) => a + b, 0);
+  let kept = 0;
+  let mass = 0;
+  while (kept < w.length && (kept === 0 || mass < topP * total)) mass += w[kept++] as number;
+  let u = rng.next() * mass;
+  for (let i = 0; i < kept; i++) {
+    u -= w[i] as number;
+    if (u <= 0) return idx[i] as number;
+  }
+  return idx[kept - 1] as number;
+}
 
 export class ModelTextGenerator implements TextGenerator {
   readonly contextTokens: number;
@@ -37,11 +73,6 @@ export class ModelTextGenerator implements TextGenerator {
   }
 
   async generate(req: GenerateRequest, onText: (delta: string) => void): Promise<GenerateResult> {
-    if (req.topP < 1)
-      throw new UnsupportedParameterError(
-        "top_p",
-        `this model samples with temperature over all bytes; top_p must be 1 (got ${req.topP})`,
-      );
     const rng = req.seed === undefined ? this.#unseeded.fork() : new Prng(req.seed);
     const seq = [...Buffer.from(req.prompt, "utf8")];
     if (seq.length === 0) seq.push(0x0a);
@@ -68,12 +99,12 @@ export class ModelTextGenerator implements TextGenerator {
           ctx: { signal: req.signal, deadlineMs: req.deadlineMs },
         }),
       );
-      const b = sampleLogits(
-        logits.data.subarray((T - 1) * vocab, T * vocab),
-        req.temperature,
-        samplingTopK,
-        rng,
-      );
+      const row = logits.data.subarray((T - 1) * vocab, T * vocab);
+      // top_p = 1 keeps the model's own sampler (same draws as `generate` for a seed).
+      const b =
+        req.topP < 1
+          ? sampleNucleus(row, req.temperature, req.topP, rng)
+          : sampleLogits(row, req.temperature, samplingTopK, rng);
       seq.push(b);
       emit(decoder.decode(Uint8Array.of(b), { stream: true }));
       if (filter.stopped)
