@@ -9,12 +9,16 @@
 // (default 10) hot → cold, only when an operator ML-KEM-768 public key is configured, because the
 // cold tier is sealed to that key. The N-th checkpoint is counted from the step for step-based
 // frequencies (so a resumed run keeps the same cadence) and per process for time-based ones.
-// Copies go through `CheckpointStore.copy`, which re-reads and verifies the hot copy first.
+// Copies go through `CheckpointStore.copy`, which re-reads and verifies the hot copy first. With a
+// TierCopier (src/storage/tier-copier.ts) the copies and the retention GC after each checkpoint run
+// on a worker thread: training waits only for the hot write (and, when the copy backlog is full,
+// for the oldest copy); without one, copies run inline as before and no GC runs.
 
 import type { SwarmConfig } from "../config/schema.ts";
 import type { CheckpointStore, SaveReport } from "../storage/checkpoint-store.ts";
 import { checkpointDue } from "../storage/from-config.ts";
 import type { TierName } from "../storage/manifest.ts";
+import type { TierCopier } from "../storage/tier-copier.ts";
 import type { Trainer } from "./trainer.ts";
 import {
   captureTrainingState,
@@ -44,8 +48,12 @@ export interface TrainingCheckpointSaved {
   readonly id: string;
   readonly step: number;
   readonly hot: SaveReport;
-  /** Slower tiers the checkpoint was also copied into. */
+  /** Slower tiers the checkpoint was also copied into (inline copies: no TierCopier). */
   readonly copies: { readonly tier: TierName; readonly report: SaveReport }[];
+  /** Slower tiers a copy was queued for on the TierCopier (done in the background). */
+  readonly queued: TierName[];
+  /** Milliseconds training waited for a full copy backlog (0 when there was room). */
+  readonly backlogWaitMs: number;
 }
 
 /** The checkpoint id of `runId` at `step`; zero-padded so ids sort by step. */
@@ -64,8 +72,14 @@ export class TrainingCheckpointer {
   readonly #clock: () => number;
   #lastMs: number;
   #saves = 0;
+  readonly copier: TierCopier | undefined;
 
-  constructor(store: CheckpointStore, policy: TrainingCheckpointPolicy, clock = () => Date.now()) {
+  constructor(
+    store: CheckpointStore,
+    policy: TrainingCheckpointPolicy,
+    clock = () => Date.now(),
+    copier?: TierCopier,
+  ) {
     for (const [k, v] of [
       ["warmEvery", policy.warmEvery],
       ["coldEvery", policy.coldEvery],
@@ -76,6 +90,7 @@ export class TrainingCheckpointer {
     this.policy = policy;
     this.#clock = clock;
     this.#lastMs = clock();
+    this.copier = copier;
   }
 
   /** Whether a checkpoint is due after optimizer step `step`. */
@@ -91,7 +106,11 @@ export class TrainingCheckpointer {
     const shards = await captureTrainingState(trainer, meta);
     const step = trainer.step;
     const id = trainingCheckpointId(meta.runId, step);
-    const hot = await this.store.saveAsync("hot", id, shards, { step });
+    const copier = this.copier;
+    const hot =
+      copier === undefined
+        ? await this.store.saveAsync("hot", id, shards, { step })
+        : await copier.whileWriting(() => this.store.saveAsync("hot", id, shards, { step }));
     this.#lastMs = this.#clock();
     this.#saves++;
     const nth =
@@ -99,11 +118,18 @@ export class TrainingCheckpointer {
     const tiers = this.store.tierNames;
     const copies: { tier: TierName; report: SaveReport }[] = [];
     const every = (n: number) => n > 0 && Number.isInteger(nth) && nth % n === 0;
-    if (tiers.includes("warm") && every(this.policy.warmEvery))
-      copies.push({ tier: "warm", report: this.store.copy("hot", "warm", id) });
+    const due: TierName[] = [];
+    if (tiers.includes("warm") && every(this.policy.warmEvery)) due.push("warm");
     if (tiers.includes("cold") && this.policy.coldEnabled && every(this.policy.coldEvery))
-      copies.push({ tier: "cold", report: this.store.copy("hot", "cold", id) });
-    return { id, step, hot, copies };
+      due.push("cold");
+    let backlogWaitMs = 0;
+    if (copier === undefined) {
+      for (const tier of due) copies.push({ tier, report: this.store.copy("hot", tier, id) });
+    } else {
+      for (const tier of due) backlogWaitMs += (await copier.enqueueCopy("hot", tier, id)).waitedMs;
+      await copier.enqueueGc();
+    }
+    return { id, step, hot, copies, queued: copier === undefined ? [] : due, backlogWaitMs };
   }
 }
 

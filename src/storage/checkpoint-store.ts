@@ -68,6 +68,7 @@ import {
   type ShardEntry,
   type TierName,
 } from "./manifest.ts";
+import { listMarkers, type PendingCopy, removeMarker } from "./pending-copies.ts";
 import {
   chunkFeatures,
   decodeFeatures,
@@ -99,6 +100,15 @@ export interface CheckpointStoreInit {
   readonly crash?: CrashHook;
   readonly cacheBytesMax?: number;
 }
+
+/**
+ * The part of a store's setup that another thread can open the same store with (no callbacks, no
+ * secret key): what CheckpointStore.spec returns and tier-copier.ts hands to its worker.
+ */
+export type CheckpointStoreSpec = Pick<
+  CheckpointStoreInit,
+  "tiers" | "chunkSizes" | "similarityThreshold" | "operatorPublicKey" | "cacheBytesMax"
+>;
 
 export interface Shard {
   readonly name: string;
@@ -139,6 +149,13 @@ export interface GcReport {
   readonly sweptBytes: number;
   readonly sweptKeys: number;
   readonly sweptStrays: number;
+  /** Checkpoints kept past retention because a copy out of them is still queued or running. */
+  readonly keptForCopies: string[];
+  /** Whether the sweep was skipped because a copy into this tier was running (its blocks are not
+   * listed by any manifest yet). */
+  readonly sweepSkipped: boolean;
+  /** Markers of failed or interrupted copies into this tier, removed (their blocks are swept). */
+  readonly staleCopies: string[];
 }
 
 interface SimilarityIndex {
@@ -250,8 +267,18 @@ export class CheckpointStore {
   readonly #publicKey: Uint8Array | undefined;
   readonly #clock: () => number;
   readonly #crash: CrashHook;
+  readonly #spec: CheckpointStoreSpec;
 
   constructor(init: CheckpointStoreInit) {
+    this.#spec = {
+      tiers: init.tiers,
+      chunkSizes: init.chunkSizes,
+      similarityThreshold: init.similarityThreshold,
+      ...(init.operatorPublicKey !== undefined
+        ? { operatorPublicKey: init.operatorPublicKey }
+        : {}),
+      ...(init.cacheBytesMax !== undefined ? { cacheBytesMax: init.cacheBytesMax } : {}),
+    };
     invariant(
       init.similarityThreshold >= 0 && init.similarityThreshold <= 1,
       "similarity threshold in [0, 1]",
@@ -268,6 +295,11 @@ export class CheckpointStore {
         new Tier(t, init.cacheBytesMax ?? hotCacheBytesMax, init.operatorSecretKey, this.#crash),
       );
     }
+  }
+
+  /** What another thread needs to open this store (tier-copier.ts). */
+  get spec(): CheckpointStoreSpec {
+    return this.#spec;
   }
 
   get tierNames(): TierName[] {
@@ -782,6 +814,13 @@ export class CheckpointStore {
     return out;
   }
 
+  /** Copies into a tier (or every tier) that are queued, running, failed or interrupted. */
+  pendingCopies(name?: TierName): PendingCopy[] {
+    return (name === undefined ? this.tierNames : [name]).flatMap((n) =>
+      listMarkers(this.tier(n).init.dir, n),
+    );
+  }
+
   /** Retention and mark-and-sweep GC of every tier (or one). */
   gc(name?: TierName): GcReport[] {
     return (name === undefined ? this.tierNames : [name]).map((n) => this.#gcTier(this.tier(n)));
@@ -791,10 +830,21 @@ export class CheckpointStore {
     const now = this.#clock();
     const manifests = tier.manifests();
     const expired: string[] = [];
+    const keptForCopies: string[] = [];
     const retentionMs = tier.init.retentionSeconds * 1000;
+    // A checkpoint that a queued or running copy reads from stays until the copy is done.
+    const outbound = new Set(
+      this.pendingCopies()
+        .filter((p) => p.from === tier.init.name && (p.state === "queued" || p.state === "copying"))
+        .map((p) => p.id),
+    );
+    const inbound = this.pendingCopies(tier.init.name);
+    const copying = inbound.some((p) => p.state === "copying");
     manifests.forEach((m, i) => {
       const protectedLatest = i >= manifests.length - keepLatestMin;
-      if (!protectedLatest && m.createdAtMs + retentionMs < now) expired.push(m.id);
+      if (protectedLatest || m.createdAtMs + retentionMs >= now) return;
+      if (outbound.has(m.id)) keptForCopies.push(m.id);
+      else expired.push(m.id);
     });
     for (const id of expired) {
       this.#crash("gc:before-expire");
@@ -830,7 +880,7 @@ export class CheckpointStore {
     // Sweep deltas before whole blocks (deepest first), so that a surviving block's bases survive.
     const { blocks, strays } = tier.blocks.list();
     const garbage = blocks
-      .filter((c) => !marked.has(c.toString()))
+      .filter((c) => !copying && !marked.has(c.toString()))
       .map((cid) => {
         let depth = deltaChainMax + 1; // unreadable records go first: nothing can depend on them
         try {
@@ -857,8 +907,16 @@ export class CheckpointStore {
         sweptKeys++;
       }
     }
-    for (const stray of strays) {
-      if (stray.endsWith(tempSuffix)) rmSync(stray, { force: true });
+    const staleCopies: string[] = [];
+    if (!copying) {
+      for (const p of inbound) {
+        if (p.state !== "failed" && p.state !== "interrupted") continue;
+        removeMarker(tier.init.dir, p.id);
+        staleCopies.push(p.id);
+      }
+      for (const stray of strays) {
+        if (stray.endsWith(tempSuffix)) rmSync(stray, { force: true });
+      }
     }
     for (const dir of [tier.manifestDir]) {
       if (!existsSync(dir)) continue;
@@ -873,7 +931,10 @@ export class CheckpointStore {
       sweptBlocks: garbage.length,
       sweptBytes,
       sweptKeys,
-      sweptStrays: strays.filter((s) => s.endsWith(tempSuffix)).length,
+      sweptStrays: copying ? 0 : strays.filter((s) => s.endsWith(tempSuffix)).length,
+      keptForCopies,
+      sweepSkipped: copying,
+      staleCopies,
     };
   }
 }

@@ -9,7 +9,8 @@ export type StorageErrorCode =
   | "wrong-key"
   | "not-found"
   | "bad-input"
-  | "exists";
+  | "exists"
+  | "background";
 
 export class StorageError extends Error {
   readonly code: StorageErrorCode;

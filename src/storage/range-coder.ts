@@ -23,8 +23,13 @@ const probInit = probOne >>> 1;
 const moveBits = 5;
 const topValue = 2 ** 24;
 const two32 = 2 ** 32;
-/** Contexts × 256 tree nodes: one byte of context selects a 256-node bit tree. */
+/** Contexts: one byte of context selects a 256-node bit tree (allocated when first used, so
+ * that a small plane does not pay for 256 trees). */
 const contextCount = 256;
+
+function newTree(): Uint16Array {
+  return new Uint16Array(256).fill(probInit);
+}
 
 export class RangeCoderError extends Error {}
 
@@ -51,7 +56,7 @@ class ByteSink {
  */
 export function rangeEncodeBytes(data: Uint8Array, context?: Uint8Array): Uint8Array {
   invariant(context === undefined || context.length >= data.length, "a context byte per byte");
-  const probs = new Uint16Array(contextCount * 256).fill(probInit);
+  const trees: (Uint16Array | undefined)[] = new Array(contextCount);
   const out = new ByteSink();
   let low = 0;
   let range = 0xffff_ffff;
@@ -71,12 +76,17 @@ export function rangeEncodeBytes(data: Uint8Array, context?: Uint8Array): Uint8A
     low = (low % topValue) * 256;
   };
   for (let i = 0; i < data.length; i++) {
-    const base = context === undefined ? 0 : (context[i] as number) << 8;
+    const c = context === undefined ? 0 : (context[i] as number);
+    let probs = trees[c];
+    if (probs === undefined) {
+      probs = newTree();
+      trees[c] = probs;
+    }
     const byte = data[i] as number;
     let node = 1;
     for (let bit = 7; bit >= 0; bit--) {
       const b = (byte >>> bit) & 1;
-      const at = base + node;
+      const at = node;
       const p = probs[at] as number;
       const bound = (range >>> probBits) * p;
       if (b === 0) {
@@ -105,7 +115,7 @@ export function rangeDecodeBytes(
   context?: Uint8Array,
 ): Uint8Array {
   invariant(context === undefined || context.length >= length, "a context byte per byte");
-  const probs = new Uint16Array(contextCount * 256).fill(probInit);
+  const trees: (Uint16Array | undefined)[] = new Array(contextCount);
   const out = new Uint8Array(length);
   let at = 0;
   const next = () => {
@@ -119,10 +129,15 @@ export function rangeDecodeBytes(
   if (next() !== 0) throw new RangeCoderError("range-coded payload does not start with 0");
   for (let k = 0; k < 4; k++) code = code * 256 + next();
   for (let i = 0; i < length; i++) {
-    const base = context === undefined ? 0 : (context[i] as number) << 8;
+    const c = context === undefined ? 0 : (context[i] as number);
+    let probs = trees[c];
+    if (probs === undefined) {
+      probs = newTree();
+      trees[c] = probs;
+    }
     let node = 1;
     for (let bit = 0; bit < 8; bit++) {
-      const idx = base + node;
+      const idx = node;
       const p = probs[idx] as number;
       const bound = (range >>> probBits) * p;
       let b: number;

@@ -198,9 +198,10 @@ export function registerCheckpoint(program: Command, io: CliIO): void {
     .option("--json", "print manifests as JSON")
     .action(async (opts: { store?: string; tier?: string; json?: boolean }, command: Command) => {
       const store = openStore(command, { ...opts, tier: opts.tier ?? "hot" });
-      const manifests = await guarded(() =>
-        store.list(opts.tier === undefined ? undefined : tierOf(opts.tier)),
-      );
+      const tierName = opts.tier === undefined ? undefined : tierOf(opts.tier);
+      const manifests = await guarded(() => store.list(tierName));
+      // Copies into a tier that are queued, running, failed or interrupted: not checkpoints yet.
+      const pending = await guarded(() => store.pendingCopies(tierName));
       if (opts.json) {
         io.out(
           JSON.stringify(
@@ -211,11 +212,19 @@ export function registerCheckpoint(program: Command, io: CliIO): void {
         );
         return;
       }
-      if (manifests.length === 0) io.out("no checkpoints");
+      if (manifests.length === 0 && pending.length === 0) io.out("no checkpoints");
       for (const m of manifests) {
         const bytes = m.shards.reduce((s, x) => s + x.sizeBytes, 0);
         io.out(
           `${m.tier.padEnd(5)} ${m.id.padEnd(24)} step ${String(m.step ?? "-").padEnd(8)} ${new Date(m.createdAtMs).toISOString()} ${m.shards.length} shards ${mb(bytes)} ${m.root}`,
+        );
+      }
+      for (const p of pending) {
+        const why = p.state === "failed" ? `: ${p.error ?? "unknown error"}` : "";
+        const hint =
+          p.state === "interrupted" ? " (its process is gone; `checkpoint gc` clears it)" : "";
+        io.out(
+          `${p.to.padEnd(5)} ${p.id.padEnd(24)} copy from ${p.from} ${p.state} since ${new Date(p.queuedAtMs).toISOString()}${why}${hint}: not restorable from ${p.to} yet`,
         );
       }
     });

@@ -1,0 +1,207 @@
+// Figure: every float encoding we tried for successive training checkpoints, measured on the same
+// series in the same run, per tensor kind (weights w, AdamW first moment m, second moment v), as
+// bytes / raw over checkpoints 2..N (checkpoint 1 has no predecessor and is the same for all):
+//   predictors (integer residual of the monotone integer order of the float bits, zigzag, as fpzip):
+//     none · xor (bits XOR the previous checkpoint) · d1 (minus the previous checkpoint) ·
+//     lin (minus the linear extrapolation 2·p1 − p2 of the two previous checkpoints; on v, which
+//     is positive, the integer order is a log scale, so this is the log-domain / ratio predictor)
+//   layouts and coders: byte planes + zstd-9 per plane (raw when smaller) · bit planes (Blosc /
+//     HDF5 bitshuffle) + zstd-9 · fpzip-style leading-bit class + zstd-9 with the low bits raw ·
+//     byte planes with the best of raw / zstd-9 / range coder / range coder with the previous
+//     checkpoint's same byte as context (what the store does, src/storage/block-record.ts)
+//   bounds: order-0 entropy of each byte plane, and of each plane given the previous checkpoint's
+//     byte at the same position (256 contexts) — what a per-byte model can reach at best.
+// Run alone on a dumped series: npx tsx bench/checkpoint-encodings.ts <dir with c0/ c1/ ...>
+// (checkpoint-model-series.ts calls it on the series it trains).
+
+import { readdirSync, readFileSync } from "node:fs";
+import { join } from "node:path";
+import * as zstd from "zstd-napi";
+import type { Shard } from "../src/storage/checkpoint-store.ts";
+import { rangeEncodeBytes } from "../src/storage/range-coder.ts";
+
+const zstd9 = (b: Uint8Array) => zstd.compress(b, { compressionLevel: 9 }).length;
+/** The monotone integer order of float32 bits (negative floats reversed below positive ones). */
+const order = (u: number) => (u & 0x8000_0000 ? ~u : u | 0x8000_0000) >>> 0;
+const zigzag = (d: number) => ((d << 1) ^ (d >> 31)) >>> 0;
+
+interface Tensor {
+  readonly kind: "w" | "m" | "v";
+  readonly words: Uint32Array;
+}
+
+/** The float32 tensors of a safetensors file, as 32-bit words. */
+function tensorsOf(shard: Shard): Tensor[] {
+  const b = shard.bytes;
+  const dv = new DataView(b.buffer, b.byteOffset, b.byteLength);
+  const headerBytes = Number(dv.getBigUint64(0, true));
+  const header = JSON.parse(new TextDecoder().decode(b.subarray(8, 8 + headerBytes))) as Record<
+    string,
+    { dtype?: string; data_offsets?: [number, number] }
+  >;
+  const out: Tensor[] = [];
+  for (const [name, t] of Object.entries(header)) {
+    if (name === "__metadata__" || t.dtype !== "F32" || t.data_offsets === undefined) continue;
+    const [start, end] = t.data_offsets;
+    const words = new Uint32Array((end - start) / 4);
+    const at = 8 + headerBytes + start;
+    for (let i = 0; i < words.length; i++) words[i] = dv.getUint32(at + 4 * i, true);
+    const kind = !shard.name.startsWith("optimizer") ? "w" : name.endsWith(".m") ? "m" : "v";
+    out.push({ kind, words });
+  }
+  return out;
+}
+
+type Predictor = "none" | "xor" | "d1" | "lin";
+
+function residual(cur: Uint32Array, p1: Uint32Array, p2: Uint32Array, how: Predictor) {
+  const r = new Uint32Array(cur.length);
+  for (let i = 0; i < cur.length; i++) {
+    const x = cur[i] as number;
+    if (how === "none") r[i] = x;
+    else if (how === "xor") r[i] = (x ^ (p1[i] as number)) >>> 0;
+    else {
+      const a = order(p1[i] as number);
+      const pred =
+        how === "d1" ? a : Math.min(0xffff_ffff, Math.max(0, 2 * a - order(p2[i] as number)));
+      r[i] = zigzag((order(x) - pred) | 0);
+    }
+  }
+  return r;
+}
+
+function plane(words: Uint32Array, k: number): Uint8Array {
+  const out = new Uint8Array(words.length);
+  for (let i = 0; i < words.length; i++) out[i] = ((words[i] as number) >>> (8 * k)) & 0xff;
+  return out;
+}
+
+function bytePlanesZstd(r: Uint32Array): number {
+  let s = 0;
+  for (let k = 0; k < 4; k++) s += Math.min(r.length, zstd9(plane(r, k)));
+  return s;
+}
+
+function bitShuffleZstd(r: Uint32Array): number {
+  const rowBytes = Math.ceil(r.length / 8);
+  const out = new Uint8Array(rowBytes * 32);
+  for (let b = 0; b < 32; b++) {
+    const row = b * rowBytes;
+    for (let i = 0; i < r.length; i++)
+      if (((r[i] as number) >>> b) & 1) {
+        const at = row + (i >> 3);
+        out[at] = (out[at] as number) | (1 << (i & 7));
+      }
+  }
+  return zstd9(out);
+}
+
+function leadingClassZstd(r: Uint32Array): number {
+  const classes = new Uint8Array(r.length);
+  let rawBits = 0;
+  for (let i = 0; i < r.length; i++) {
+    const v = r[i] as number;
+    const k = v === 0 ? 0 : 32 - Math.clz32(v);
+    classes[i] = k;
+    rawBits += k > 1 ? k - 1 : 0;
+  }
+  return zstd9(classes) + Math.ceil(rawBits / 8);
+}
+
+/** Per plane the best of raw, zstd-9, range coder, range coder with the base plane as context. */
+function bytePlanesBest(r: Uint32Array, base: Uint32Array | undefined): number {
+  let s = 0;
+  for (let k = 0; k < 4; k++) {
+    const p = plane(r, k);
+    let best = Math.min(p.length, zstd9(p));
+    if (k >= 2) {
+      best = Math.min(best, rangeEncodeBytes(p).length);
+      if (base !== undefined) best = Math.min(best, rangeEncodeBytes(p, plane(base, k)).length);
+    }
+    s += best;
+  }
+  return s;
+}
+
+/** Bytes at the empirical entropy of each byte plane: order 0, or given the base plane's byte. */
+function planeEntropyBytes(r: Uint32Array, base: Uint32Array | undefined): number {
+  let bits = 0;
+  for (let k = 0; k < 4; k++) {
+    const counts = new Float64Array(256 * 256);
+    for (let i = 0; i < r.length; i++) {
+      const ctx = base === undefined ? 0 : ((base[i] as number) >>> (8 * k)) & 0xff;
+      const at = ctx * 256 + (((r[i] as number) >>> (8 * k)) & 0xff);
+      counts[at] = (counts[at] as number) + 1;
+    }
+    for (let c = 0; c < 256; c++) {
+      let n = 0;
+      for (let s = 0; s < 256; s++) n += counts[c * 256 + s] as number;
+      for (let s = 0; s < 256; s++) {
+        const x = counts[c * 256 + s] as number;
+        if (x > 0) bits -= x * Math.log2(x / n);
+      }
+    }
+  }
+  return bits / 8;
+}
+
+/** Prints every variant, per tensor kind, over checkpoints 2..N of `series`. */
+export function printEncodingVariants(series: readonly Shard[][]): void {
+  const totals = new Map<string, number>();
+  const add = (key: string, v: number) => totals.set(key, (totals.get(key) ?? 0) + v);
+  for (let c = 1; c < series.length; c++) {
+    for (const shard of series[c] ?? []) {
+      if (!shard.name.endsWith(".safetensors")) continue;
+      const prev = (n: number) => series[c - n]?.find((s) => s.name === shard.name);
+      const cur = tensorsOf(shard);
+      const p1 = tensorsOf(prev(1) as Shard);
+      const p2 = c >= 2 ? tensorsOf(prev(2) as Shard) : p1;
+      cur.forEach((t, i) => {
+        const a = (p1[i] as Tensor).words;
+        const b = (p2[i] as Tensor).words;
+        add(`${t.kind} raw`, t.words.length * 4);
+        for (const how of ["none", "xor", "d1", "lin"] as const) {
+          const r = residual(t.words, a, b, how);
+          add(`${t.kind} ${how.padEnd(4)} byte planes + zstd-9`, bytePlanesZstd(r));
+          add(`${t.kind} ${how.padEnd(4)} bit planes (bitshuffle) + zstd-9`, bitShuffleZstd(r));
+          add(
+            `${t.kind} ${how.padEnd(4)} leading-bit class + zstd-9, low bits raw`,
+            leadingClassZstd(r),
+          );
+          add(`${t.kind} ${how.padEnd(4)} byte planes, best coder per plane`, bytePlanesBest(r, a));
+          add(
+            `${t.kind} ${how.padEnd(4)} bound: plane entropy, order 0`,
+            planeEntropyBytes(r, undefined),
+          );
+          add(
+            `${t.kind} ${how.padEnd(4)} bound: plane entropy | base byte`,
+            planeEntropyBytes(r, a),
+          );
+        }
+      });
+    }
+  }
+  for (const kind of ["w", "m", "v"]) {
+    const raw = totals.get(`${kind} raw`);
+    if (raw === undefined) continue;
+    console.log(`  ${kind} (${(raw / 1e6).toFixed(1)} MB over checkpoints 2..${series.length}):`);
+    for (const [key, v] of [...totals].filter(
+      ([k]) => k.startsWith(`${kind} `) && k !== `${kind} raw`,
+    ))
+      console.log(`    ${key.slice(2).padEnd(56)} ${(v / raw).toFixed(3)}×`);
+  }
+}
+
+if (import.meta.url === `file://${process.argv[1]}`) {
+  const dir = process.argv[2];
+  if (dir === undefined) throw new Error("usage: checkpoint-encodings.ts <dir with c0/ c1/ ...>");
+  const series = readdirSync(dir)
+    .sort()
+    .map((c) =>
+      readdirSync(join(dir, c)).map((name) => ({
+        name,
+        bytes: new Uint8Array(readFileSync(join(dir, c, name))),
+      })),
+    );
+  printEncodingVariants(series);
+}
