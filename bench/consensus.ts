@@ -3,8 +3,11 @@
 // latency of the local profile. Clients each keep one request outstanding (set_placement writes).
 // A light-load case (few clients) measures latency in steady state without queueing, and the ORD
 // replica's status explains it: request arrival → proposal → QC → commit, then → client reply.
+// The "model" case runs the same Replica code on a simulated clock (sim/latency-model.ts) with the
+// WAN matrix, with zero CPU and with the ML-DSA-65 sign/verify cost measured in this run, with and
+// without commit votes: the protocol's own latency, apart from a loaded machine's.
 // Run: npx tsx bench/consensus.ts [--clients 4096] [--light-clients 16] [--seconds 8]
-//        [--batch 1024] [--only lan|wan|lan-light|wan-light]
+//        [--batch 1024] [--only model|lan|wan|lan-light|wan-light]
 
 import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { connect, type Socket } from "node:net";
@@ -19,7 +22,9 @@ import { messageBytesMax, weakQuorumSize } from "../src/consensus/constants.ts";
 import { FrameReader, writeFrame } from "../src/consensus/framing.ts";
 import { LocalCoordinatorCluster } from "../src/consensus/local-cluster.ts";
 import type { RegistryOp } from "../src/consensus/registry.ts";
+import { runLatencyModel } from "../src/consensus/sim/latency-model.ts";
 import { regionsInLeaderOrder } from "../src/consensus/types.ts";
+import { MlDsa65Signer, MlDsa65Verifier, mlDsa65Keygen } from "../src/crypto/signature.ts";
 
 const { values } = parseArgs({
   options: {
@@ -191,6 +196,61 @@ console.log(
 console.log(
   `ORD's quorum one-way delay δ (4th-nearest incl. itself) with WAN: ${quorumDelayMs} ms`,
 );
+/** Median ms of ML-DSA-65 sign and verify on this machine now (fresh messages: no cache hits). */
+function measureMlDsa(): { signMs: number; verifyMs: number } {
+  const kp = mlDsa65Keygen(new Uint8Array(32).fill(7));
+  const signer = new MlDsa65Signer(0, kp.secretKey);
+  const verifier = new MlDsa65Verifier([kp.publicKey]);
+  const signs: number[] = [];
+  const verifies: number[] = [];
+  for (let i = 0; i < 15; i++) {
+    const m = new TextEncoder().encode(`bench-${i}-${Math.random()}`);
+    let t = performance.now();
+    const sig = signer.sign(m);
+    signs.push(performance.now() - t);
+    t = performance.now();
+    verifier.verify(0, m, sig);
+    verifies.push(performance.now() - t);
+  }
+  const med = (x: number[]) => x.sort((a, b) => a - b)[Math.floor(x.length / 2)] as number;
+  return { signMs: med(signs), verifyMs: med(verifies) };
+}
+
+if (!values.only || values.only === "model") {
+  const wanMs = (a: number, b: number) =>
+    a === b
+      ? 0
+      : 1000 *
+        oneWayLatencySeconds(
+          { ...cfg, swarm: { ...cfg.swarm, emulation: { ...cfg.swarm.emulation, enabled: true } } },
+          regionsInLeaderOrder[a] as string,
+          regionsInLeaderOrder[b] as string,
+        );
+  const cost = measureMlDsa();
+  console.log(
+    `model (real Replica code, simulated clock, WAN matrix, ${lightN} clients, one CPU per replica): ML-DSA-65 measured now: sign ${cost.signMs.toFixed(2)} ms, verify ${cost.verifyMs.toFixed(2)} ms`,
+  );
+  for (const cpu of [
+    { signMs: 0, verifyMs: 0 },
+    { signMs: cost.signMs, verifyMs: cost.verifyMs },
+  ])
+    for (const commitVotes of [false, true]) {
+      const r = runLatencyModel({
+        linkDelayMs: wanMs,
+        commitVotes,
+        ...cpu,
+        clients: lightN,
+        thinkMs: 50,
+        durationMs: 20_000,
+      });
+      const b = (r.status[0] as (typeof r.status)[number]).latencyBreakdownMs;
+      const dd = (ms: number) => `${ms.toFixed(0)} ms (${(ms / quorumDelayMs).toFixed(2)} δ)`;
+      console.log(
+        `  ${cpu.signMs === 0 ? "zero CPU     " : "ML-DSA CPU   "} ${commitVotes ? "commit votes" : "2-chain only"}: ORD proposal→commit ${dd(b.proposalToCommit.p50)} [→QC ${dd(b.proposalToQc.p50)}, QC→commit ${dd(b.qcToCommit.p50)}], arrival→proposal mean ${dd(b.arrivalToProposal.mean)}; client p50 ${dd(r.clientP50Ms)}, p99 ${dd(r.clientP99Ms)}`,
+      );
+    }
+}
+
 const cases = [
   { name: "lan", wan: false, clients: clientsN },
   { name: "wan", wan: true, clients: clientsN },

@@ -234,6 +234,8 @@ export class Replica {
   readonly #voteOf = new Map<string, Hex>();
   readonly #commitVotes = new Map<Hex, VoteSet>();
   readonly #commitVoteOf = new Map<string, Hex>();
+  /** Blocks with 2f + 1 commit votes whose chain is not all here yet. */
+  readonly #commitReady = new Set<Hex>();
   /** Highest round this replica commit-voted in (this life; repeating one after a restart is harmless). */
   #commitVotedRound = 0;
   /** Highest high-QC round known durable in the WAL (a commit vote needs its round there first). */
@@ -877,12 +879,15 @@ export class Replica {
     }
     this.#commitVoteOf.set(key, v.blockId);
     set.sigs.set(v.author, v.sig);
-    if (set.sigs.size >= quorumSize) this.#tryCommitByVotes(v.blockId, from);
+    // The 4th commit vote asks its sender once for a missing block; later ones only retry.
+    if (set.sigs.size >= quorumSize)
+      this.#tryCommitByVotes(v.blockId, set.sigs.size === quorumSize ? from : undefined);
   }
 
   /** Commits a block that 2f + 1 replicas commit-voted for, once it and its ancestors are here. */
-  #tryCommitByVotes(blockId: Hex, from: ReplicaId): void {
+  #tryCommitByVotes(blockId: Hex, fetchFrom: ReplicaId | undefined): void {
     const set = this.#commitVotes.get(blockId);
+    this.#commitReady.delete(blockId);
     if (!set || set.certified || set.sigs.size < quorumSize) return;
     if (set.height <= this.#committed.height) return;
     let b = this.#blocks.get(blockId);
@@ -893,10 +898,13 @@ export class Replica {
       b = parent;
     }
     if (missing !== undefined) {
-      this.#net.send(from === this.id ? leaderOf(viewOf(set.round)) : from, {
-        type: "fetch",
-        blockId: missing,
-      });
+      // Waits for the blocks (fetched here once, or arriving by proposals, fetches or state sync).
+      this.#commitReady.add(blockId);
+      if (fetchFrom !== undefined)
+        this.#net.send(fetchFrom === this.id ? leaderOf(viewOf(set.round)) : fetchFrom, {
+          type: "fetch",
+          blockId: missing,
+        });
       return;
     }
     set.certified = true;
@@ -906,9 +914,11 @@ export class Replica {
 
   /** After blocks arrive: commit-vote quorums that waited for them. */
   #retryCommitVotes(): void {
-    for (const [id, set] of this.#commitVotes)
-      if (!set.certified && set.sigs.size >= quorumSize && set.height > this.#committed.height)
-        this.#tryCommitByVotes(id, this.id);
+    if (this.#commitReady.size === 0) return;
+    const ready = [...this.#commitReady].sort(
+      (a, b) => (this.#commitVotes.get(b)?.height ?? 0) - (this.#commitVotes.get(a)?.height ?? 0),
+    );
+    for (const id of ready) this.#tryCommitByVotes(id, undefined); // highest first: commits the rest
   }
 
   #tryCommit(qc: QuorumCert): void {
@@ -1044,6 +1054,8 @@ export class Replica {
         this.#commitVotes.delete(id);
     for (const [key, id] of this.#commitVoteOf)
       if (!this.#commitVotes.has(id)) this.#commitVoteOf.delete(key);
+    for (const id of this.#commitReady)
+      if (!this.#commitVotes.has(id)) this.#commitReady.delete(id);
     for (const round of this.#proposalsByRound.keys())
       if (round < this.#round - futureRoundsMax) this.#proposalsByRound.delete(round);
     for (const view of this.#timeouts.keys())

@@ -9,6 +9,7 @@ import assert from "node:assert/strict";
 import { describe, it } from "node:test";
 import { decodeReplicaMsg, encodeMessage } from "../../src/consensus/codec.ts";
 import { Replica, type ReplicaEvent } from "../../src/consensus/replica.ts";
+import { runLatencyModel } from "../../src/consensus/sim/latency-model.ts";
 import { runSimulation } from "../../src/consensus/sim/simulation.ts";
 import { MemoryStorage, type WalRecord } from "../../src/consensus/storage.ts";
 import {
@@ -216,6 +217,43 @@ describe("commit latency in the simulator (fixed link delays, no faults)", () =>
         else assert.equal(s.commitsByCommitVotes, 0);
       }
     }
+  });
+});
+
+describe("latency model (WAN-like delays, steady client load)", () => {
+  // ORD's nearest three at 9, 23 and 48 ms: δ = 48 ms is the farthest of ORD's quorum.
+  const delays = [
+    [0, 9, 23, 48, 95],
+    [9, 0, 31, 40, 103],
+    [23, 31, 0, 72, 75],
+    [48, 40, 72, 0, 138],
+    [95, 103, 75, 138, 0],
+  ];
+  const linkDelayMs = (a: number, b: number) => delays[a]?.[b] ?? 0;
+  const run = (commitVotes: boolean, signMs: number, verifyMs: number) =>
+    runLatencyModel({
+      linkDelayMs,
+      commitVotes,
+      signMs,
+      verifyMs,
+      clients: 8,
+      thinkMs: 50,
+      durationMs: 4_000,
+    });
+
+  it("commits 3 δ after the proposal at ORD with commit votes (4 δ without); signature CPU adds to both", () => {
+    const cv = run(true, 0, 0);
+    const chain = run(false, 0, 0);
+    const ord = (r: ReturnType<typeof run>) => r.status[0]?.latencyBreakdownMs.proposalToCommit;
+    assert.ok(cv.completed > 40 && chain.completed > 40);
+    assert.ok(Math.abs((ord(cv)?.p50 ?? 0) - 3 * 48) <= 2, `commit votes ${ord(cv)?.p50}`);
+    assert.equal(ord(chain)?.p50, 4 * 48);
+    assert.ok(cv.clientP50Ms < chain.clientP50Ms);
+    const cvCpu = run(true, 8, 2);
+    const chainCpu = run(false, 8, 2);
+    assert.ok((ord(cvCpu)?.p50 ?? 0) > (ord(cv)?.p50 ?? 0), "CPU costs time");
+    assert.ok((ord(cvCpu)?.p50 ?? 0) < (ord(chainCpu)?.p50 ?? 0), "commit votes still win");
+    assert.ok(cvCpu.cpuBusy.every((b) => b > 0 && b < 1));
   });
 });
 

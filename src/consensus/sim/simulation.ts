@@ -430,7 +430,12 @@ export function runSimulation(options: SimulationOptions): SimulationResult {
     const r = replicas[i] as Replica;
     healHeight = Math.max(healHeight, r.status().committedHeight);
   }
-  for (const i of honest) probes.set(i, { viewAtHeal: (replicas[i] as Replica).status().view });
+  // Views are counted from the cluster's view at the heal: a replica restarted from an old WAL
+  // starts in its old view and jumps ahead on the first certificate it sees, which is no delay.
+  let clusterViewAtHeal = 0;
+  for (const i of honest)
+    clusterViewAtHeal = Math.max(clusterViewAtHeal, (replicas[i] as Replica).status().view);
+  for (const i of honest) probes.set(i, { viewAtHeal: clusterViewAtHeal });
   // A probe client asks once after the heal, so there is work even if the others had finished.
   const probe: ClientState = { id: "heal-probe", seq: 0, done: 0 };
   cs.push(probe);

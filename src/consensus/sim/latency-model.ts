@@ -1,0 +1,180 @@
+// Steady-state commit latency of the five replicas as a deterministic model, to explain the live
+// figure: the real `Replica` code on a simulated clock, fixed one-way link delays (the WAN matrix
+// of the emulation), no faults, clients that keep requests flowing, and optionally a CPU cost per
+// signature operation. With costs, each replica is one serial processor: a message waits until
+// its replica is free, handling it takes (signatures made × signMs + signatures checked ×
+// verifyMs), and what it sends leaves when that work is done. Real processes also share cores and
+// pay for hashing, JSON and fsync, which this leaves out: it is the protocol's floor for given
+// signature costs, not a prediction of a loaded machine.
+
+import { Prng } from "../../common/prng.ts";
+import type { Signer, Verifier } from "../../crypto/signature.ts";
+import { SimulationMacKeys } from "../../crypto/signature.ts";
+import { replicaCount, weakQuorumSize } from "../constants.ts";
+import { Replica, type ReplicaStatus } from "../replica.ts";
+import { MemoryStorage } from "../storage.ts";
+import type { ReplicaId, ReplicaMsg, ReplyMsg } from "../types.ts";
+import { EventQueue } from "./scheduler.ts";
+
+export interface LatencyModelOptions {
+  /** One-way delay between replicas, ms (also client → replica is taken as 0: clients are local). */
+  readonly linkDelayMs: (from: ReplicaId, to: ReplicaId) => number;
+  readonly commitVotes: boolean;
+  /** CPU per signature made / checked, ms; 0 for the pure message-delay count. */
+  readonly signMs: number;
+  readonly verifyMs: number;
+  /**
+   * Clients, each with one request outstanding, asking again after a think time drawn uniformly
+   * from [0, 2 · thinkMs) (seeded), so that arrivals do not fall in step with the block period.
+   */
+  readonly clients: number;
+  readonly thinkMs: number;
+  readonly seed?: number;
+  readonly durationMs: number;
+  readonly maxBatch?: number;
+}
+
+export interface LatencyModelResult {
+  /** Client-observed (f + 1 matching replies) request latency, ms. */
+  readonly clientP50Ms: number;
+  readonly clientP99Ms: number;
+  readonly clientMeanMs: number;
+  readonly completed: number;
+  /** Each replica's status at the end (its latency breakdown included). */
+  readonly status: readonly ReplicaStatus[];
+  /** Fraction of the run each replica's CPU was busy with signatures. */
+  readonly cpuBusy: readonly number[];
+}
+
+/** Counts signatures made and checked, so their modelled CPU time can be charged. */
+class Metered {
+  signs = 0;
+  verifies = 0;
+  signer(inner: Signer): Signer {
+    return {
+      replicaId: inner.replicaId,
+      scheme: inner.scheme,
+      sign: (m) => {
+        this.signs += 1;
+        return inner.sign(m);
+      },
+    };
+  }
+  verifier(inner: Verifier): Verifier {
+    return {
+      scheme: inner.scheme,
+      verify: (id, m, s) => {
+        this.verifies += 1;
+        return inner.verify(id, m, s);
+      },
+    };
+  }
+}
+
+export function runLatencyModel(o: LatencyModelOptions): LatencyModelResult {
+  const q = new EventQueue();
+  const prng = new Prng(o.seed ?? 1);
+  const chainId = "latency-model";
+  const keys = new SimulationMacKeys(replicaCount, new TextEncoder().encode(chainId));
+  const meters = Array.from({ length: replicaCount }, () => new Metered());
+  const busyUntil = new Array<number>(replicaCount).fill(0);
+  const busyTotal = new Array<number>(replicaCount).fill(0);
+  const armedAt = new Array<number>(replicaCount).fill(Number.POSITIVE_INFINITY);
+  const outbox: { to: ReplicaId | "client"; msg: ReplicaMsg | ReplyMsg }[][] = Array.from(
+    { length: replicaCount },
+    () => [],
+  );
+  const replicas: Replica[] = [];
+
+  /** Runs `work` on replica i once it is free; its messages leave when the charged CPU is spent. */
+  const runOn = (i: ReplicaId, work: (r: Replica) => void) => {
+    const start = Math.max(q.nowMs, busyUntil[i] as number);
+    const go = () => {
+      const m = meters[i] as Metered;
+      const before = m.signs * o.signMs + m.verifies * o.verifyMs;
+      work(replicas[i] as Replica);
+      const cost = m.signs * o.signMs + m.verifies * o.verifyMs - before;
+      busyUntil[i] = q.nowMs + cost;
+      busyTotal[i] = (busyTotal[i] as number) + cost;
+      const out = outbox[i] as { to: ReplicaId | "client"; msg: ReplicaMsg | ReplyMsg }[];
+      outbox[i] = [];
+      for (const { to, msg } of out) {
+        if (to === "client") q.at(q.nowMs + cost, () => clientReceive(msg as ReplyMsg));
+        else
+          q.at(q.nowMs + cost + o.linkDelayMs(i, to), () =>
+            runOn(to, (r) => r.onMessage(i, msg as ReplicaMsg, q.nowMs)),
+          );
+      }
+      arm(i);
+    };
+    if (start > q.nowMs) q.at(start, go);
+    else go();
+  };
+
+  const arm = (i: ReplicaId) => {
+    const d = (replicas[i] as Replica).nextDeadlineMs();
+    if (!Number.isFinite(d) || (d >= (armedAt[i] as number) && (armedAt[i] as number) > q.nowMs))
+      return;
+    armedAt[i] = Math.max(d, q.nowMs);
+    q.at(armedAt[i] as number, () => {
+      armedAt[i] = Number.POSITIVE_INFINITY;
+      runOn(i, (r) => r.tick(q.nowMs));
+    });
+  };
+
+  for (let i = 0; i < replicaCount; i++) {
+    const m = meters[i] as Metered;
+    replicas.push(
+      new Replica({
+        id: i,
+        chainId,
+        signer: m.signer(keys.signerFor(i)),
+        verifier: m.verifier(keys.verifier()),
+        storage: new MemoryStorage(),
+        network: {
+          send: (to, msg) => outbox[i]?.push({ to, msg }),
+          reply: (msg) => outbox[i]?.push({ to: "client", msg }),
+        },
+        viewTimeoutMs: 60_000,
+        maxBatch: o.maxBatch ?? 1024,
+        nowMs: 0,
+        commitVotes: o.commitVotes,
+      }),
+    );
+  }
+
+  // Clients: each submits to every replica and completes on f + 1 matching replies.
+  const latencies: number[] = [];
+  const pending = new Map<string, { seq: number; sentMs: number; from: Set<ReplicaId> }>();
+  const issue = (c: number, seq: number) => {
+    if (q.nowMs >= o.durationMs) return;
+    const clientId = `c${c}`;
+    pending.set(clientId, { seq, sentMs: q.nowMs, from: new Set() });
+    const req = { clientId, seq, op: { kind: "get_placement", expert: `L0.E${c % 8}` } };
+    for (let i = 0; i < replicaCount; i++) runOn(i, (r) => r.submit(req, q.nowMs));
+  };
+  const clientReceive = (m: ReplyMsg) => {
+    const p = pending.get(m.clientId);
+    if (!p || p.seq !== m.seq) return;
+    p.from.add(m.replica);
+    if (p.from.size < weakQuorumSize) return;
+    pending.delete(m.clientId);
+    if (p.sentMs >= o.durationMs / 4) latencies.push(q.nowMs - p.sentMs); // after a warm-up
+    const c = Number(m.clientId.slice(1));
+    q.at(q.nowMs + prng.next() * 2 * o.thinkMs, () => issue(c, m.seq + 1));
+  };
+  for (let c = 0; c < o.clients; c++) q.at(prng.next() * 2 * o.thinkMs, () => issue(c, 1));
+  q.runUntil(o.durationMs + 10_000);
+
+  latencies.sort((a, b) => a - b);
+  const pct = (p: number) =>
+    latencies[Math.min(latencies.length - 1, Math.floor(p * latencies.length))] ?? Number.NaN;
+  return {
+    clientP50Ms: pct(0.5),
+    clientP99Ms: pct(0.99),
+    clientMeanMs: latencies.reduce((a, b) => a + b, 0) / Math.max(1, latencies.length),
+    completed: latencies.length,
+    status: replicas.map((r) => r.status()),
+    cpuBusy: busyTotal.map((b) => b / (o.durationMs + 10_000)),
+  };
+}
