@@ -193,6 +193,10 @@ export class RegistryClient {
   listNodes() {
     return this.request({ kind: "list_nodes" });
   }
+  /** Heartbeat age after which the registry marks a node expired (registry.ts). */
+  setNodeTtl(ttlMs: number) {
+    return this.request({ kind: "set_node_ttl", ttlMs });
+  }
   getRegistry() {
     return this.request({ kind: "get_registry" });
   }

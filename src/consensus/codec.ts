@@ -11,6 +11,8 @@ import {
   messageBytesMax,
   replicaCount,
 } from "./constants.ts";
+import { registryStateSchema } from "./registry.ts";
+import { sessionEntrySchema } from "./state-sync.ts";
 import type { ClientRequest, Message, ReplicaMsg } from "./types.ts";
 
 /** Largest signature accepted on the wire (ML-DSA-65 is 3,309 bytes; ML-DSA-87 4,627). */
@@ -107,6 +109,23 @@ export const replicaMsg = z.discriminatedUnion("type", [
   z.strictObject({ type: z.literal("fetch"), blockId: hash }),
   z.strictObject({ type: z.literal("blocks"), blocks: z.array(block).max(fetchBlocksMax) }),
   z.strictObject({ type: z.literal("sync"), highQc: qc, tc: tc.optional() }),
+  z.strictObject({
+    type: z.literal("checkpoint"),
+    height: uint,
+    blockId: hash,
+    stateDigest: hash,
+    author,
+    sig: bytes,
+  }),
+  z.strictObject({ type: z.literal("catchup"), height: uint }),
+  z.strictObject({
+    type: z.literal("snapshot"),
+    block,
+    registry: registryStateSchema,
+    sessions: z.array(sessionEntrySchema),
+    stateDigest: hash,
+    sigs: z.array(signature).max(replicaCount),
+  }),
 ]);
 
 /** What a client may send on the client port. */

@@ -21,6 +21,8 @@ export interface LocalClusterInit {
   /** Each coordinator's stderr lines (rejections, view changes, link events). */
   readonly onLog?: (region: string, line: string) => void;
   readonly startTimeoutMs?: number;
+  /** Extra `moe-swarm coordinator` options for every replica (e.g. --retain-blocks 8 in tests). */
+  readonly coordinatorArgs?: readonly string[];
 }
 
 const binPath = new URL("../../bin/moe-swarm.js", import.meta.url).pathname;
@@ -96,6 +98,7 @@ export class LocalCoordinatorCluster {
       this.#init.chainId ?? "moe-swarm",
       "--metrics-port",
       "0",
+      ...(this.#init.coordinatorArgs ?? []),
     ];
     const child = spawn(process.execPath, args, { stdio: ["ignore", "pipe", "pipe"] });
     this.#children[i] = child;

@@ -24,6 +24,7 @@ import { messageBytesMax, quorumSize, replicaCount } from "./constants.ts";
 import { FrameReader, writeFrame } from "./framing.ts";
 import { Replica, type ReplicaEvent } from "./replica.ts";
 import type { Block, ReplicaId, ReplicaMsg, ReplyMsg } from "./types.ts";
+import { canonicalJson, sha256Hex } from "./types.ts";
 import { FileWal } from "./wal.ts";
 
 export interface CoordinatorNodeInit {
@@ -38,6 +39,9 @@ export interface CoordinatorNodeInit {
   readonly viewTimeoutMs: number;
   readonly keyEpochMs: number;
   readonly maxBatch: number;
+  /** Committed blocks kept for lagging peers and the checkpoint interval (defaults: constants.ts). */
+  readonly retainedCommittedBlocks?: number;
+  readonly snapshotEveryBlocks?: number;
   /** One-way delay to peer j in ms (0 without emulation). */
   readonly latencyMs: (peer: ReplicaId) => number;
   readonly log: (line: string) => void;
@@ -119,6 +123,12 @@ export class CoordinatorNode {
       network: { send: (to, msg) => this.#sendToPeer(to, msg), reply: (msg) => this.#reply(msg) },
       viewTimeoutMs: init.viewTimeoutMs,
       maxBatch: init.maxBatch,
+      ...(init.retainedCommittedBlocks === undefined
+        ? {}
+        : { retainedCommittedBlocks: init.retainedCommittedBlocks }),
+      ...(init.snapshotEveryBlocks === undefined
+        ? {}
+        : { snapshotEveryBlocks: init.snapshotEveryBlocks }),
       nowMs: Date.now(),
       log,
       ...(init.observer ? { onCommit: (block: Block) => this.#observeCommit(block) } : {}),
@@ -346,7 +356,12 @@ export class CoordinatorNode {
             s,
             encodeMessage({
               type: "status",
-              status: { ...this.#replica.status(), walFsyncs: this.#wal.fsyncs },
+              status: {
+                ...this.#replica.status(),
+                walFsyncs: this.#wal.fsyncs,
+                // Equal on every replica at the same committed height (compare them).
+                registryDigest: sha256Hex(canonicalJson(this.#replica.registrySnapshot())),
+              },
             }),
           );
           continue;

@@ -5,12 +5,18 @@
 // `refreshMs` + one commit stale); writes (register, heartbeat, placement) go straight to
 // consensus through `RegistryClient`.
 //
+// Expired nodes (no heartbeat within the registry's TTL, marked by the replicated state machine at
+// a committed block time) are not offered: `replicas()` and `nodes()` leave them out, and list them
+// again once a heartbeat revives them. Only when every replica of an expert is expired does
+// `replicas()` fall back to the expired ones (the registry may be stale, e.g. all heartbeats were
+// held up by a coordinator outage; the dispatcher's own failover then decides).
+//
 // It has the shape of the swarm's `PlacementRegistry` (src/swarm/placement.ts: `replicas(id)` and
 // `nodes()` returning { nodeId, region, host, port }), without importing it: the swarm depends on
 // the consensus layer, not the other way round.
 
 import type { RegistryClient } from "./client.ts";
-import type { NodeRecord, RegistryState } from "./registry.ts";
+import { isExpired, type NodeRecord, type RegistryState } from "./registry.ts";
 
 export interface RegistryNodeAddress {
   readonly nodeId: string;
@@ -40,6 +46,7 @@ export class RegistryPlacementView {
   readonly #refreshMs: number;
   #nodes: RegistryNodeAddress[] = [];
   #byExpert = new Map<string, RegistryNodeAddress[]>();
+  #expired = new Set<string>();
   #timer: NodeJS.Timeout | undefined;
   #stopped = false;
   #lastRefreshMs = 0;
@@ -59,18 +66,30 @@ export class RegistryPlacementView {
 
   #apply(state: RegistryState): void {
     const byId = new Map<string, RegistryNodeAddress>();
+    const expired = new Set<string>();
     for (const n of Object.values(state.nodes)) {
       const a = addressOf(n);
       if (a) byId.set(n.nodeId, a);
+      if (isExpired(n)) expired.add(n.nodeId);
     }
-    this.#nodes = [...byId.values()].sort((a, b) => (a.nodeId < b.nodeId ? -1 : 1));
+    this.#nodes = [...byId.values()]
+      .filter((a) => !expired.has(a.nodeId))
+      .sort((a, b) => (a.nodeId < b.nodeId ? -1 : 1));
     const byExpert = new Map<string, RegistryNodeAddress[]>();
-    for (const [expert, ids] of Object.entries(state.placements))
-      byExpert.set(
-        expert,
-        ids.map((id) => byId.get(id)).filter((a): a is RegistryNodeAddress => a !== undefined),
-      );
+    for (const [expert, ids] of Object.entries(state.placements)) {
+      const all = ids
+        .map((id) => byId.get(id))
+        .filter((a): a is RegistryNodeAddress => a !== undefined);
+      const live = all.filter((a) => !expired.has(a.nodeId));
+      byExpert.set(expert, live.length > 0 ? live : all);
+    }
     this.#byExpert = byExpert;
+    this.#expired = expired;
+  }
+
+  /** Nodes the registry marked expired at the last refresh (sorted ids). */
+  expiredNodeIds(): readonly string[] {
+    return [...this.#expired].sort();
   }
 
   /** Loads once, then refreshes in the background until `stop`. */
@@ -120,8 +139,10 @@ export interface PlacementEntry extends RegistryNodeAddress {
 export async function publishPlacement(
   client: RegistryClient,
   entries: readonly PlacementEntry[],
+  options: { readonly register?: boolean } = {},
 ): Promise<void> {
-  for (const e of entries) {
+  // register: false when the nodes registered themselves (moe-swarm node --registry).
+  for (const e of options.register === false ? [] : entries) {
     const r = await client.registerNode(e.nodeId, e.region, e.gpuType, `${e.host}:${e.port}`);
     if (!r.ok) throw new Error(`register ${e.nodeId}: ${r.error}`);
   }

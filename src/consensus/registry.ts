@@ -4,6 +4,14 @@
 // machine: the same committed operations in the same order give the same state on every replica;
 // time comes only from the committed block's timestamp, never from a local clock.
 //
+// Node expiry: a node whose last heartbeat is older than the registry's `nodeTtlMs` at the time of
+// a committed block is marked expired (`expiredAtMs`), before that block's operation is applied;
+// its next heartbeat (or a re-registration) revives it. Every replica commits the same blocks with
+// the same timestamps, so every replica expires the same nodes at the same operation. The block
+// time is the leader's clock, refused by honest replicas when it runs more than clockSkewMsMax
+// ahead of theirs and never below the parent's, so a Byzantine leader can make nodes look expired
+// at most clockSkewMsMax early (their next heartbeat revives them); it cannot forge heartbeats.
+//
 // Operations are validated with a schema when they enter (client edge) and again when applied, so
 // a malformed operation committed by a Byzantine leader yields an error result, never a crash.
 
@@ -17,6 +25,11 @@ const region = z.string().regex(/^[A-Z]{3}$/, 'a three-letter region code like "
 const expertName = z.string().min(1).max(64);
 /** Replicas per expert accepted in one placement. */
 export const placementReplicasMax = 16;
+/** Heartbeat age after which a node is expired when the registry has not been told otherwise. */
+export const nodeTtlMsDefault = 15_000;
+/** Bounds of `set_node_ttl`. */
+export const nodeTtlMsMin = 100;
+export const nodeTtlMsMax = 24 * 3_600_000;
 
 export const registryOp = z.discriminatedUnion("kind", [
   z.strictObject({
@@ -41,6 +54,10 @@ export const registryOp = z.discriminatedUnion("kind", [
     state: z.enum(["provisioning", "canary", "active", "draining", "retired"]),
   }),
   z.strictObject({ kind: z.literal("rotate_key_epoch"), epoch: z.number().int().min(0) }),
+  z.strictObject({
+    kind: z.literal("set_node_ttl"),
+    ttlMs: z.number().int().min(nodeTtlMsMin).max(nodeTtlMsMax),
+  }),
   z.strictObject({ kind: z.literal("get_placement"), expert: expertName }),
   z.strictObject({ kind: z.literal("get_node"), nodeId }),
   z.strictObject({ kind: z.literal("list_nodes") }),
@@ -55,6 +72,8 @@ export interface NodeRecord {
   readonly address: string;
   readonly registeredAtMs: number;
   readonly lastHeartbeatMs: number;
+  /** Block time at which the node's heartbeat was found older than the TTL; absent while live. */
+  readonly expiredAtMs?: number;
 }
 export interface DeploymentRecord {
   readonly name: string;
@@ -73,6 +92,43 @@ export interface RegistryState {
   placements: Record<string, string[]>;
   deployments: Record<string, DeploymentRecord>;
   keyEpoch: KeyEpochRecord;
+  /** Heartbeat age at which a node is expired (set_node_ttl). */
+  nodeTtlMs: number;
+}
+
+const uint = z.number().int().min(0).max(Number.MAX_SAFE_INTEGER);
+/** The registry state as it arrives in a snapshot from a peer (state-sync.ts): checked, not trusted. */
+export const registryStateSchema = z.strictObject({
+  nodes: z.record(
+    z.string().regex(nodeIdPattern),
+    z.strictObject({
+      nodeId: nodeId,
+      region,
+      gpuType: z.enum(gpuTypes),
+      address: z.string().min(1).max(256),
+      registeredAtMs: uint,
+      lastHeartbeatMs: uint,
+      expiredAtMs: uint.optional(),
+    }),
+  ),
+  placements: z.record(expertName, z.array(nodeId).max(placementReplicasMax)),
+  deployments: z.record(
+    z.string().min(1).max(64),
+    z.strictObject({
+      name: z.string().min(1).max(64),
+      version: z.string().min(1).max(128),
+      trafficPercent: z.number().min(0).max(100),
+      state: z.string().max(32),
+      updatedAtMs: uint,
+    }),
+  ),
+  keyEpoch: z.strictObject({ epoch: uint, startedAtMs: uint }),
+  nodeTtlMs: z.number().int().min(nodeTtlMsMin).max(nodeTtlMsMax),
+});
+
+/** Whether a node record is expired (as of the last committed operation that looked at it). */
+export function isExpired(n: NodeRecord): boolean {
+  return n.expiredAtMs !== undefined;
 }
 
 export type RegistryResult = { ok: true; value?: unknown } | { ok: false; error: string };
@@ -87,14 +143,36 @@ export class RegistryStateMachine {
     placements: {},
     deployments: {},
     keyEpoch: { epoch: 0, startedAtMs: 0 },
+    nodeTtlMs: nodeTtlMsDefault,
   };
+  /** Earliest block time at which a live node can expire (a cache of the state, not state). */
+  #nextExpiryMs = 0;
+
+  /** Marks every node whose heartbeat is older than the TTL at `timestampMs` as expired. */
+  expire(timestampMs: number): void {
+    if (timestampMs < this.#nextExpiryMs) return;
+    const s = this.#s;
+    let next = Number.POSITIVE_INFINITY;
+    for (const id of Object.keys(s.nodes)) {
+      const n = s.nodes[id] as NodeRecord;
+      if (n.expiredAtMs !== undefined) continue;
+      const due = n.lastHeartbeatMs + s.nodeTtlMs;
+      if (timestampMs > due) s.nodes[id] = { ...n, expiredAtMs: timestampMs };
+      else next = Math.min(next, due + 1);
+    }
+    this.#nextExpiryMs = next;
+  }
 
   /** Applies one committed operation at the committing block's timestamp. */
   apply(raw: unknown, timestampMs: number): RegistryResult {
     const parsed = registryOp.safeParse(raw);
-    if (!parsed.success)
-      return { ok: false, error: `invalid operation: ${parsed.error.issues[0]?.message}` };
+    if (!parsed.success) {
+      const issue = parsed.error.issues[0];
+      const at = issue?.path.length ? `${issue.path.join(".")}: ` : "";
+      return { ok: false, error: `invalid operation: ${at}${issue?.message}` };
+    }
     const op = parsed.data;
+    this.expire(timestampMs);
     const s = this.#s;
     switch (op.kind) {
       case "register_node": {
@@ -107,12 +185,15 @@ export class RegistryStateMachine {
           registeredAtMs: prev?.registeredAtMs ?? timestampMs,
           lastHeartbeatMs: timestampMs,
         };
+        this.#nextExpiryMs = Math.min(this.#nextExpiryMs, timestampMs + s.nodeTtlMs + 1);
         return { ok: true };
       }
       case "heartbeat": {
         const n = s.nodes[op.nodeId];
         if (!n) return { ok: false, error: `unknown node ${op.nodeId}: register it first` };
-        s.nodes[op.nodeId] = { ...n, lastHeartbeatMs: timestampMs };
+        const { expiredAtMs: _revived, ...live } = n;
+        s.nodes[op.nodeId] = { ...live, lastHeartbeatMs: timestampMs };
+        this.#nextExpiryMs = Math.min(this.#nextExpiryMs, timestampMs + s.nodeTtlMs + 1);
         return { ok: true };
       }
       case "deregister_node": {
@@ -148,6 +229,10 @@ export class RegistryStateMachine {
           };
         s.keyEpoch = { epoch: op.epoch, startedAtMs: timestampMs };
         return { ok: true };
+      case "set_node_ttl":
+        s.nodeTtlMs = op.ttlMs;
+        this.#nextExpiryMs = 0; // recompute at the next operation
+        return { ok: true };
       case "get_placement":
         return { ok: true, value: s.placements[op.expert] ?? [] };
       case "get_node":
@@ -167,6 +252,8 @@ export class RegistryStateMachine {
   }
 
   restore(state: RegistryState): void {
-    this.#s = structuredClone(state);
+    // Snapshots written before node expiry existed carry no TTL.
+    this.#s = { ...structuredClone(state), nodeTtlMs: state.nodeTtlMs ?? nodeTtlMsDefault };
+    this.#nextExpiryMs = 0;
   }
 }

@@ -61,6 +61,7 @@ import {
   weakQuorumSize,
 } from "./constants.ts";
 import { type RegistryResult, RegistryStateMachine, registryOp } from "./registry.ts";
+import { StateSync, type StateSyncStatus, type VerifiedSnapshot } from "./state-sync.ts";
 import type { ReplicaStorage, SessionEntry, Snapshot, WalRecord } from "./storage.ts";
 import {
   type Block,
@@ -123,6 +124,10 @@ export interface ReplicaInit {
   readonly nowMs: number;
   /** Committed blocks between snapshots (WAL truncation); default snapshotEveryBlocks. */
   readonly snapshotEveryBlocks?: number;
+  /** Committed blocks kept to serve lagging peers; default retainedCommittedBlocks. */
+  readonly retainedCommittedBlocks?: number;
+  /** Called after a certified snapshot replaced the committed state (the blocks below it skipped). */
+  readonly onSnapshotInstalled?: (block: Block) => void;
   /** Send commit votes (third phase); default true. Off leaves only the 2-chain rule (A/B runs). */
   readonly commitVotes?: boolean;
   readonly log?: (event: ReplicaEvent) => void;
@@ -152,6 +157,11 @@ export interface ReplicaStatus {
   /** Request arrival → commit at this replica, over the last commitLatencySamplesMax requests. */
   readonly commitLatencyMsP50: number;
   readonly commitLatencyMsP99: number;
+  /** Misbehaviour seen, per accused replica, and the latest records (at most evidenceRecordsMax). */
+  readonly evidenceByReplica: readonly number[];
+  readonly evidence: readonly EvidenceRecord[];
+  /** Checkpoints and state transfer (state-sync.ts). */
+  readonly stateSync: StateSyncStatus;
   /**
    * Where arrival → commit goes, per committed request at this replica (same samples): waiting for
    * the block that carries it (arrival → the block is proposed here or reaches here), proposal →
@@ -162,6 +172,17 @@ export interface ReplicaStatus {
   readonly commitsByCommitVotes: number;
   readonly commitsByTwoChain: number;
 }
+
+/** One piece of Byzantine evidence as this replica saw it (CometBFT keeps an evidence pool). */
+export interface EvidenceRecord {
+  readonly against: ReplicaId;
+  readonly region: string;
+  readonly reason: string;
+  readonly view: number;
+  readonly atMs: number;
+}
+/** Evidence records kept in a replica's status (the oldest are dropped; the counts stay). */
+export const evidenceRecordsMax = 32;
 
 export interface LatencyPhase {
   readonly p50: number;
@@ -206,6 +227,9 @@ export class Replica {
   readonly #onCommit: ReplicaInit["onCommit"];
   readonly #snapshotEvery: number;
   readonly #sendCommitVotes: boolean;
+  readonly #retained: number;
+  readonly #stateSync: StateSync;
+  #prunedAt = 0;
 
   #now: number;
   // Safety state (persisted before any vote or timeout leaves).
@@ -255,6 +279,8 @@ export class Replica {
   #requestsCommittedTotal = 0;
   #rejectedTotal = 0;
   #evidenceTotal = 0;
+  readonly #evidenceByReplica: number[] = new Array(replicaCount).fill(0);
+  readonly #evidenceLog: EvidenceRecord[] = [];
   readonly #latencies: number[] = [];
   // Latency decomposition: when each uncommitted block reached this replica and when its QC did.
   readonly #blockSeenMs = new Map<Hex, number>();
@@ -287,6 +313,39 @@ export class Replica {
     this.#onCommit = init.onCommit;
     this.#snapshotEvery = init.snapshotEveryBlocks ?? snapshotEveryBlocks;
     this.#sendCommitVotes = init.commitVotes ?? true;
+    this.#retained = init.retainedCommittedBlocks ?? retainedCommittedBlocks;
+    invariant(this.#retained >= 2, "retain at least 2 committed blocks");
+    this.#stateSync = new StateSync({
+      host: {
+        id: init.id,
+        chainId: init.chainId,
+        signer: init.signer,
+        verifier: init.verifier,
+        send: (to, msg) => this.#net.send(to, msg),
+        committed: () => this.#committed,
+        committedBlock: (height) => {
+          const id = this.#committedIds.get(height);
+          return id === undefined ? undefined : this.#blocks.get(id);
+        },
+        state: () => ({ registry: this.#sm.snapshot(), sessions: [...this.#sessions.values()] }),
+        install: (s) => {
+          this.#installSnapshot(s);
+          init.onSnapshotInstalled?.(s.block);
+        },
+        commitCertified: (height, blockId) => {
+          const b = this.#blocks.get(blockId);
+          if (!b || b.height !== height || !this.#extendsCommitted(b)) return false;
+          this.#commitChain(b, true);
+          return true;
+        },
+        reject: (from, reason) => this.#reject(from, reason),
+        evidence: (against, reason) => this.#evidence(against, reason),
+        info: (message) => this.#log({ kind: "info", message }),
+      },
+      everyBlocks: this.#snapshotEvery,
+      lagBlocks: Math.max(1, Math.min(fetchBlocksMax, Math.floor(this.#retained / 2))),
+      retryMs: init.viewTimeoutMs,
+    });
     this.#now = init.nowMs;
     this.#roundDeadlineMs = init.nowMs + init.viewTimeoutMs;
     this.#viewStartMs = init.nowMs;
@@ -376,6 +435,7 @@ export class Replica {
     } else if (this.#timedOutView < this.#view && this.#censorshipDeadlineMs() <= this.#now) {
       this.#localTimeout(this.#view);
     }
+    this.#stateSync.onTick(this.#now);
     this.#drain();
   }
 
@@ -418,6 +478,9 @@ export class Replica {
       },
       commitsByCommitVotes: this.#commitsByCommitVotes,
       commitsByTwoChain: this.#commitsByTwoChain,
+      evidenceByReplica: [...this.#evidenceByReplica],
+      evidence: [...this.#evidenceLog],
+      stateSync: this.#stateSync.status(),
     };
   }
 
@@ -463,6 +526,12 @@ export class Replica {
         this.#onSync(from, msg);
         return;
       }
+      case "checkpoint":
+      case "catchup":
+      case "snapshot": {
+        this.#stateSync.onMessage(from, msg, this.#now);
+        return;
+      }
     }
   }
 
@@ -484,6 +553,15 @@ export class Replica {
 
   #evidence(against: ReplicaId, reason: string): void {
     this.#evidenceTotal += 1;
+    this.#evidenceByReplica[against] = (this.#evidenceByReplica[against] ?? 0) + 1;
+    if (this.#evidenceLog.length >= evidenceRecordsMax) this.#evidenceLog.shift();
+    this.#evidenceLog.push({
+      against,
+      region: regionsInLeaderOrder[against] ?? String(against),
+      reason,
+      view: this.#view,
+      atMs: this.#now,
+    });
     this.#log({ kind: "evidence", against, reason });
   }
 
@@ -780,6 +858,7 @@ export class Replica {
 
   /** Takes in a verified QC: raises the high QC, commits by the 2-chain rule, enters the next round. */
   #processQc(qc: QuorumCert, from: ReplicaId): void {
+    if (qc.votes.length > 0) this.#stateSync.onCertified(qc.height, from, this.#now);
     if (qc.round > this.#highQc.round) this.#highQc = qc;
     if (qc.height > this.#committed.height && !this.#qcSeenMs.has(qc.blockId))
       this.#qcSeenMs.set(qc.blockId, this.#now);
@@ -974,6 +1053,7 @@ export class Replica {
       }
       this.#committed = block;
       this.#committedIds.set(block.height, block.id);
+      this.#stateSync.onCommitted(block, live);
       this.#blockSeenMs.delete(block.id);
       this.#qcSeenMs.delete(block.id);
       perBlock.push(results);
@@ -992,7 +1072,7 @@ export class Replica {
     });
     for (const r of replies) this.#sendReply(r, this.#committed.height);
     if (this.#committed.height - this.#snapshotHeight >= this.#snapshotEvery) this.#takeSnapshot();
-    if (this.#committed.height % 64 === 0) this.#prune();
+    if (this.#committed.height - this.#prunedAt >= Math.min(64, this.#retained)) this.#prune();
   }
 
   #recordLatency(ms: number, blockId: Hex): void {
@@ -1034,8 +1114,52 @@ export class Replica {
     this.#snapshotHeight = this.#committed.height;
   }
 
+  /**
+   * Replaces the committed state by a snapshot that a checkpoint certificate proves (state-sync.ts):
+   * durable first (storage snapshot + WAL truncation, atomic), then in memory. Safety state (last
+   * voted round, high QC) is this replica's own and is kept. Blocks above the snapshot are dropped
+   * and fetched again from the peers.
+   */
+  #installSnapshot(s: VerifiedSnapshot): void {
+    invariant(
+      s.block.height > this.#committed.height,
+      () => `snapshot at ${s.block.height} is above committed height ${this.#committed.height}`,
+    );
+    this.#flushWal();
+    const snapshot: Snapshot = {
+      block: s.block,
+      registry: s.registry,
+      sessions: s.sessions,
+      lastVotedRound: this.#lastVotedRound,
+      highQc: this.#highQc,
+    };
+    this.#storage.saveSnapshot(snapshot, [
+      { kind: "safety", lastVotedRound: this.#lastVotedRound, highQc: this.#highQc },
+    ]);
+    this.#blocks.clear();
+    this.#orphans.clear();
+    this.#committedIds.clear();
+    this.#committed = s.block;
+    this.#blocks.set(s.block.id, s.block);
+    this.#committedIds.set(s.block.height, s.block.id);
+    this.#snapshotHeight = s.block.height;
+    this.#prunedAt = s.block.height;
+    this.#sm.restore(s.registry);
+    this.#sessions.clear();
+    for (const e of s.sessions) this.#sessions.set(e.clientId, e);
+    for (const [key, { req }] of this.#mempool) {
+      const done = this.#sessions.get(req.clientId);
+      if (done && done.seq >= req.seq) {
+        this.#mempool.delete(key);
+        if (done.seq === req.seq) this.#sendReply(done, this.#committed.height);
+      }
+    }
+  }
+
   #prune(): void {
     const h = this.#committed.height;
+    this.#prunedAt = h;
+    const retainedCommittedBlocks = this.#retained;
     for (const [id, b] of this.#blocks) {
       if (
         b.height < h - retainedCommittedBlocks ||

@@ -10,6 +10,8 @@
 
 import { createHash } from "node:crypto";
 import { replicaCount, roundsPerView } from "./constants.ts";
+import type { RegistryState } from "./registry.ts";
+import type { SessionEntry } from "./storage.ts";
 
 export type ReplicaId = number;
 export type Hex = string;
@@ -146,6 +148,30 @@ export interface ReplyMsg {
   readonly result: unknown;
 }
 
+/** A replica's signed statement of its state digest after a checkpoint block (state-sync.ts). */
+export interface CheckpointMsg {
+  readonly type: "checkpoint";
+  readonly height: number;
+  readonly blockId: Hex;
+  readonly stateDigest: Hex;
+  readonly author: ReplicaId;
+  readonly sig: Uint8Array;
+}
+/** "My committed height is this; send me what comes after" (blocks, or a certified snapshot). */
+export interface CatchupMsg {
+  readonly type: "catchup";
+  readonly height: number;
+}
+/** A checkpoint's state with the f + 1 signatures that certify it. */
+export interface SnapshotMsg {
+  readonly type: "snapshot";
+  readonly block: Block;
+  readonly registry: RegistryState;
+  readonly sessions: readonly SessionEntry[];
+  readonly stateDigest: Hex;
+  readonly sigs: readonly Signature[];
+}
+
 export type ReplicaMsg =
   | ProposalMsg
   | VoteMsg
@@ -153,7 +179,10 @@ export type ReplicaMsg =
   | TimeoutMsg
   | FetchMsg
   | BlocksMsg
-  | SyncMsg;
+  | SyncMsg
+  | CheckpointMsg
+  | CatchupMsg
+  | SnapshotMsg;
 export type Message = ReplicaMsg | RequestMsg | ReplyMsg;
 
 // ---- Canonical bytes and digests ---------------------------------------------------------------

@@ -100,6 +100,9 @@ export async function spawnNode(
     nodesPerRegion?: number;
     /** OTLP/HTTP traces endpoint the node exports its spans to (the gateway's /v1/traces). */
     otlp?: string;
+    /** Coordinators' client endpoints, "host:port,…": the node registers and heartbeats there. */
+    registry?: string;
+    heartbeatMs?: number;
     onLog?: (line: string) => void;
   } = {},
 ): Promise<ChildNode> {
@@ -117,6 +120,8 @@ export async function spawnNode(
       ...(opts.regions ? ["--regions", opts.regions.join(",")] : []),
       ...(opts.nodesPerRegion ? ["--nodes-per-region", String(opts.nodesPerRegion)] : []),
       ...(opts.otlp ? ["--otlp", opts.otlp] : []),
+      ...(opts.registry ? ["--registry", opts.registry] : []),
+      ...(opts.heartbeatMs ? ["--heartbeat-ms", String(opts.heartbeatMs)] : []),
     ],
     opts.configPath,
     opts.onLog,

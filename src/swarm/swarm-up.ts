@@ -11,10 +11,10 @@
 // on its links) start first, on loopback; once the nodes listen, the placement plan is written into
 // their replicated registry (publishPlacement, through consensus), and the gateway reads placement
 // from the registry (`--registry`) instead of the file. The placement file is still written, as a
-// record of the plan. Heartbeats: `up` sends them to the registry ON BEHALF of its node processes,
-// every `nodeHeartbeatMs`, for each node whose process is still running — the node processes
-// themselves do not talk to the coordinators (so a heartbeat says "the process is alive", not "it
-// serves"; the gateway's health probes measure the latter).
+// record of the plan. Membership: each node process is given the coordinators' endpoints
+// (`moe-swarm node --registry`), registers itself and heartbeats every `nodeHeartbeatMs`; `up`
+// sets the registry's node TTL to nodeTtlHeartbeats heartbeats, so a node killed with -9 is marked
+// expired by the registry within that time and the gateway's placement view stops offering it.
 
 import type { ChildProcess } from "node:child_process";
 import { mkdirSync, writeFileSync } from "node:fs";
@@ -26,13 +26,18 @@ import { LocalCoordinatorCluster } from "../consensus/local-cluster.ts";
 import { type PlacementEntry, publishPlacement } from "../consensus/placement-view.ts";
 import type { RegistryState } from "../consensus/registry.ts";
 import { regionsInLeaderOrder } from "../consensus/types.ts";
-import { modelConfigFrom, moeLayers } from "../model/config.ts";
-import type { ExpertId } from "../model/expert.ts";
 import { type ChildNode, spawnListening, spawnNode, stopChild } from "./child-nodes.ts";
+import { nodeGpuType } from "./node-process.ts";
 import { placementToJson, planFromConfig } from "./placement.ts";
 
-/** How often `up` heartbeats each live node process into the registry. */
+export { nodeGpuType };
+
+/** How often each node process heartbeats into the registry (default of SwarmUpInit). */
 export const nodeHeartbeatMs = 5000;
+/** A node is expired after this many heartbeat intervals without one. */
+export const nodeTtlHeartbeats = 3;
+/** How long `up` waits for every node to have registered itself before it sets the placement. */
+const nodesRegisteredWaitMs = 30_000;
 /** Ports a coordinator cluster uses above its base: peers on base+0..4, clients on base+10..14. */
 const coordinatorPortSpan = 15;
 /** Tries to find a free block of coordinator ports before giving up. */
@@ -52,6 +57,8 @@ export interface SwarmUpInit {
   readonly coordinators?: boolean;
   /** Coordinator port base (peers on base+i, clients on base+10+i); default: a free block. */
   readonly coordinatorPortBase?: number;
+  /** Node heartbeat interval into the registry (default nodeHeartbeatMs); TTL = 3 intervals. */
+  readonly nodeHeartbeatMs?: number;
 }
 
 export interface RunningCoordinators {
@@ -114,47 +121,37 @@ export async function freeCoordinatorPortBase(host: string): Promise<number> {
 }
 
 /**
- * The GPU type a node registers with: the gpu_type of the tier (config hierarchical_layers) that
- * most of its experts belong to (ties: the earlier tier). A node of the plan hosts experts of
- * several tiers; the registry keeps one GPU type per node.
- */
-export function nodeGpuType(
-  cfg: SwarmConfig,
-  experts: readonly ExpertId[],
-): PlacementEntry["gpuType"] {
-  const tiers = cfg.expert_topology.hierarchical_layers;
-  const tierOfLayer = new Map(moeLayers(modelConfigFrom(cfg)).map((l) => [l.layer, l.tierIndex]));
-  const counts = new Array<number>(tiers.length).fill(0);
-  for (const id of experts) {
-    const t = tierOfLayer.get(id.layer);
-    if (t !== undefined) counts[t] = (counts[t] ?? 0) + 1;
-  }
-  let best = 0;
-  counts.forEach((c, t) => {
-    if (c > (counts[best] ?? 0)) best = t;
-  });
-  return (tiers[best] ?? tiers[0])?.gpu_type ?? "a10";
-}
-
-/**
  * Writes the plan into the registry: nodes of an earlier run that are not in this plan are
- * deregistered (their addresses are dead), then publishPlacement registers the nodes and sets each
- * expert's replicas.
+ * deregistered (their addresses are dead), the node TTL is set, and once every node of the plan
+ * has registered itself (they do so as they start) each expert's replicas are set.
  */
 async function publishPlan(
   client: RegistryClient,
   entries: readonly PlacementEntry[],
+  ttlMs: number,
 ): Promise<void> {
-  const before = await client.getRegistry();
-  if (before.ok) {
-    const keep = new Set(entries.map((e) => e.nodeId));
-    for (const id of Object.keys((before.value as RegistryState).nodes))
-      if (!keep.has(id)) {
-        const r = await client.deregisterNode(id);
-        if (!r.ok) throw new Error(`deregister ${id}: ${r.error}`);
+  const ttl = await client.setNodeTtl(ttlMs);
+  if (!ttl.ok) throw new Error(`node TTL: ${ttl.error}`);
+  const want = new Set(entries.map((e) => e.nodeId));
+  const deadline = Date.now() + nodesRegisteredWaitMs;
+  for (;;) {
+    const r = await client.getRegistry();
+    if (!r.ok) throw new Error(`registry read: ${r.error}`);
+    const nodes = (r.value as RegistryState).nodes;
+    for (const id of Object.keys(nodes))
+      if (!want.has(id)) {
+        const d = await client.deregisterNode(id);
+        if (!d.ok) throw new Error(`deregister ${id}: ${d.error}`);
       }
+    const missing = [...want].filter((id) => nodes[id] === undefined);
+    if (missing.length === 0) break;
+    if (Date.now() > deadline)
+      throw new Error(
+        `nodes ${missing.join(", ")} did not register with the coordinators within ${nodesRegisteredWaitMs} ms`,
+      );
+    await new Promise((r) => setTimeout(r, 200));
   }
-  await publishPlacement(client, entries);
+  await publishPlacement(client, entries, { register: false });
 }
 
 /** The host a local client dials for a server bound to `host` (a wildcard → loopback). */
@@ -170,11 +167,8 @@ export async function swarmUp(cfg: SwarmConfig, init: SwarmUpInit): Promise<Runn
   const nodes: ChildNode[] = [];
   let cluster: LocalCoordinatorCluster | null = null;
   let registry: RegistryClient | null = null;
-  let heartbeat: NodeJS.Timeout | undefined;
-  let stopped = false;
+  const heartbeatMs = init.nodeHeartbeatMs ?? nodeHeartbeatMs;
   const stopAll = async () => {
-    stopped = true;
-    clearInterval(heartbeat);
     registry?.close();
     await Promise.all([...nodes.map((n) => stopChild(n.child)), cluster?.stop()]);
   };
@@ -200,6 +194,12 @@ export async function swarmUp(cfg: SwarmConfig, init: SwarmUpInit): Promise<Runn
           regions: init.regions,
           nodesPerRegion: init.nodesPerRegion,
           otlp,
+          ...(cluster
+            ? {
+                registry: cluster.endpoints.map((e) => `${e.host}:${e.port}`).join(","),
+                heartbeatMs,
+              }
+            : {}),
           onLog: (line) => init.log?.(`[${p.nodeId}] ${line}`),
         });
       }),
@@ -222,24 +222,8 @@ export async function swarmUp(cfg: SwarmConfig, init: SwarmUpInit): Promise<Runn
       await publishPlan(
         client,
         entries.map((e) => ({ ...e, gpuType: nodeGpuType(cfg, e.experts) })),
+        nodeTtlHeartbeats * heartbeatMs,
       );
-      let beating = false;
-      heartbeat = setInterval(() => {
-        if (beating || stopped) return;
-        beating = true;
-        (async () => {
-          for (const n of nodes)
-            if (n.child.exitCode === null && n.child.signalCode === null)
-              await client.heartbeat(n.nodeId);
-        })()
-          .catch((err: Error) => {
-            if (!stopped) init.log?.(`registry heartbeat failed: ${err.message}`);
-          })
-          .finally(() => {
-            beating = false;
-          });
-      }, nodeHeartbeatMs);
-      heartbeat.unref();
     }
     const registryArgs = cluster
       ? ["--registry", cluster.endpoints.map((e) => `${e.host}:${e.port}`).join(",")]

@@ -3,7 +3,10 @@
 // node registered by this test appears in the gateway's node list); /metrics counts consensus rounds
 // for each coordinator (gpu_type "none"); the dashboard snapshot shows a leader and a growing
 // committed height; kill -9 of the ORD coordinator leaves completions working and the view moves
-// to a regional leader within a bounded time; SIGTERM leaves no process behind.
+// to a regional leader within a bounded time; the nodes register and heartbeat themselves, and
+// kill -9 of a node gets it marked expired by the registry within its TTL (3 heartbeats), the
+// placement view stops offering it and completions go on from the replicas; SIGTERM leaves no
+// process behind.
 
 import assert from "node:assert/strict";
 import { spawn } from "node:child_process";
@@ -13,6 +16,7 @@ import { join } from "node:path";
 import { createInterface } from "node:readline";
 import { describe, it } from "node:test";
 import { RegistryClient } from "../../src/consensus/client.ts";
+import { RegistryPlacementView } from "../../src/consensus/placement-view.ts";
 import type { RegistryState } from "../../src/consensus/registry.ts";
 import { binPath } from "../../src/swarm/child-nodes.ts";
 import { parseExposition } from "../observe/exposition.ts";
@@ -54,6 +58,13 @@ function alive(pid: number): boolean {
   }
 }
 
+/** "L1.E3" → { layer: 1, expert: 3 }. */
+function parseExpert(key: string): { layer: number; expert: number } {
+  const m = /^L(\d+)\.E(\d+)$/.exec(key);
+  assert.ok(m, key);
+  return { layer: Number(m[1]), expert: Number(m[2]) };
+}
+
 async function complete(url: string): Promise<string> {
   const res = await fetch(`${url}/v1/completions`, {
     method: "POST",
@@ -74,6 +85,9 @@ async function complete(url: string): Promise<string> {
   return body.choices[0]?.text ?? "";
 }
 
+/** Node heartbeat interval given to `up`; the registry's node TTL is 3 of them. */
+const heartbeatMs = 1_000;
+
 describe("moe-swarm up with the coordinators", { timeout: 120_000 }, () => {
   it("reads placement from the registry, shows live consensus, survives kill -9 of ORD, stops everything", async () => {
     const dir = mkdtempSync(join(tmpdir(), "moe-swarm-up-bft-"));
@@ -93,6 +107,8 @@ describe("moe-swarm up with the coordinators", { timeout: 120_000 }, () => {
         "ORD,IAD,SJC",
         "--backend",
         "js",
+        "--node-heartbeat-ms",
+        String(heartbeatMs),
       ],
       { stdio: ["ignore", "pipe", "pipe"] },
     );
@@ -142,6 +158,7 @@ describe("moe-swarm up with the coordinators", { timeout: 120_000 }, () => {
       const extra = await client.registerNode("AMS-7", "AMS", "a10", "127.0.0.1:1");
       assert.ok(extra.ok);
       await waitFor("the registry's new node in the gateway", async () => {
+        await client?.heartbeat("AMS-7"); // it has no process that heartbeats: keep it unexpired
         const s = (await (await fetch(`${api}/v1/swarm`)).json()) as {
           swarm: { nodes: { nodeId: string }[] };
         };
@@ -191,6 +208,47 @@ describe("moe-swarm up with the coordinators", { timeout: 120_000 }, () => {
       );
       assert.notEqual(after.leader, "ORD");
       assert.equal(await complete(api), text);
+
+      // The nodes registered and heartbeat by themselves (up does not do it for them): their
+      // heartbeat times move on. kill -9 of one: the registry marks it expired within its TTL.
+      const registry = async () => {
+        const r = await (client as RegistryClient).getRegistry();
+        assert.ok(r.ok);
+        return r.value as RegistryState;
+      };
+      const beat0 = (await registry()).nodes["IAD-0"]?.lastHeartbeatMs ?? 0;
+      await waitFor("a heartbeat from the IAD-0 process", async () =>
+        ((await registry()).nodes["IAD-0"]?.lastHeartbeatMs ?? 0) > beat0 ? true : undefined,
+      );
+      const killedAt = Date.now();
+      process.kill(event.nodePids["SJC-0"] as number, "SIGKILL");
+      const expired = await waitFor(
+        "SJC-0 marked expired by the registry",
+        async () => {
+          const n = (await registry()).nodes["SJC-0"];
+          return n?.expiredAtMs !== undefined ? n : undefined;
+        },
+        30_000,
+      );
+      const ttlMs = 3 * heartbeatMs;
+      // Expired at the first committed block past its TTL (block time, the leader's clock).
+      assert.ok(
+        expired.expiredAtMs !== undefined && expired.expiredAtMs > expired.lastHeartbeatMs + ttlMs,
+      );
+      process.stderr.write(
+        `# SJC-0 seen expired ${Date.now() - killedAt} ms after kill -9 (TTL ${ttlMs} ms)\n`,
+      );
+      const view = new RegistryPlacementView(client);
+      await view.refresh();
+      assert.ok(view.expiredNodeIds().includes("SJC-0"));
+      assert.ok(!view.nodes().some((n) => n.nodeId === "SJC-0"));
+      assert.ok(
+        Object.keys((await registry()).placements).every(
+          (e) => !view.replicas(parseExpert(e)).some((n) => n.nodeId === "SJC-0"),
+        ),
+        "no expert is offered on the expired node",
+      );
+      assert.equal(await complete(api), text, "served from the other replicas");
 
       client.close();
       client = undefined;

@@ -6,6 +6,7 @@ import { join } from "node:path";
 import type { Command } from "commander";
 import { oneWayLatencySeconds } from "../../config/schema.ts";
 import { RegistryClient } from "../../consensus/client.ts";
+import { retainedCommittedBlocks, snapshotEveryBlocks } from "../../consensus/constants.ts";
 import { generateClusterKeys, loadClusterKeys } from "../../consensus/keys.ts";
 import { CoordinatorNode, clientPort } from "../../consensus/node.ts";
 import { runSimulation } from "../../consensus/sim/simulation.ts";
@@ -14,6 +15,22 @@ import { CoordinatorMetrics } from "../../observe/coordinator-metrics.ts";
 import { type CliIO, configFor, OperationError, UsageError } from "../context.ts";
 
 export const portBaseDefault = 7400;
+
+/** Human lines for the Byzantine evidence in a coordinator's status (none when it has none). */
+export function evidenceLines(status: Record<string, unknown>): string[] {
+  const total = typeof status.evidenceTotal === "number" ? status.evidenceTotal : 0;
+  if (total === 0) return [];
+  const by = Array.isArray(status.evidenceByReplica) ? status.evidenceByReplica : [];
+  const counts = by
+    .map((n, i) => (typeof n === "number" && n > 0 ? `${regionsInLeaderOrder[i]} ${n}` : ""))
+    .filter(Boolean)
+    .join(", ");
+  const records = Array.isArray(status.evidence) ? status.evidence : [];
+  const lines = [`evidence: ${total} (against ${counts})`];
+  for (const r of records.slice(-5) as { region?: unknown; view?: unknown; reason?: unknown }[])
+    lines.push(`  view ${String(r.view)}, against ${String(r.region)}: ${String(r.reason)}`);
+  return lines;
+}
 /** Replica i serves /metrics on port base + 20 + i unless --metrics-port says otherwise. */
 export const metricsPortOffset = 20;
 
@@ -47,6 +64,14 @@ export function registerCoordinator(program: Command, io: CliIO): void {
       "--metrics-port <n>",
       `HTTP port of this replica's Prometheus /metrics (0: any free port; default port base + ${metricsPortOffset} + replica index)`,
     )
+    .option(
+      "--retain-blocks <n>",
+      `committed blocks kept for lagging peers; further behind, they catch up by a certified snapshot (default ${retainedCommittedBlocks})`,
+    )
+    .option(
+      "--snapshot-every <n>",
+      `blocks between snapshots and signed checkpoints; equal on every replica (default ${snapshotEveryBlocks})`,
+    )
     .action(
       async (
         opts: {
@@ -56,6 +81,8 @@ export function registerCoordinator(program: Command, io: CliIO): void {
           portBase: string;
           chainId: string;
           metricsPort?: string;
+          retainBlocks?: string;
+          snapshotEvery?: string;
         },
         c: Command,
       ) => {
@@ -112,6 +139,14 @@ export function registerCoordinator(program: Command, io: CliIO): void {
           viewTimeoutMs: cfg.consensus.view_timeout.seconds * 1000,
           keyEpochMs: cfg.consensus.key_epoch.seconds * 1000,
           maxBatch: cfg.consensus.max_batch,
+          retainedCommittedBlocks: Math.max(
+            2,
+            intOption("--retain-blocks", opts.retainBlocks, retainedCommittedBlocks),
+          ),
+          snapshotEveryBlocks: Math.max(
+            1,
+            intOption("--snapshot-every", opts.snapshotEvery, snapshotEveryBlocks),
+          ),
           latencyMs: (peer) =>
             1000 * oneWayLatencySeconds(cfg, region, regionsInLeaderOrder[peer] as string),
           log: (line) => io.err(`[${region}] ${line}`),
@@ -205,7 +240,9 @@ export function registerCoordinator(program: Command, io: CliIO): void {
       try {
         for (let i = 0; i < regionsInLeaderOrder.length; i++) {
           try {
-            io.out(`${regionsInLeaderOrder[i]}: ${JSON.stringify(await client.status(i))}`);
+            const status = await client.status(i);
+            io.out(`${regionsInLeaderOrder[i]}: ${JSON.stringify(status)}`);
+            for (const line of evidenceLines(status)) io.out(`  ${line}`);
           } catch (err) {
             io.out(`${regionsInLeaderOrder[i]}: down (${(err as Error).message})`);
           }

@@ -8,6 +8,7 @@ import { join } from "node:path";
 import type { Command } from "commander";
 import { RegistryClient } from "../../consensus/client.ts";
 import { replicaCount } from "../../consensus/constants.ts";
+import { nodeHeartbeatMsDefault, nodeHeartbeatMsMin } from "../../consensus/node-heartbeat.ts";
 import { RegistryPlacementView } from "../../consensus/placement-view.ts";
 import { expertKey } from "../../model/expert.ts";
 import type { ExpertBackend } from "../../model/local-expert-host.ts";
@@ -21,7 +22,7 @@ import { startGateway } from "../../swarm/gateway.ts";
 import { startNodeProcess } from "../../swarm/node-process.ts";
 import { httpKeepAliveMs } from "../../swarm/openai-api.ts";
 import { nodeIdOf, type PlacementRegistry, placementFromFile } from "../../swarm/placement.ts";
-import { dialHost, swarmUp } from "../../swarm/swarm-up.ts";
+import { dialHost, nodeHeartbeatMs, nodeTtlHeartbeats, swarmUp } from "../../swarm/swarm-up.ts";
 import { type CliIO, configFor, OperationError, UsageError } from "../context.ts";
 
 /** Training budget of `up` when no model file exists yet. */
@@ -111,8 +112,21 @@ export function registerSwarm(program: Command, io: CliIO): void {
       "--coordinator-port-base <n>",
       "coordinator ports: peers on n+0..4, clients on n+10..14 (default: a free block)",
     )
+    .option(
+      "--node-heartbeat-ms <n>",
+      `how often each node heartbeats into the registry; a node is expired after ${nodeTtlHeartbeats} missed (default ${nodeHeartbeatMs})`,
+    )
     .action(async (opts: Record<string, string | boolean | undefined>, command: Command) => {
       const { config } = configFor(command);
+      const heartbeatMs =
+        opts.nodeHeartbeatMs === undefined
+          ? undefined
+          : intOption(
+              String(opts.nodeHeartbeatMs),
+              "--node-heartbeat-ms",
+              nodeHeartbeatMsMin,
+              3_600_000,
+            );
       const coordinatorPortBase =
         opts.coordinatorPortBase === undefined
           ? undefined
@@ -166,6 +180,7 @@ export function registerSwarm(program: Command, io: CliIO): void {
           log: (line) => io.err(line),
           coordinators,
           ...(coordinatorPortBase !== undefined ? { coordinatorPortBase } : {}),
+          ...(heartbeatMs !== undefined ? { nodeHeartbeatMs: heartbeatMs } : {}),
         });
       } catch (err) {
         if (err instanceof UsageError) throw err;
@@ -255,6 +270,14 @@ export function registerSwarm(program: Command, io: CliIO): void {
       "--otlp <url>",
       "OTLP/HTTP traces endpoint to export spans to, e.g. the gateway's http://127.0.0.1:8080/v1/traces (default: OTEL_EXPORTER_OTLP_* variables)",
     )
+    .option(
+      "--registry <list>",
+      `the coordinators' client endpoints host:port (ORD,IAD,SJC,AMS,SYD order): register there and heartbeat`,
+    )
+    .option(
+      "--heartbeat-ms <n>",
+      `registry heartbeat interval with --registry (default ${nodeHeartbeatMsDefault})`,
+    )
     .action(async (opts: Record<string, string>, command: Command) => {
       const { config } = configFor(command);
       const backend = opts.backend as ExpertBackend;
@@ -265,6 +288,14 @@ export function registerSwarm(program: Command, io: CliIO): void {
       if (opts.otlp !== undefined && !/^https?:\/\/[^\s]+$/.test(opts.otlp))
         throw new UsageError(`--otlp: expected an http(s) URL; got "${opts.otlp}"`);
       const region = String(opts.region).toUpperCase();
+      const registryEndpoints =
+        opts.registry === undefined ? undefined : parseEndpoints(String(opts.registry));
+      if (opts.heartbeatMs !== undefined && registryEndpoints === undefined)
+        throw new UsageError("--heartbeat-ms: only with --registry <endpoints>");
+      const heartbeatMs =
+        opts.heartbeatMs === undefined
+          ? nodeHeartbeatMsDefault
+          : intOption(String(opts.heartbeatMs), "--heartbeat-ms", nodeHeartbeatMsMin, 3_600_000);
       const obs = nodeObservability(config, {
         nodeId: nodeIdOf(region, index),
         region,
@@ -287,6 +318,15 @@ export function registerSwarm(program: Command, io: CliIO): void {
             opts.nodesPerRegion === undefined
               ? undefined
               : intOption(String(opts.nodesPerRegion), "--nodes-per-region", 1, 64),
+          ...(registryEndpoints
+            ? {
+                registry: {
+                  endpoints: registryEndpoints,
+                  heartbeatMs,
+                  log: (line: string) => io.err(`[${nodeIdOf(region, index)}] ${line}`),
+                },
+              }
+            : {}),
         });
         await new Promise<void>((resolve, reject) => {
           metricsServer.once("error", reject);

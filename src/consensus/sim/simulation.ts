@@ -6,6 +6,7 @@
 // committed prefix, durability across restarts, liveness after heal, and linearizability of the
 // clients' history. A failing seed reproduces with `moe-swarm coordinator simulate --seed N`.
 
+import { invariant } from "../../common/assert.ts";
 import { Prng } from "../../common/prng.ts";
 import {
   MlDsa65Signer,
@@ -60,6 +61,13 @@ export interface SimulationOptions {
   readonly linkDelayMs?: (from: ReplicaId, to: ReplicaId) => number;
   /** Honest replicas send commit votes (default true); false runs the 2-chain rule alone. */
   readonly commitVotes?: boolean;
+  /** Committed blocks each replica keeps for lagging peers (default: the production constant). */
+  readonly retainedCommittedBlocks?: number;
+  /**
+   * Crashes this honest replica at `atMs` and keeps it down until the heal, so that with a small
+   * `retainedCommittedBlocks` it can only catch up by state transfer.
+   */
+  readonly crashUntilHeal?: { readonly replica: ReplicaId; readonly atMs: number };
   /** Receives every replica event (rejections, evidence, view changes) for debugging a seed. */
   readonly trace?: (atMs: number, replica: ReplicaId, event: ReplicaEvent) => void;
 }
@@ -250,8 +258,20 @@ export function runSimulation(options: SimulationOptions): SimulationResult {
       // Small, so that snapshots and WAL truncation happen (and are crashed through) in every run.
       snapshotEveryBlocks: 4,
       ...(options.commitVotes === undefined ? {} : { commitVotes: options.commitVotes }),
+      ...(options.retainedCommittedBlocks
+        ? { retainedCommittedBlocks: options.retainedCommittedBlocks }
+        : {}),
       nowMs: q.nowMs,
       log,
+      onSnapshotInstalled: (block) => {
+        commits.push({
+          replica: i,
+          height: block.height,
+          blockId: block.id,
+          atMs: q.nowMs,
+          viaSnapshot: true,
+        });
+      },
       onCommit: (block) => {
         commits.push({ replica: i, height: block.height, blockId: block.id, atMs: q.nowMs });
         const probe = probes.get(i);
@@ -311,9 +331,22 @@ export function runSimulation(options: SimulationOptions): SimulationResult {
       const down = 20 + prng.int(700);
       q.at(at, () => crash(who));
       q.at(at + down, () => {
-        if (!replicas[who] && !healed) start(who);
+        if (!replicas[who] && !healed && who !== longCrash?.replica) start(who);
       });
     }
+  }
+
+  // The long-crashed replica is an honest one: the next replica if the seed made it Byzantine.
+  const longCrash = options.crashUntilHeal && {
+    atMs: options.crashUntilHeal.atMs,
+    replica:
+      options.crashUntilHeal.replica === byz?.id
+        ? (options.crashUntilHeal.replica + 1) % replicaCount
+        : options.crashUntilHeal.replica,
+  };
+  if (longCrash) {
+    invariant(honest.has(longCrash.replica), "the long-crashed replica is an honest one");
+    q.at(longCrash.atMs, () => crash(longCrash.replica));
   }
 
   // ---- Clients ----------------------------------------------------------------------------------
