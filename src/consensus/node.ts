@@ -55,7 +55,7 @@ export interface CoordinatorNodeInit {
  */
 export interface CoordinatorObserver {
   /** Every replica event (rejections, timeouts, view changes …) and every frame the node drops. */
-  event(e: { readonly kind: string; readonly reason?: string }): void;
+  event(e: { readonly kind: string; readonly reason?: string; readonly against?: number }): void;
   /** A block committed live here; `nowMs` is this replica's clock (the block carries the leader's). */
   committed(block: Pick<Block, "height" | "timestampMs">, nowMs: number): void;
   /** A request a client sent to this coordinator committed `ms` after it arrived. */

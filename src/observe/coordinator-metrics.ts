@@ -20,6 +20,7 @@ import { createServer, type Server } from "node:http";
 import type { AddressInfo } from "node:net";
 import client from "prom-client";
 import type { SwarmConfig } from "../config/schema.ts";
+import { regionsInLeaderOrder as coordinatorRegions } from "../consensus/types.ts";
 import { coordinatorGpuLabel } from "../swarm/consensus-feed.ts";
 import { metricPrefix } from "./constants.ts";
 import { routeAll } from "./http-route.ts";
@@ -76,6 +77,7 @@ export class CoordinatorMetrics {
   readonly #timeouts: client.Counter<string>;
   readonly #rejected: client.Counter<"reason">;
   readonly #fsyncs: client.Counter<string>;
+  readonly #evidence: client.Counter<"against">;
   #fsyncsSeen = 0;
   #server: Server | undefined;
 
@@ -97,6 +99,12 @@ export class CoordinatorMetrics {
       name: `${metricPrefix}consensus_rejected_messages_total`,
       help: "Messages and frames this coordinator rejected, by reason (the full text is in its log)",
       labelNames: ["reason"],
+      registers,
+    });
+    this.#evidence = new client.Counter({
+      name: `${metricPrefix}consensus_evidence_total`,
+      help: "Byzantine evidence this coordinator saw (equivocation, conflicting votes or checkpoints), by accused replica's region; the records are in `coordinator status`",
+      labelNames: ["against"],
       registers,
     });
     this.#fsyncs = new client.Counter({
@@ -122,9 +130,11 @@ export class CoordinatorMetrics {
 
   // ---- CoordinatorObserver (src/consensus/node.ts) -----------------------------------------------
 
-  event(e: { readonly kind: string; readonly reason?: string }): void {
+  event(e: { readonly kind: string; readonly reason?: string; readonly against?: number }): void {
     if (e.kind === "reject") this.#rejected.inc({ reason: rejectReasonLabel(e.reason ?? "") });
     else if (e.kind === "timeout") this.#timeouts.inc();
+    else if (e.kind === "evidence" && e.against !== undefined)
+      this.#evidence.inc({ against: coordinatorRegions[e.against] ?? String(e.against) });
   }
 
   committed(block: { readonly timestampMs: number }, nowMs: number): void {

@@ -7,6 +7,7 @@
 import assert from "node:assert/strict";
 import { describe, it } from "node:test";
 import { evidenceLines } from "../../src/cli/commands/coordinator.ts";
+import { loadConfig } from "../../src/config/load.ts";
 import type { RegistryClient } from "../../src/consensus/client.ts";
 import { type MembershipClient, NodeHeartbeat } from "../../src/consensus/node-heartbeat.ts";
 import { RegistryPlacementView } from "../../src/consensus/placement-view.ts";
@@ -18,6 +19,7 @@ import {
 } from "../../src/consensus/registry.ts";
 import { runSimulation } from "../../src/consensus/sim/simulation.ts";
 import { canonicalJson } from "../../src/consensus/types.ts";
+import { CoordinatorMetrics } from "../../src/observe/coordinator-metrics.ts";
 
 const register = (nodeId: string) => ({
   kind: "register_node" as const,
@@ -226,5 +228,23 @@ describe("evidence in replica status", () => {
     );
     assert.match(lines[1] ?? "", /^ {2}view \d+, against ORD: equivocation/);
     assert.deepEqual(evidenceLines({ evidenceTotal: 0 }), []);
+  });
+
+  it("is counted on the coordinator's /metrics by accused region", async () => {
+    const { config } = loadConfig();
+    const m = new CoordinatorMetrics({
+      config,
+      region: "IAD",
+      source: {
+        status: () => ({ view: 1, committedHeight: 1, leaderRegion: "ORD", roundsTotal: 1 }),
+        walFsyncs: () => 0,
+      },
+    });
+    m.event({ kind: "evidence", against: 0, reason: "equivocation: two proposals in round 4" });
+    m.event({ kind: "evidence", against: 0, reason: "conflicting votes in round 5" });
+    m.event({ kind: "evidence", against: 3, reason: "checkpoint at height 8 signs block …" });
+    const text = await m.metrics.exposition();
+    assert.match(text, /moe_swarm_consensus_evidence_total\{[^}]*against="ORD"[^}]*\} 2/);
+    assert.match(text, /moe_swarm_consensus_evidence_total\{[^}]*against="AMS"[^}]*\} 1/);
   });
 });
