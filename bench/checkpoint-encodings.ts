@@ -123,16 +123,44 @@ function bytePlanesBest(r: Uint32Array, base: Uint32Array | undefined): number {
   return s;
 }
 
-/** Bytes at the empirical entropy of each byte plane: order 0, or given the base plane's byte. */
-function planeEntropyBytes(r: Uint32Array, base: Uint32Array | undefined): number {
-  let bits = 0;
+/**
+ * Symbol counts of each byte plane, per context (the base plane's byte, or one context), pooled
+ * over every tensor of a kind: per-tensor tables would be too sparse (65,536 cells against tensors
+ * of a few thousand floats) and report an entropy far below what any coder can reach.
+ */
+function countPlanes(tables: Float64Array[], r: Uint32Array, base: Uint32Array | undefined): void {
   for (let k = 0; k < 4; k++) {
-    const counts = new Float64Array(256 * 256);
+    const counts = tables[k] as Float64Array;
     for (let i = 0; i < r.length; i++) {
       const ctx = base === undefined ? 0 : ((base[i] as number) >>> (8 * k)) & 0xff;
       const at = ctx * 256 + (((r[i] as number) >>> (8 * k)) & 0xff);
       counts[at] = (counts[at] as number) + 1;
     }
+  }
+}
+
+/** Bits per byte of each plane at its empirical (conditional) entropy, planes 0 (low) to 3. */
+function entropyBitsPerPlane(tables: Float64Array[]): number[] {
+  return tables.map((counts) => {
+    let bits = 0;
+    let total = 0;
+    for (let c = 0; c < 256; c++) {
+      let n = 0;
+      for (let s = 0; s < 256; s++) n += counts[c * 256 + s] as number;
+      total += n;
+      for (let s = 0; s < 256; s++) {
+        const x = counts[c * 256 + s] as number;
+        if (x > 0) bits -= x * Math.log2(x / n);
+      }
+    }
+    return total === 0 ? 0 : bits / total;
+  });
+}
+
+/** Bytes at the empirical (conditional) entropy of pooled plane counts. */
+function entropyBytes(tables: Float64Array[]): number {
+  let bits = 0;
+  for (const counts of tables) {
     for (let c = 0; c < 256; c++) {
       let n = 0;
       for (let s = 0; s < 256; s++) n += counts[c * 256 + s] as number;
@@ -149,6 +177,16 @@ function planeEntropyBytes(r: Uint32Array, base: Uint32Array | undefined): numbe
 export function printEncodingVariants(series: readonly Shard[][]): void {
   const totals = new Map<string, number>();
   const add = (key: string, v: number) => totals.set(key, (totals.get(key) ?? 0) + v);
+  const pooled = new Map<string, Float64Array[]>();
+  const tables = (key: string) => {
+    let t = pooled.get(key);
+    if (t === undefined) {
+      t = [0, 1, 2, 3].map(() => new Float64Array(256 * 256));
+      pooled.set(key, t);
+      add(key, 0); // keeps the printing order
+    }
+    return t;
+  };
   for (let c = 1; c < series.length; c++) {
     for (const shard of series[c] ?? []) {
       if (!shard.name.endsWith(".safetensors")) continue;
@@ -169,18 +207,17 @@ export function printEncodingVariants(series: readonly Shard[][]): void {
             leadingClassZstd(r),
           );
           add(`${t.kind} ${how.padEnd(4)} byte planes, best coder per plane`, bytePlanesBest(r, a));
-          add(
-            `${t.kind} ${how.padEnd(4)} bound: plane entropy, order 0`,
-            planeEntropyBytes(r, undefined),
+          countPlanes(
+            tables(`${t.kind} ${how.padEnd(4)} bound: plane entropy, order 0`),
+            r,
+            undefined,
           );
-          add(
-            `${t.kind} ${how.padEnd(4)} bound: plane entropy | base byte`,
-            planeEntropyBytes(r, a),
-          );
+          countPlanes(tables(`${t.kind} ${how.padEnd(4)} bound: plane entropy | base byte`), r, a);
         }
       });
     }
   }
+  for (const [key, t] of pooled) totals.set(key, entropyBytes(t));
   for (const kind of ["w", "m", "v"]) {
     const raw = totals.get(`${kind} raw`);
     if (raw === undefined) continue;
@@ -188,7 +225,14 @@ export function printEncodingVariants(series: readonly Shard[][]): void {
     for (const [key, v] of [...totals].filter(
       ([k]) => k.startsWith(`${kind} `) && k !== `${kind} raw`,
     ))
-      console.log(`    ${key.slice(2).padEnd(56)} ${(v / raw).toFixed(3)}×`);
+      console.log(
+        `    ${key.slice(2).padEnd(56)} ${(v / raw).toFixed(3)}×` +
+          (pooled.has(key)
+            ? `  (bits/byte of planes 0–3: ${entropyBitsPerPlane(pooled.get(key) ?? [])
+                .map((x) => x.toFixed(2))
+                .join(", ")})`
+            : ""),
+      );
   }
 }
 

@@ -52,6 +52,7 @@ import type { CheckpointStore } from "../../storage/checkpoint-store.ts";
 import { StorageError } from "../../storage/errors.ts";
 import { storeFromConfig } from "../../storage/from-config.ts";
 import { type TierName, tierNames } from "../../storage/manifest.ts";
+import { TierCopier } from "../../storage/tier-copier.ts";
 import { saveSwarmModel } from "../../swarm/swarm-checkpoint.ts";
 import { startTrainingSwarm } from "../../swarm/training-swarm.ts";
 import { adamwHyper } from "../../tensor/adamw.ts";
@@ -459,6 +460,8 @@ async function train(cfg: SwarmConfig, opts: TrainOptions, io: CliIO, cmd: Comma
   const expertsOn =
     swarm === null ? (local as LocalExpertHost).backend : `swarm (${swarm.nodes.length} nodes)`;
   let kernels: OnnxKernels | null = null;
+  // Tier copies and retention GC after each checkpoint run on a worker thread (issue #7).
+  let copier: TierCopier | null = null;
   push?.start();
   try {
     kernels = opts.trunk === "onnx" ? await OnnxKernels.create(opts.threads) : null;
@@ -523,20 +526,27 @@ async function train(cfg: SwarmConfig, opts: TrainOptions, io: CliIO, cmd: Comma
       adamw: trainer.optimizer.hyper,
     });
     const runId = newRunId(Date.now());
+    if (store !== null && frequency !== null) copier = await TierCopier.start(store.spec);
     const checkpointer =
       store !== null && frequency !== null
-        ? new TrainingCheckpointer(store, {
-            frequency,
-            warmEvery: opts.warmEvery,
-            coldEvery: opts.coldEvery,
-            coldEnabled: opts.key !== undefined,
-          })
+        ? new TrainingCheckpointer(
+            store,
+            {
+              frequency,
+              warmEvery: opts.warmEvery,
+              coldEvery: opts.coldEvery,
+              coldEnabled: opts.key !== undefined,
+            },
+            undefined,
+            copier ?? undefined,
+          )
         : null;
     if (checkpointer !== null && host.exportTrainingState === undefined)
       throw new UsageError(
         `checkpoints (${frequency?.text}) need an expert host that exports its training state, and ${expertsOn} does not; pass --checkpoint-every 0`,
       );
     let checkpointFailures = 0;
+    let copiesReported = 0;
     io.err(
       `training ${mc.tiers.map((t) => `${t.name} ${t.experts}×${t.activation}`).join(", ")}; d_model ${mc.dModel}, ` +
         `batch ${batchSize}×${T} bytes, ${data.train.length} train / ${data.validation.length} validation bytes, ` +
@@ -626,8 +636,12 @@ async function train(cfg: SwarmConfig, opts: TrainOptions, io: CliIO, cmd: Comma
             `checkpoint ${saved.id} → hot${saved.copies.map((c) => `, ${c.tier}`).join("")}: ` +
               `${mb(saved.hot.rawBytes)}, wrote ${mb(saved.hot.storedBytes)} hot` +
               saved.copies.map((c) => ` + ${mb(c.report.storedBytes)} ${c.tier}`).join("") +
-              ` in ${((performance.now() - c0) / 1000).toFixed(2)} s`,
+              ` in ${((performance.now() - c0) / 1000).toFixed(2)} s` +
+              saved.queued.map((tier) => `; ${tier} copy queued`).join(""),
           );
+          for (const r of copier?.results.slice(copiesReported) ?? [])
+            if (!r.ok) logLine(`background checkpoint job FAILED: ${r.message}`);
+          copiesReported = copier?.results.length ?? 0;
         } catch (err) {
           if (!(err instanceof OperationError)) throw err;
           checkpointFailures++;
@@ -659,6 +673,11 @@ async function train(cfg: SwarmConfig, opts: TrainOptions, io: CliIO, cmd: Comma
           : ""),
     );
   } finally {
+    if (copier !== null && copier.backlog > 0)
+      io.err(`waiting for ${copier.backlog} background checkpoint job(s) (tier copies, GC)`);
+    await copier
+      ?.close()
+      .catch((err: Error) => io.err(`background checkpoint jobs: ${err.message}`));
     await push?.stop();
     await local?.close();
     await swarm?.stop();
