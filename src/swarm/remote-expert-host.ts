@@ -1013,7 +1013,8 @@ export class RemoteExpertHost implements ExpertHost {
     versioned = true,
     route: ReadRoute = {},
   ): Promise<Frame> {
-    this.counters.calls++;
+    // A read that continues a group's call (hedge or failover) was counted with the group.
+    if (route.exclude === undefined) this.counters.calls++;
     const queue = this.#candidates(id).filter((n) => n !== route.exclude);
     const first = route.first;
     if (first !== undefined && queue[0] !== first && queue.includes(first)) {
