@@ -2,11 +2,12 @@
 // unchanged with its experts in the swarm (hivemind's RemoteExpert idea, one level up).
 //
 // Reads (forward) go to one replica: the healthy one with the lowest recent median latency (before
-// any sample: the lowest emulated RTT). If it has not answered after its own recent p95, the same
-// request is hedged to the next replica — when that one's expected latency is within the same p95,
-// so that the hedge can win — and the first answer wins ("The Tail at Scale"). On an
-// error, a closed connection or a missed deadline the next replica is tried at once (failover) and
-// the node is marked unhealthy; a background probe with exponential backoff marks it healthy again.
+// any sample: the lowest emulated RTT). If it has not answered after its node's recent p95 and
+// after the next replica's whole expected latency (before that a farther replica could not win),
+// the same request is hedged to that replica and the first answer wins ("The Tail at Scale").
+// A dispatch round's calls go as one frame per node (#forwardGroup); each call in it is hedged and
+// failed over on its own. On an error, a closed connection or a missed deadline the next replica
+// is tried at once (failover) and the node is marked unhealthy; a background probe with exponential backoff marks it healthy again.
 // Attempt deadlines adapt: a multiple of the node's recent p99 for that op (forward, backward,
 // applyUpdate, ... each has its own latency window, so a grouped update is not judged by forward
 // latencies), clamped, never more than what is left of the caller's deadline.
@@ -556,15 +557,29 @@ export class RemoteExpertHost implements ExpertHost {
         },
       );
     if (this.#init.hedging ?? true) {
-      const delayMs = this.#hedgeDelayMs(n, timeoutMs, Op.forward);
-      hedgeTimer = setTimeout(() => {
-        hedgeTimer = undefined;
-        calls.forEach((c, i) => {
+      // As #read: call i is hedged once the group is slower than n's recent p95 and than the
+      // expected latency of i's best other replica.
+      const p95Ms = this.#hedgeDelayMs(n, timeoutMs, Op.forward);
+      const hedgeAtMs = calls.map((c) => {
+        const other = this.#candidates(c.id).find((m) => m !== n && m.healthy);
+        return other ? Math.max(p95Ms, this.#expectedMs(other)) : Number.POSITIVE_INFINITY;
+      });
+      const arm = () => {
+        const elapsedMs = this.#now() - t0;
+        let nextMs = Number.POSITIVE_INFINITY;
+        calls.forEach((_, i) => {
           if (settled[i] || aloneInFlight[i]) return;
-          const other = this.#candidates(c.id).find((m) => m !== n && m.healthy);
-          if (other && this.#expectedMs(other) <= delayMs) alone(i, "hedge");
+          const at = hedgeAtMs[i] as number;
+          if (at <= elapsedMs) {
+            hedgeAtMs[i] = Number.POSITIVE_INFINITY; // once per call
+            alone(i, "hedge");
+          } else nextMs = Math.min(nextMs, at);
         });
-      }, delayMs);
+        if (left > 0 && nextMs < timeoutMs)
+          hedgeTimer = setTimeout(arm, Math.max(0, nextMs - elapsedMs));
+      };
+      const firstMs = Math.min(...hedgeAtMs);
+      if (firstMs < timeoutMs) hedgeTimer = setTimeout(arm, firstMs);
     }
   }
 
@@ -1140,14 +1155,16 @@ export class RemoteExpertHost implements ExpertHost {
         );
         const hedgeDelayMs = this.#hedgeDelayMs(n, timeoutMs, op);
         const next = queue[0];
-        // Hedge only to a replica that can be expected to answer within the time the first one
-        // usually takes (its p95): a farther replica behind a fixed link delay cannot win the race
-        // and would only add load.
-        if (kind !== "hedge" && hedging && next && this.#expectedMs(next) <= hedgeDelayMs) {
+        // Hedge once this attempt is slower than its node's recent p95 and than the whole expected
+        // latency of the next replica: before that, a farther replica (behind a fixed link delay)
+        // could not win the race and would only add load; after it, this attempt is a straggler
+        // that the hedge can beat.
+        const hedgeAtMs = next ? Math.max(hedgeDelayMs, this.#expectedMs(next)) : timeoutMs;
+        if (kind !== "hedge" && hedging && hedgeAtMs < timeoutMs) {
           if (hedgeTimer) clearTimeout(hedgeTimer);
           hedgeTimer = setTimeout(() => {
             if (!done) launch("hedge");
-          }, hedgeDelayMs);
+          }, hedgeAtMs);
         }
         return true;
       };

@@ -232,6 +232,26 @@ describe("adaptive deadlines", () => {
   });
 });
 
+describe("hedging across regions", () => {
+  it("a straggler is hedged to a farther replica once it is slower than that replica's whole expected latency", async () => {
+    // ORD-0 is in the gateway's region; the other replicas of L0.E0 are 5 ms away one way.
+    const links: RegionLinks = { oneWayMs: (a, b) => (a === b ? 0 : 5), bitsPerSecond: undefined };
+    const { dispatcher, swarm, reference } = await setup(links);
+    const id = { layer: 0, expert: 0 }; // ORD-0, IAD-0, SJC-0
+    const x = randn(21, d);
+    for (let i = 0; i < 12; i++) await dispatcher.forward(id, x, 1); // learn: ORD-0 answers in ~1 ms
+    const ord = swarm.get("ORD-0");
+    assert.ok(ord.host.forwardCalls >= 12, "the near replica serves");
+    ord.host.delayMs = 400; // a straggler, far slower than a round trip to another region
+    const { hedges, hedgeWins } = dispatcher.counters;
+    assert.deepEqual(await dispatcher.forward(id, x, 1), await reference.forward(id, x, 1));
+    // A hedge only at the near replica's p95 (~1 ms) would never go to a replica 10 ms away.
+    assert.equal(dispatcher.counters.hedges - hedges, 1);
+    assert.equal(dispatcher.counters.hedgeWins - hedgeWins, 1);
+    ord.host.delayMs = 0;
+  });
+});
+
 describe("write deadlines", () => {
   it("an update slower than every forward keeps its replicas: writes have their own latency statistics", async () => {
     const { dispatcher, swarm, reference } = await setup(noDelay, false);
