@@ -95,28 +95,34 @@ export function runLatencyModel(o: LatencyModelOptions): LatencyModelResult {
   const busyUntil = new Array<number>(replicaCount).fill(0);
   const busyTotal = new Array<number>(replicaCount).fill(0);
   const armedAt = new Array<number>(replicaCount).fill(Number.POSITIVE_INFINITY);
-  const outbox: { to: ReplicaId | "client"; msg: ReplicaMsg | ReplyMsg }[][] = Array.from(
-    { length: replicaCount },
-    () => [],
-  );
+  // Each message sent remembers the CPU spent in its handler before it was sent: it leaves then.
+  type Out = { to: ReplicaId | "client"; msg: ReplicaMsg | ReplyMsg; afterMs: number };
+  const outbox: Out[][] = Array.from({ length: replicaCount }, () => []);
+  const spent = (i: ReplicaId) => {
+    const m = meters[i] as Metered;
+    return m.signs * o.signMs + m.verifies * o.verifyMs;
+  };
+  const handlerStart = new Array<number>(replicaCount).fill(0);
   const replicas: Replica[] = [];
 
-  /** Runs `work` on replica i once it is free; its messages leave when the charged CPU is spent. */
+  /**
+   * Runs `work` on replica i once it is free; each message it sends leaves once the signature CPU
+   * spent in the handler up to that send is done.
+   */
   const runOn = (i: ReplicaId, work: (r: Replica) => void) => {
     const start = Math.max(q.nowMs, busyUntil[i] as number);
     const go = () => {
-      const m = meters[i] as Metered;
-      const before = m.signs * o.signMs + m.verifies * o.verifyMs;
+      handlerStart[i] = spent(i);
       work(replicas[i] as Replica);
-      const cost = m.signs * o.signMs + m.verifies * o.verifyMs - before;
+      const cost = spent(i) - (handlerStart[i] as number);
       busyUntil[i] = q.nowMs + cost;
       busyTotal[i] = (busyTotal[i] as number) + cost;
-      const out = outbox[i] as { to: ReplicaId | "client"; msg: ReplicaMsg | ReplyMsg }[];
+      const out = outbox[i] as Out[];
       outbox[i] = [];
-      for (const { to, msg } of out) {
-        if (to === "client") q.at(q.nowMs + cost, () => clientReceive(msg as ReplyMsg));
+      for (const { to, msg, afterMs } of out) {
+        if (to === "client") q.at(q.nowMs + afterMs, () => clientReceive(msg as ReplyMsg));
         else
-          q.at(q.nowMs + cost + o.linkDelayMs(i, to), () =>
+          q.at(q.nowMs + afterMs + o.linkDelayMs(i, to), () =>
             runOn(to, (r) => r.onMessage(i, msg as ReplicaMsg, q.nowMs)),
           );
       }
@@ -147,8 +153,14 @@ export function runLatencyModel(o: LatencyModelOptions): LatencyModelResult {
         verifier: m.verifier(keys.verifier()),
         storage: new MemoryStorage(),
         network: {
-          send: (to, msg) => outbox[i]?.push({ to, msg }),
-          reply: (msg) => outbox[i]?.push({ to: "client", msg }),
+          send: (to, msg) =>
+            outbox[i]?.push({ to, msg, afterMs: spent(i) - (handlerStart[i] as number) }),
+          reply: (msg) =>
+            outbox[i]?.push({
+              to: "client",
+              msg,
+              afterMs: spent(i) - (handlerStart[i] as number),
+            }),
         },
         viewTimeoutMs: 60_000,
         maxBatch: o.maxBatch ?? 1024,
