@@ -15,7 +15,7 @@ import { CheckpointStore } from "../src/storage/checkpoint-store.ts";
 import { chunkSizesFromAverage } from "../src/storage/fastcdc.ts";
 import { tiersIn } from "../test/storage/fixtures/store.ts";
 import { ExpertTrainer } from "../test/storage/fixtures/train-expert.ts";
-import { duBytes, printPeers, seriesPeers } from "./storage-peers.ts";
+import { duBytes, printPeers, seriesPeers, uniqueDiskBytes } from "./storage-peers.ts";
 
 const d = Number(process.argv[2] ?? 128);
 const h = Number(process.argv[3] ?? 512);
@@ -91,6 +91,18 @@ for (const tier of ["hot", "warm", "cold"] as const) {
 printPeers("whole training state (weights + AdamW moments)", allPeers);
 console.log("  moe-swarm tiers (stored bytes include manifests, DAG nodes and key files):");
 for (const r of rows) console.log(`    ${r}`);
+t0 = process.hrtime.bigint();
+for (let c = 0; c < count; c++) store.restore("hot", `step-${(c + 1) * gap}`);
+console.log(
+  `  hot restore once its chunks are shared with warm (warm records decoded): ${(raw / 1e6 / seconds(t0)).toFixed(1)} MB/s`,
+);
+const tierDir = (tier: string) => join(root, "store", tier);
+const apart = duBytes(tierDir("hot")) + duBytes(tierDir("warm"));
+const together = uniqueDiskBytes([tierDir("hot"), tierDir("warm")]);
+console.log(
+  `  hot + warm on disk, each file once (chunks in both tiers are one hard-linked file): ${fraction(together)}× raw ` +
+    `(${fraction(apart)}× counted per tier)`,
+);
 const warm = Number(rows[1]?.split("×")[0]?.trim().split(/\s+/)[1]);
 if (allPeers.restic !== undefined)
   console.log(

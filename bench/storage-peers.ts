@@ -40,6 +40,18 @@ export function duBytes(path: string): number {
   return readdirSync(path).reduce((s, n) => s + duBytes(join(path, n)), 0);
 }
 
+/** Bytes of the files under `paths`, each inode counted once (hard links shared by tiers). */
+export function uniqueDiskBytes(paths: readonly string[]): number {
+  const seen = new Map<string, number>();
+  const walk = (path: string) => {
+    const st = statSync(path);
+    if (st.isDirectory()) for (const n of readdirSync(path)) walk(join(path, n));
+    else seen.set(`${st.dev}:${st.ino}`, st.size);
+  };
+  for (const p of paths) walk(p);
+  return [...seen.values()].reduce((a, b) => a + b, 0);
+}
+
 export function zstdPerFileBytes(
   dir: string,
   transform: (b: Uint8Array) => Uint8Array = (b) => b,

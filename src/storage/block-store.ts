@@ -4,11 +4,20 @@
 // CID before anyone sees them, so a flipped byte anywhere in a file is reported with its CID and
 // path, never returned. An LRU cache keeps recently read blocks in memory.
 
-import { existsSync, readdirSync, readFileSync, rmSync, statSync } from "node:fs";
-import { join } from "node:path";
+import {
+  existsSync,
+  linkSync,
+  mkdirSync,
+  readdirSync,
+  readFileSync,
+  renameSync,
+  rmSync,
+  statSync,
+} from "node:fs";
+import { dirname, join } from "node:path";
 import { invariant } from "../common/assert.ts";
 import { EnvelopeError } from "../crypto/envelope.ts";
-import { tempSuffix, writeFileAtomic } from "./atomic.ts";
+import { fsyncDir, tempSuffix, writeFileAtomic } from "./atomic.ts";
 import {
   type Compression,
   type DeltaRef,
@@ -249,5 +258,41 @@ export class BlockStore {
 
   storedBytes(cid: CID): number {
     return statSync(this.pathOf(cid)).size;
+  }
+
+  /** Whether this store's file for `cid` and `other`'s are one file (hard links to one inode). */
+  sameFile(other: BlockStore, cid: CID): boolean {
+    try {
+      const a = statSync(this.pathOf(cid));
+      const b = statSync(other.pathOf(cid));
+      return a.dev === b.dev && a.ino === b.ino;
+    } catch {
+      return false;
+    }
+  }
+
+  /**
+   * Replaces this store's record of `cid` by a hard link to `other`'s record of it, atomically
+   * (link to a temp name, rename over): afterwards both stores name one file, so the block takes
+   * its bytes once on disk, and either store's GC unlinking its name leaves the other's intact.
+   * The caller checks that this store can decode the record (its bases are here too). Returns
+   * false, changing nothing, where links are impossible (another file system, no link support).
+   */
+  linkFrom(other: BlockStore, cid: CID): boolean {
+    const target = this.pathOf(cid);
+    const temp = `${target}.${process.pid}.link${tempSuffix}`;
+    try {
+      mkdirSync(dirname(target), { recursive: true });
+      rmSync(temp, { force: true });
+      linkSync(other.pathOf(cid), temp);
+    } catch {
+      rmSync(temp, { force: true });
+      return false;
+    }
+    this.#crash("block:before-link-rename");
+    renameSync(temp, target);
+    fsyncDir(dirname(target));
+    this.cache.delete(cid.toString());
+    return true;
   }
 }

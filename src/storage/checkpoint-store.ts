@@ -130,6 +130,11 @@ export interface SaveReport {
   readonly duplicateChunks: number;
   /** Chunks stored as an XOR delta against a similar earlier chunk range. */
   readonly deltaChunks: number;
+  /**
+   * Blocks of this checkpoint now shared with another unsealed tier (one file, hard-linked into
+   * both): the smaller record of the two is kept for both tiers.
+   */
+  readonly sharedBlocks: number;
 }
 
 export interface Problem {
@@ -531,7 +536,54 @@ export class CheckpointStore {
     this.#crash("save:before-manifest");
     writeFileAtomic(tier.manifestPath(id), encodeManifest(manifest), this.#crash);
     this.#crash("save:after-manifest");
-    return { manifest, rawBytes: totalBytes, storedBytes, chunks, duplicateChunks, deltaChunks };
+    const sharedBlocks = this.#shareBlocks(tier, manifest.blocks);
+    return {
+      manifest,
+      rawBytes: totalBytes,
+      storedBytes,
+      chunks,
+      duplicateChunks,
+      deltaChunks,
+      sharedBlocks,
+    };
+  }
+
+  /**
+   * One copy per block across unsealed tiers: where another unsealed tier holds a record of the
+   * same CID (same plaintext), both tiers' names are made one file — the smaller record, so a
+   * warm-encoded record serves the hot tier too — provided the tier that gets the link holds every
+   * base that record depends on (each tier stays decodable on its own; its GC marks those bases).
+   * The sealed (cold) tier never shares: it must hold nothing but ciphertext. Restoring a shared
+   * block from the hot tier decodes the warm encoding (zstd / range coder) instead of reading raw.
+   */
+  #shareBlocks(tier: Tier, cids: readonly string[]): number {
+    if (tier.init.sealed) return 0;
+    let shared = 0;
+    for (const other of this.#tiers.values()) {
+      if (other === tier || other.init.sealed) continue;
+      for (const key of cids) {
+        const cid = CID.parse(key);
+        if (!other.blocks.has(cid) || !tier.blocks.has(cid)) continue;
+        if (tier.blocks.sameFile(other.blocks, cid)) {
+          shared++;
+          continue;
+        }
+        const [keep, into] =
+          tier.blocks.storedBytes(cid) <= other.blocks.storedBytes(cid)
+            ? [tier, other]
+            : [other, tier];
+        let bases: CID[];
+        try {
+          bases = keep.blocks.header(cid).delta?.bases ?? [];
+        } catch (err) {
+          if (err instanceof StorageError) continue; // a damaged record is not shared
+          throw err;
+        }
+        if (bases.some((b) => !into.blocks.has(b))) continue;
+        if (into.blocks.linkFrom(keep.blocks, cid)) shared++;
+      }
+    }
+    return shared;
   }
 
   /** Leaves of the same-named, same-sized shard of the tier's previous checkpoint (delta bases). */
