@@ -4,7 +4,8 @@
 //   warm — zstd level 9, with byte-plane grouping, float deltas against the same tensor region of
 //          the tier's previous checkpoint where they are similar enough (float32Resemblance), and
 //          zstd dictionary deltas against the most similar earlier chunk found by MinHash
-//          super-features (similarity.ts), both gated by `similarity_threshold`,
+//          super-features (similarity.ts), both gated by `similarity_threshold`; below the
+//          threshold that region still serves as context of the range-coded planes (block-record.ts),
 //   cold — brotli level 11, byte planes and float deltas, then AES-256-GCM under a fresh per-checkpoint
 //          data key wrapped with ML-KEM-768 for the operator (src/crypto/envelope.ts).
 // Each shard is cut by FastCDC into chunks that become raw CIDv1 leaves of a UnixFS DAG; a chunk
@@ -13,6 +14,9 @@
 // unreferenced blocks that the next GC removes. Restore reads every block through its CID check
 // and each shard through its SHA-256 before returning anything; it refuses rather than return
 // wrong bytes.
+//
+// A chunk held by both unsealed tiers is one file hard-linked into both (#shareBlocks); the sealed
+// cold tier never shares. Each tier's names stay decodable on their own, so GC stays per tier.
 //
 // GC is mark and sweep per tier: expire manifests past the tier's retention (never the newest
 // `keepLatestMin`), mark every block listed by a live manifest, the delta bases they depend on

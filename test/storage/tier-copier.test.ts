@@ -36,8 +36,8 @@ describe("background tier copies (training waits only for the hot write)", () =>
     const store = openTestStore(dir, { chunkSizes: chunkSizesFromAverage(64 * 1024) });
     const copier = await TierCopier.start(store.spec);
     try {
-      // 512 KiB of floats: brotli-11 takes long enough (seconds) to watch the copy run.
-      const shard = { name: "w", bytes: floatBytes(41, 128 * 1024) };
+      // 256 KiB of floats: brotli-11 takes long enough (a second or so) to watch the copy run.
+      const shard = { name: "w", bytes: floatBytes(41, 64 * 1024) };
       await copier.whileWriting(() => store.saveAsync("hot", "ck-1", [shard], { step: 1 }));
       await copier.enqueueCopy("hot", "cold", "ck-1");
       const first = store.pendingCopies("cold");
@@ -134,7 +134,7 @@ describe("background tier copies (training waits only for the hot write)", () =>
 
   it("the backlog is bounded: one copy more than backlogMax waits for the oldest", async () => {
     const dir = `${t.dir}/backlog`;
-    const store = openTestStore(dir);
+    const store = openTestStore(dir, { chunkSizes: chunkSizesFromAverage(16 * 1024) });
     const copier = await TierCopier.start(store.spec, { backlogMax: 1 });
     try {
       for (const id of ["b-1", "b-2"])

@@ -334,7 +334,14 @@ export function registerCheckpoint(program: Command, io: CliIO): void {
     for (const r of reports) {
       io.out(
         `${r.tier}: expired ${r.expired.length} (${r.expired.join(", ") || "none"}), ${r.liveCheckpoints} live checkpoints, ` +
-          `${r.liveBlocks} live blocks, swept ${r.sweptBlocks} blocks (${mb(r.sweptBytes)}), ${r.sweptKeys} keys`,
+          `${r.liveBlocks} live blocks, swept ${r.sweptBlocks} blocks (${mb(r.sweptBytes)}), ${r.sweptKeys} keys` +
+          (r.keptForCopies.length > 0
+            ? `; kept ${r.keptForCopies.join(", ")} past retention for pending copies`
+            : "") +
+          (r.sweepSkipped ? "; sweep skipped: a copy into this tier is running" : "") +
+          (r.staleCopies.length > 0
+            ? `; cleared failed/interrupted copies ${r.staleCopies.join(", ")}`
+            : ""),
       );
     }
   });
