@@ -6,7 +6,7 @@
 //   npx tsx bench/swarm-throughput.ts [iterations]
 
 import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
-import { tmpdir } from "node:os";
+import { loadavg, tmpdir } from "node:os";
 import { join } from "node:path";
 import { Prng } from "../src/common/prng.ts";
 import { loadConfig } from "../src/config/load.ts";
@@ -28,20 +28,24 @@ function quantile(xs: number[], q: number): number {
   return s[Math.min(s.length - 1, Math.max(0, Math.ceil(q * s.length) - 1))] as number;
 }
 
+/** Times `n` forwards of each model on the same inputs, alternating call by call so that both
+ * see the same machine load (the machine is shared); 2 warm-up calls each. */
 async function timeForward(
-  model: MoeTransformer,
+  models: readonly MoeTransformer[],
   B: number,
   n: number,
   seed: number,
-): Promise<number[]> {
+): Promise<number[][]> {
   const rng = new Prng(seed);
-  const times: number[] = [];
+  const times: number[][] = models.map(() => []);
   for (let i = 0; i < n + 2; i++) {
     const ids = Int32Array.from({ length: B * T }, () => rng.int(256));
-    model.clearRoutingCaches(); // no cache hits: every call does the full work
-    const t0 = performance.now();
-    await noGradAsync(() => model.forward(ids, B, T));
-    if (i >= 2) times.push(performance.now() - t0); // 2 warm-up calls
+    for (const [m, model] of models.entries()) {
+      model.clearRoutingCaches(); // no cache hits: every call does the full work
+      const t0 = performance.now();
+      await noGradAsync(() => model.forward(ids, B, T));
+      if (i >= 2) times[m]?.push(performance.now() - t0);
+    }
   }
   return times;
 }
@@ -85,7 +89,9 @@ try {
   const cfgL = loadConfig(withLatency).config;
 
   console.log(
-    `# model: local profile (d_model ${cfg0.model.d_model}, 3 MoE blocks, 26 experts), T=${T}, ${iterations} iterations`,
+    `# model: local profile (d_model ${cfg0.model.d_model}, 3 MoE blocks, 26 experts), T=${T}, ${iterations} iterations, trunk on the TypeScript kernels (bench/swarm-batch1.ts: onnxruntime trunk); load average ${loadavg()
+      .map((x) => x.toFixed(2))
+      .join(" ")}`,
   );
   const local = await buildLocalModel(cfg0);
   const swarm = await startSwarm(noLatency, cfg0, true);
@@ -98,8 +104,10 @@ try {
   );
   console.log("|---|---|---|---|---|---|---|---|");
   for (const B of [1, 32]) {
-    const a = await timeForward(local.model, B, iterations, B);
-    const b = await timeForward(trunk, B, iterations, B);
+    const [a, b] = (await timeForward([local.model, trunk], B, iterations, B)) as [
+      number[],
+      number[],
+    ];
     const tps = (xs: number[]) => ((B * T) / (quantile(xs, 0.5) / 1000)).toFixed(0);
     console.log(
       `| ${B} | ${quantile(a, 0.5).toFixed(1)} | ${quantile(a, 0.99).toFixed(1)} | ${tps(a)} | ${quantile(b, 0.5).toFixed(1)} | ${quantile(b, 0.99).toFixed(1)} | ${tps(b)} | ${(quantile(b, 0.5) / quantile(a, 0.5)).toFixed(2)}× |`,
@@ -116,7 +124,7 @@ try {
   for (const hedging of [false, true]) {
     const s = await startSwarm(withLatency, cfgL, hedging);
     const model = buildTrunk(cfgL, s.host);
-    const xs = await timeForward(model, 1, iterations * 3, 5);
+    const [xs] = (await timeForward([model], 1, iterations * 3, 5)) as [number[]];
     console.log(
       `| ${hedging ? "on" : "off"} | ${quantile(xs, 0.5).toFixed(1)} | ${quantile(xs, 0.95).toFixed(1)} | ${quantile(xs, 0.99).toFixed(1)} | ${s.host.counters.hedges} | ${s.host.counters.hedgeWins} |`,
     );
