@@ -118,6 +118,7 @@ export function rangeDecodeBytes(
   const trees: (Uint16Array | undefined)[] = new Array(contextCount);
   const out = new Uint8Array(length);
   let at = 0;
+  const end = payload.length;
   const next = () => {
     if (at >= payload.length)
       throw new RangeCoderError(`range-coded payload of ${payload.length} B ends early`);
@@ -152,8 +153,10 @@ export function rangeDecodeBytes(
         b = 1;
       }
       while (range < topValue) {
+        // code < range < 2^24 here, so code · 256 + byte stays below 2^32.
+        if (at >= end) throw new RangeCoderError(`range-coded payload of ${end} B ends early`);
         range = (range * 256) >>> 0;
-        code = (code * 256 + next()) % two32;
+        code = code * 256 + (payload[at++] as number);
       }
       node = (node << 1) | b;
     }
