@@ -43,6 +43,12 @@ export function expertNodeRequestHook(
     const op = opNames[frame.op];
     if (op === undefined || (init.enabled && !init.enabled())) return undefined;
     const t0 = performance.now();
+    // A forward frame carries one tensor per expert (the dispatcher groups a round's calls to a
+    // node); a backward frame carries x and dy of the same rows.
+    const tokens =
+      frame.op === Op.forward
+        ? frame.tensors.reduce((sum, t) => sum + (t.dims[0] ?? 0), 0)
+        : (frame.tensors[0]?.dims[0] ?? 0);
     // A call the gateway did not sample (flag off in its traceparent) gets no span: parent-based
     // sampling would make it a non-recording span anyway, so skip building one and its attributes.
     const traceparent = frame.traceparent || undefined;
@@ -52,7 +58,7 @@ export function expertNodeRequestHook(
             "moe.node": init.nodeId,
             "moe.expert": frame.ids[0] ? `L${frame.ids[0].layer}.E${frame.ids[0].expert}` : "",
             "moe.experts": frame.ids.length,
-            "moe.tokens": frame.tensors[0]?.dims[0] ?? 0,
+            "moe.tokens": tokens,
             "moe.caller_region": frame.region,
           })
         : undefined;
@@ -61,7 +67,6 @@ export function expertNodeRequestHook(
       const seconds = (performance.now() - t0) / 1000;
       record?.(failed ? 500 : 200, seconds);
       if (op === "forward" || op === "backward") {
-        const tokens = frame.tensors[0]?.dims[0] ?? 0;
         if (!failed && tokens > 0)
           init.metrics?.recordTokens(op === "forward" ? "prompt" : "train", tokens);
       }
