@@ -88,7 +88,7 @@ async function complete(url: string): Promise<string> {
 /** Node heartbeat interval given to `up`; the registry's node TTL is 3 of them. */
 const heartbeatMs = 1_000;
 
-describe("moe-swarm up with the coordinators", { timeout: 120_000 }, () => {
+describe("moe-swarm up with the coordinators", { timeout: 180_000 }, () => {
   it("reads placement from the registry, shows live consensus, survives kill -9 of ORD, stops everything", async () => {
     const dir = mkdtempSync(join(tmpdir(), "moe-swarm-up-bft-"));
     const configPath = join(dir, "swarm.yaml");
