@@ -75,6 +75,7 @@ describe("state transfer between coordinator processes", { timeout: 120_000 }, (
       await Promise.all(load);
 
       await cluster.startReplica(syd);
+      const restartedAt = Date.now();
       // A little more traffic, so the restarted replica hears of certified blocks above it.
       for (let k = 0; k < 3; k++)
         assert.deepEqual(await clients[0]?.setPlacement(`L9.E${k}`, ["n0"]), { ok: true });
@@ -90,6 +91,9 @@ describe("state transfer between coordinator processes", { timeout: 120_000 }, (
         ord = await statusOf(probe, 0);
         caught = await statusOf(probe, syd);
       }
+      process.stderr.write(
+        `# SYD at height ${caught.committedHeight} (${caught.stateSync.snapshotsInstalled} snapshot(s) installed) ${Date.now() - restartedAt} ms after it listened again\n`,
+      );
       assert.ok(ord.committedHeight >= target, `ORD at ${ord.committedHeight} < ${target}`);
       assert.equal(caught.committedHeight, ord.committedHeight);
       assert.equal(caught.committedBlockId, ord.committedBlockId);
