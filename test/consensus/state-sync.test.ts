@@ -112,19 +112,21 @@ function harness(id = 0) {
   };
 }
 
+/** A replica down from 100 ms until the heal while its peers keep only 4 committed blocks. */
+const longCrashOptions = {
+  retainedCommittedBlocks: 4,
+  crashUntilHeal: { replica: 3, atMs: 100 },
+  opsPerClient: 30,
+  // The restarted replica first fetches the state, while the others may change views.
+  livenessViewsMax: 24,
+};
+
 describe("state transfer", () => {
   it("a replica down for longer than its peers keep blocks catches up by a certified snapshot (40 seeded schedules, Byzantine replica, faults)", () => {
     const failures: string[] = [];
     let installedRuns = 0;
     for (let seed = 1; seed <= 40; seed++) {
-      const r = runSimulation({
-        seed,
-        retainedCommittedBlocks: 4,
-        crashUntilHeal: { replica: 3, atMs: 100 },
-        opsPerClient: 30,
-        // The restarted replica first fetches the state, while the others may change views.
-        livenessViewsMax: 24,
-      });
+      const r = runSimulation({ seed, ...longCrashOptions });
       // The checkers demand agreement (the snapshot's block included) and that the long-crashed
       // replica commits past the height at the heal, which it can only reach by a snapshot here.
       if (!r.ok) failures.push(`seed ${seed}: ${r.violations.join("; ")} (${r.reproduce})`);
@@ -132,6 +134,11 @@ describe("state transfer", () => {
         installedRuns += 1;
     }
     assert.deepEqual(failures.slice(0, 3), []);
+    // A failing seed prints one command that reruns it with these options.
+    assert.match(
+      runSimulation({ seed: 1, ...longCrashOptions }).reproduce,
+      /simulate --seed 1 --retain 4 --long-crash 3@100 --ops 30 --liveness-views 24$/,
+    );
     // Without state transfer these runs could not finish; most of them needed a snapshot.
     assert.ok(installedRuns >= 20, `snapshots installed in ${installedRuns} of 40 runs`);
   });

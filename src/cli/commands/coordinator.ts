@@ -197,33 +197,73 @@ export function registerCoordinator(program: Command, io: CliIO): void {
     .option("--seeds <n>", "how many consecutive seeds", "1")
     .option("--ml-dsa", "sign with real ML-DSA-65 instead of the simulation MAC (slow)")
     .option("-v, --verbose", "print every run's statistics")
-    .action((opts: { seed: string; seeds: string; mlDsa?: boolean; verbose?: boolean }) => {
-      const first = intOption("--seed", opts.seed, 1);
-      const count = intOption("--seeds", opts.seeds, 1);
-      const started = performance.now();
-      const failed: number[] = [];
-      for (let seed = first; seed < first + count; seed++) {
-        const r = runSimulation({
-          seed,
-          ...(opts.mlDsa ? { signatures: "ml-dsa-65" as const } : {}),
-        });
-        if (!r.ok) {
-          failed.push(seed);
-          io.out(
-            `seed ${seed} FAILED: ${r.violations.join("; ")}\n  byzantine: ${JSON.stringify(r.byzantine)}\n  reproduce: ${r.reproduce}`,
+    .option(
+      "--retain <n>",
+      "committed blocks each replica keeps (small: lagging replicas need state transfer)",
+    )
+    .option(
+      "--long-crash <replica@ms>",
+      "crash this replica (0-4) at this simulated time and keep it down until the heal",
+    )
+    .option("--ops <n>", "operations per client")
+    .option("--liveness-views <n>", "views a replica may take to commit again after the heal")
+    .action(
+      (opts: {
+        seed: string;
+        seeds: string;
+        mlDsa?: boolean;
+        verbose?: boolean;
+        retain?: string;
+        longCrash?: string;
+        ops?: string;
+        livenessViews?: string;
+      }) => {
+        const first = intOption("--seed", opts.seed, 1);
+        const count = intOption("--seeds", opts.seeds, 1);
+        const crash =
+          opts.longCrash === undefined ? undefined : /^([0-4])@(\d{1,9})$/.exec(opts.longCrash);
+        if (opts.longCrash !== undefined && !crash)
+          throw new UsageError(
+            `--long-crash: expected <replica 0-4>@<simulated ms>, e.g. 3@100; got "${opts.longCrash}"`,
           );
-        } else if (opts.verbose || count === 1) {
-          io.out(
-            `seed ${seed} ok: ${JSON.stringify(r.stats)} byzantine ${JSON.stringify(r.byzantine)}`,
-          );
-          if (count === 1)
-            for (const [reason, n] of r.rejectReasons) io.out(`  rejected ×${n}: ${reason}`);
+        const extra = {
+          ...(opts.retain !== undefined
+            ? { retainedCommittedBlocks: Math.max(2, intOption("--retain", opts.retain, 2)) }
+            : {}),
+          ...(crash
+            ? { crashUntilHeal: { replica: Number(crash[1]), atMs: Number(crash[2]) } }
+            : {}),
+          ...(opts.ops !== undefined ? { opsPerClient: intOption("--ops", opts.ops, 6) } : {}),
+          ...(opts.livenessViews !== undefined
+            ? { livenessViewsMax: intOption("--liveness-views", opts.livenessViews, 12) }
+            : {}),
+        };
+        const started = performance.now();
+        const failed: number[] = [];
+        for (let seed = first; seed < first + count; seed++) {
+          const r = runSimulation({
+            seed,
+            ...(opts.mlDsa ? { signatures: "ml-dsa-65" as const } : {}),
+            ...extra,
+          });
+          if (!r.ok) {
+            failed.push(seed);
+            io.out(
+              `seed ${seed} FAILED: ${r.violations.join("; ")}\n  byzantine: ${JSON.stringify(r.byzantine)}\n  reproduce: ${r.reproduce}`,
+            );
+          } else if (opts.verbose || count === 1) {
+            io.out(
+              `seed ${seed} ok: ${JSON.stringify(r.stats)} byzantine ${JSON.stringify(r.byzantine)}`,
+            );
+            if (count === 1)
+              for (const [reason, n] of r.rejectReasons) io.out(`  rejected ×${n}: ${reason}`);
+          }
         }
-      }
-      const s = (performance.now() - started) / 1000;
-      io.out(`${count - failed.length}/${count} seeds passed in ${s.toFixed(1)} s`);
-      if (failed.length > 0) throw new OperationError(`failing seeds: ${failed.join(", ")}`);
-    });
+        const s = (performance.now() - started) / 1000;
+        io.out(`${count - failed.length}/${count} seeds passed in ${s.toFixed(1)} s`);
+        if (failed.length > 0) throw new OperationError(`failing seeds: ${failed.join(", ")}`);
+      },
+    );
 
   cmd
     .command("status")

@@ -518,7 +518,7 @@ export function runSimulation(options: SimulationOptions): SimulationResult {
     seed,
     ok: violations.length === 0,
     violations,
-    reproduce: `npx moe-swarm coordinator simulate --seed ${seed}${options.signatures === "ml-dsa-65" ? " --ml-dsa" : ""}`,
+    reproduce: `npx moe-swarm coordinator simulate --seed ${seed}${options.signatures === "ml-dsa-65" ? " --ml-dsa" : ""}${options.retainedCommittedBlocks ? ` --retain ${options.retainedCommittedBlocks}` : ""}${options.crashUntilHeal ? ` --long-crash ${options.crashUntilHeal.replica}@${options.crashUntilHeal.atMs}` : ""}${options.opsPerClient !== undefined ? ` --ops ${options.opsPerClient}` : ""}${options.livenessViewsMax !== undefined ? ` --liveness-views ${options.livenessViewsMax}` : ""}`,
     byzantine: byz,
     stats: {
       events,
