@@ -15,6 +15,10 @@
 // `--sample` is the fraction of requests traced (parent-based: the nodes follow the gateway);
 // metrics are recorded for every request either way.
 //
+// On a shared, loaded machine prefer `--clients 1`: with one request at a time every token costs
+// the same expert calls (no cross-request merging, which varies with load), so the CPU per token
+// on vs off compares like with like; wall-clock throughput there mostly measures the neighbours.
+//
 //   npx tsx bench/observe-overhead.ts [--sample 1] [--emulation] [--clients 4] [--tokens 8] [--phase 6] [--rounds 2]
 //
 // Profiling: `--only on` (or `off`) runs a single phase of that mode and no ABBA rounds, e.g.
@@ -146,6 +150,11 @@ async function operationCosts(): Promise<{
 }
 
 // Skipped with --only, so a profile of the phase is not mixed with these loops.
+console.log(
+  `load average at the start: ${loadavg()
+    .map((l) => l.toFixed(1))
+    .join(" ")} on ${cpus().length} cores`,
+);
 const costs =
   only === undefined
     ? await operationCosts()
@@ -273,6 +282,32 @@ console.log(
 console.log(
   `  swarm CPU per generated token: off ${cpuOff.toFixed(2)} ms · on ${cpuOn.toFixed(2)} ms · CPU overhead ${((cpuOn / cpuOff - 1) * 100).toFixed(1)}%`,
 );
+// Per ABBA block (off on on off, 4 consecutive phases): the on/off ratio of that block alone.
+// Neighbours' load drifts over seconds to minutes; within one block it mostly cancels, so the
+// median over blocks (with its spread) is the figure to trust on a shared machine.
+const blocks: { tps: number; cpu: number }[] = [];
+const abba = only === undefined ? results : [];
+for (let b = 0; b + 4 <= abba.length; b += 4) {
+  const block = abba.slice(b, b + 4);
+  const m = (on: boolean, f: (p: (typeof block)[number]) => number) =>
+    mean(block.filter((p) => p.on === on).map(f));
+  blocks.push({
+    tps: m(true, (p) => p.tps) / m(false, (p) => p.tps),
+    cpu: m(true, (p) => p.cpuMsPerToken) / m(false, (p) => p.cpuMsPerToken),
+  });
+}
+const quartiles = (xs: number[]) => {
+  const s = [...xs].sort((a, b) => a - b);
+  const at = (q: number) => s[Math.min(s.length - 1, Math.round(q * (s.length - 1)))] as number;
+  return [at(0.25), at(0.5), at(0.75)] as const;
+};
+if (blocks.length > 0) {
+  const [t1, t2, t3] = quartiles(blocks.map((x) => (1 - x.tps) * 100));
+  const [c1, c2, c3] = quartiles(blocks.map((x) => (x.cpu - 1) * 100));
+  console.log(
+    `  per ABBA block, median [quartiles] over ${blocks.length} blocks: throughput overhead ${t2.toFixed(1)}% [${t1.toFixed(1)}, ${t3.toFixed(1)}] · CPU-per-token overhead ${c2.toFixed(1)}% [${c1.toFixed(1)}, ${c3.toFixed(1)}]`,
+  );
+}
 console.log(
   `  load average at the end: ${loadavg()
     .map((l) => l.toFixed(1))

@@ -382,7 +382,7 @@ function render(snapshot, events) {
   $("kpi-errors").textContent = fmtNumber(r.errors, 0);
   $("kpi-failovers").textContent = fmtNumber(snapshot.failovers, 0);
   $("kpi-fidelity").textContent =
-    snapshot.gradientFidelity === null ? "–" : snapshot.gradientFidelity.toFixed(4);
+    snapshot.gradientFidelity === null ? "n/a" : snapshot.gradientFidelity.toFixed(4);
 
   const t = snapshot.at;
   pushHistory(history.requests, [t, r.ratePerSecond]);
