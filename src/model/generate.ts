@@ -1,13 +1,15 @@
 // Autoregressive sampling from the byte-level model: temperature-scaled softmax over the last
 // position's logits, restricted to the top-k bytes (Fan et al. 2018), drawn with the seeded PRNG.
-// There is no key/value cache: each step re-reads the window, so the tokens of the prompt and of
-// earlier steps keep the same hidden states and hit the superposition cache (their routes are
-// reused instead of recomputed) until the window starts to slide.
+// Steps run through a per-call key/value cache (kv-cache.ts): the prompt is prefilled in one call,
+// then each step feeds only the new byte. Positions are absolute, so once the sequence outgrows the
+// context window every step re-prefills the last window (what full recompute does). `kvCache:
+// false` keeps the old full-window recompute as the reference the tests compare against.
 
 import { invariant } from "../common/assert.ts";
 import type { Prng } from "../common/prng.ts";
 import { noGradAsync } from "../tensor/tensor.ts";
 import { byteVocab } from "./config.ts";
+import { KvSession } from "./kv-cache.ts";
 import type { MoeTransformer } from "./transformer.ts";
 
 export interface SampleInit {
@@ -19,6 +21,8 @@ export interface SampleInit {
   readonly rng: Prng;
   /** Called with each new byte as it is produced. */
   readonly onByte?: (byte: number) => void;
+  /** Incremental decoding with a key/value cache (default true); false re-reads the window. */
+  readonly kvCache?: boolean;
 }
 
 /** Index sampled from logits row `row` (only the 256 byte values are eligible). */
@@ -54,12 +58,18 @@ export async function generateBytes(
   const ctx = model.config.context;
   const seq: number[] = prompt.length > 0 ? Array.from(prompt) : [0x0a];
   const out: number[] = [];
+  const V = model.config.vocab;
+  const session = (init.kvCache ?? true) ? new KvSession(model) : null;
   for (let i = 0; i < init.maxNewBytes; i++) {
     const window = seq.slice(-ctx);
     const T = window.length;
-    const { logits } = await noGradAsync(() => model.forward(Int32Array.from(window), 1, T));
-    const V = model.config.vocab;
-    const row = logits.data.subarray((T - 1) * V, T * V);
+    const row = session
+      ? await session.lastLogits(window)
+      : (
+          await noGradAsync(() =>
+            model.forward(Int32Array.from(window), 1, T, undefined, { routingCache: false }),
+          )
+        ).logits.data.subarray((T - 1) * V, T * V);
     const b = sampleLogits(row, init.temperature, init.topK, init.rng);
     seq.push(b);
     out.push(b);

@@ -64,6 +64,18 @@ export interface MoeOutput {
   readonly plan: RoutingPlan;
 }
 
+/**
+ * Capacity factor of the no-grad (inference and evaluation) path: E/k, which makes the capacity
+ * ⌈(E/k)·N·k/E⌉ = N assignments per expert — more than any expert can be asked for, since a token
+ * is assigned to an expert at most once. So inference never drops a token for capacity (GShard and
+ * Switch use a larger eval capacity for the same reason), and a token's output does not depend on
+ * how many other tokens share its call: a KV-cached step (1 row) equals the full-window forward.
+ * Training (a tape is recorded) keeps the tier's `capacity_factor` and its drops.
+ */
+export function inferenceCapacityFactor(experts: number, topK: number): number {
+  return experts / Math.min(topK, experts);
+}
+
 export class MoeLayer {
   readonly info: MoeLayerInfo;
   readonly dModel: number;
@@ -176,7 +188,7 @@ export class MoeLayer {
       activation: tier.activation,
       topK: tier.topK,
       threshold: this.routing.collapseThreshold,
-      capacityFactor: tier.capacityFactor,
+      capacityFactor: training ? tier.capacityFactor : inferenceCapacityFactor(E, tier.topK),
     });
 
     const exact = h.dtype === "float64" && isExact(host) ? host : null;

@@ -24,10 +24,11 @@ import {
   linear,
   weightedSum,
 } from "../tensor/ops.ts";
-import { alloc, type DType, Tensor } from "../tensor/tensor.ts";
+import { alloc, type Buf, type DType, noGradAsync, Tensor } from "../tensor/tensor.ts";
 import { type ModelConfig, moeLayers, totalBlocks } from "./config.ts";
 import type { ExpertCallContext, ExpertHost, ExpertId } from "./expert.ts";
 import { initStd } from "./expert-ffn.ts";
+import { type CachedForwardOptions, cachedAttention, KvCache } from "./kv-cache.ts";
 import { MoeLayer, type MoeLayerStats } from "./moe-layer.ts";
 
 interface Block {
@@ -194,6 +195,78 @@ export class MoeTransformer {
           )
         : ce;
     return { logits, ce, loss, loadBalance: sum(lb), zLoss: sum(z) };
+  }
+
+  /** An empty key/value cache for one sequence of this model (see kv-cache.ts). */
+  newKvCache(): KvCache {
+    return new KvCache(this.blocks.length, this.config.dModel, this.config.context, this.dtype);
+  }
+
+  /**
+   * Incremental inference (no tape): logits [n, vocab] for `ids` at positions L..L+n-1 after the
+   * L positions in `cache`, attending over the cached keys/values; appends the new rows' keys and
+   * values to the cache. Only the n new rows go through the routers and experts. The routing
+   * (superposition) cache is not consulted: each token is routed once per sequence here, and a
+   * quantised-key hit would reuse another state's gates, so routes are computed exactly.
+   */
+  async forwardCached(
+    ids: Int32Array,
+    cache: KvCache,
+    opts: CachedForwardOptions = {},
+  ): Promise<Buf> {
+    const mc = this.config;
+    const n = ids.length;
+    const L = cache.length;
+    if (n < 1 || L + n > mc.context)
+      throw new RangeError(
+        `cached forward: ${L} cached + ${n} new tokens must be in [1, ${mc.context}]`,
+      );
+    invariant(
+      cache.nLayers === this.blocks.length && cache.dModel === mc.dModel,
+      "KV cache belongs to another model shape",
+    );
+    return noGradAsync(async () => {
+      const pos = new Int32Array(n);
+      for (let i = 0; i < n; i++) pos[i] = L + i;
+      let x = add(embedding(this.tokEmb, ids), embedding(this.posEmb, pos));
+      for (let li = 0; li < this.blocks.length; li++) {
+        const blk = this.blocks[li] as Block;
+        const h = layerNorm(x, blk.ln1g, blk.ln1b);
+        const q = await this.#linear(h, blk.wq, blk.bq);
+        const k = await this.#linear(h, blk.wk, blk.bk);
+        const v = await this.#linear(h, blk.wv, blk.bv);
+        cache.write(li, k.data, v.data, n);
+        // A prefill is the full forward's attention over the window (same kernel); a step
+        // attends its query rows over the cache.
+        const att =
+          L === 0
+            ? this.kernels
+              ? await this.kernels.causalAttention(q, k, v, 1, n, mc.nHeads)
+              : causalAttention(q, k, v, 1, n, mc.nHeads)
+            : new Tensor(
+                cachedAttention(
+                  q.data,
+                  cache.layers[li] as (typeof cache.layers)[number],
+                  L,
+                  n,
+                  mc.dModel,
+                  mc.nHeads,
+                  this.dtype,
+                ),
+                [n, mc.dModel],
+              );
+        x = add(x, await this.#linear(att, blk.wo, blk.bo));
+        const h2 = layerNorm(x, blk.ln2g, blk.ln2b);
+        x = add(x, (await blk.moe.forward(h2, this.host, opts.ctx, false)).y);
+      }
+      cache.commit(ids);
+      const logits = await this.#linear(
+        layerNorm(x, this.lnfG, this.lnfB),
+        this.head,
+        this.headBias,
+      );
+      return logits.data;
+    });
   }
 
   async #linear(x: Tensor, w: Tensor, b: Tensor): Promise<Tensor> {

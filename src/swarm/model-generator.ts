@@ -4,14 +4,17 @@
 // nucleus sampling (`sampleNucleus`, Holtzman et al. 2020, https://arxiv.org/abs/1904.09751) below
 // it; this file also adds what serving needs — UTF-8 assembly of byte tokens, stop sequences,
 // cancellation when the client goes away, and the caller's deadline passed down to every expert
-// call.
+// call. Each request decodes through its own key/value cache (src/model/kv-cache.ts): the prompt
+// is one prefill, then a step sends one row per MoE layer to the experts instead of the whole
+// prefix (until the window slides: positions are absolute, so past the context every step
+// re-prefills the last window).
 
 import { invariant } from "../common/assert.ts";
 import { Prng } from "../common/prng.ts";
 import { byteVocab } from "../model/config.ts";
 import { sampleLogits } from "../model/generate.ts";
+import { KvSession } from "../model/kv-cache.ts";
 import type { MoeTransformer } from "../model/transformer.ts";
-import { noGradAsync } from "../tensor/tensor.ts";
 import {
   type GenerateRequest,
   type GenerateResult,
@@ -79,7 +82,8 @@ export class ModelTextGenerator implements TextGenerator {
     const promptTokens = this.countTokens(req.prompt);
     const decoder = new TextDecoder("utf-8");
     const filter = new StopSequenceFilter(req.stop);
-    const { context, vocab } = this.model.config;
+    const { context } = this.model.config;
+    const session = new KvSession(this.model);
     let text = "";
     const emit = (piece: string) => {
       const out = filter.push(piece);
@@ -92,14 +96,9 @@ export class ModelTextGenerator implements TextGenerator {
       req.signal.throwIfAborted();
       if (req.deadlineMs !== undefined && Date.now() > req.deadlineMs)
         throw new GenerationDeadlineError(req.deadlineMs);
-      const window = seq.slice(-context);
-      const T = window.length;
-      const { logits } = await noGradAsync(() =>
-        this.model.forward(Int32Array.from(window), 1, T, undefined, {
-          ctx: { signal: req.signal, deadlineMs: req.deadlineMs },
-        }),
-      );
-      const row = logits.data.subarray((T - 1) * vocab, T * vocab);
+      const row = await session.lastLogits(seq.slice(-context), {
+        ctx: { signal: req.signal, deadlineMs: req.deadlineMs },
+      });
       // top_p = 1 keeps the model's own sampler (same draws as `generate` for a seed).
       const b =
         req.topP < 1
