@@ -1,7 +1,9 @@
 // Text generation end to end: completions through the gateway's HTTP API with the experts on
 // expert nodes (child processes, no injected latency) vs the same model generating in-process
 // (ModelTextGenerator over a local model; both with onnxruntime trunk kernels), with 1 and 32 concurrent requests. Prints generated
-// tokens/s and p50/p99 request latency for both and the ratio.
+// tokens/s and p50/p99 request latency for both and the ratio. A second table runs the same
+// generators with the per-request KV cache turned off (full-window recompute every token, the
+// pre-cache behaviour) in the same alternating repeats, with request bytes per generated token.
 //   npx tsx bench/gateway-generation.ts [tokens] [repeats]
 
 import { setMaxListeners } from "node:events";
@@ -94,6 +96,9 @@ try {
   // The gateway's own trunk (experts on the nodes) without HTTP: separates the API's cost from
   // the forwards'.
   const swarmNoHttp = new ModelTextGenerator(gateway.trunk, "local");
+  // The same trunks without the KV cache (the reference the cache replaces).
+  const inProcessRecompute = new ModelTextGenerator(inProcess.model, "local", false);
+  const swarmRecompute = new ModelTextGenerator(gateway.trunk, "local", false);
   const generate = (g: ModelTextGenerator) => async (i: number) => {
     const signal = new AbortController().signal;
     setMaxListeners(4096, signal); // as the gateway does for each completion
@@ -112,6 +117,8 @@ try {
   };
   const direct = generate(inProcess);
   const noHttp = generate(swarmNoHttp);
+  const directRe = generate(inProcessRecompute);
+  const noHttpRe = generate(swarmRecompute);
   await viaHttp(0); // warm-up (connections, onnx sessions)
   await direct(0);
   console.log(
@@ -124,6 +131,7 @@ try {
   );
   console.log("|---|---|---|---|---|---|---|---|---|---|");
   const perToken: string[] = [];
+  const kvRows: string[] = [];
   for (const c of [1, 32]) {
     // Alternate in-process and swarm `repeats` times so both see the same machine load; report the
     // median repeat of each (by tokens/s).
@@ -133,14 +141,25 @@ try {
     let httpFrames = 0;
     let noHttpFrames = 0;
     const frames = () => gateway.dispatcher.wire().frames;
+    const sent = () => gateway.dispatcher.wire().bytesSent;
+    const res: Awaited<ReturnType<typeof measure>>[] = [];
+    const nres: Awaited<ReturnType<typeof measure>>[] = [];
+    let kvBytes = 0;
+    let reBytes = 0;
     for (let r = 0; r < repeats; r++) {
       as.push(await measure(c, direct));
       let f0 = frames();
       bs.push(await measure(c, viaHttp));
       httpFrames += frames() - f0;
       f0 = frames();
+      let b0 = sent();
       ns.push(await measure(c, noHttp));
       noHttpFrames += frames() - f0;
+      kvBytes += sent() - b0;
+      res.push(await measure(c, directRe));
+      b0 = sent();
+      nres.push(await measure(c, noHttpRe));
+      reBytes += sent() - b0;
     }
     perToken.push(
       `${c} concurrent: ${(httpFrames / (repeats * c * tokens)).toFixed(1)} request frames per generated token through HTTP, ${(noHttpFrames / (repeats * c * tokens)).toFixed(1)} without`,
@@ -150,11 +169,22 @@ try {
     const a = median(as);
     const b = median(bs);
     const n = median(ns);
+    const ra = median(res);
+    const rn = median(nres);
+    const perTok = (bytes: number) => (bytes / (repeats * c * tokens) / 1024).toFixed(1);
+    kvRows.push(
+      `| ${c} | ${a.tps.toFixed(0)} | ${ra.tps.toFixed(0)} | ${(a.tps / ra.tps).toFixed(2)}× | ${n.tps.toFixed(0)} | ${rn.tps.toFixed(0)} | ${(n.tps / rn.tps).toFixed(2)}× | ${perTok(kvBytes)} | ${perTok(reBytes)} |`,
+    );
     console.log(
       `| ${c} | ${a.tps.toFixed(0)} | ${a.p50.toFixed(0)} | ${a.p99.toFixed(0)} | ${b.tps.toFixed(0)} | ${b.p50.toFixed(0)} | ${b.p99.toFixed(0)} | ${(a.tps / b.tps).toFixed(2)}× | ${n.tps.toFixed(0)} | ${(a.tps / n.tps).toFixed(2)}× |`,
     );
   }
   for (const line of perToken) console.log(line);
+  console.log(
+    "\n| concurrent requests | in-process KV tok/s | in-process recompute tok/s | KV speed-up | swarm (no HTTP) KV tok/s | swarm recompute tok/s | KV speed-up | KiB sent per token, KV | KiB sent per token, recompute |",
+  );
+  console.log("|---|---|---|---|---|---|---|---|---|");
+  for (const line of kvRows) console.log(line);
   const c = gateway.dispatcher.counters;
   console.log(
     `gateway dispatcher: ${c.calls} expert calls, ${c.hedges} hedged (${c.hedgeWins} won), ${c.failovers} failovers`,

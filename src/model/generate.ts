@@ -7,9 +7,9 @@
 
 import { invariant } from "../common/assert.ts";
 import type { Prng } from "../common/prng.ts";
-import { noGradAsync } from "../tensor/tensor.ts";
+import { type Buf, noGradAsync } from "../tensor/tensor.ts";
 import { byteVocab } from "./config.ts";
-import { KvSession } from "./kv-cache.ts";
+import { type CachedForwardOptions, KvSession } from "./kv-cache.ts";
 import type { MoeTransformer } from "./transformer.ts";
 
 export interface SampleInit {
@@ -50,6 +50,26 @@ export function sampleLogits(
   return keep[keep.length - 1] as number;
 }
 
+/**
+ * The reference without a key/value cache: the whole window's forward (no tape, exact routes),
+ * returning its last position's logits.
+ */
+export async function recomputeLastLogits(
+  model: MoeTransformer,
+  window: readonly number[],
+  opts: CachedForwardOptions = {},
+): Promise<Buf> {
+  const T = window.length;
+  const V = model.config.vocab;
+  const { logits } = await noGradAsync(() =>
+    model.forward(Int32Array.from(window), 1, T, undefined, {
+      routingCache: false,
+      ...(opts.ctx ? { ctx: opts.ctx } : {}),
+    }),
+  );
+  return logits.data.subarray((T - 1) * V, T * V);
+}
+
 export async function generateBytes(
   model: MoeTransformer,
   prompt: ArrayLike<number>,
@@ -58,18 +78,12 @@ export async function generateBytes(
   const ctx = model.config.context;
   const seq: number[] = prompt.length > 0 ? Array.from(prompt) : [0x0a];
   const out: number[] = [];
-  const V = model.config.vocab;
   const session = (init.kvCache ?? true) ? new KvSession(model) : null;
   for (let i = 0; i < init.maxNewBytes; i++) {
     const window = seq.slice(-ctx);
-    const T = window.length;
     const row = session
       ? await session.lastLogits(window)
-      : (
-          await noGradAsync(() =>
-            model.forward(Int32Array.from(window), 1, T, undefined, { routingCache: false }),
-          )
-        ).logits.data.subarray((T - 1) * V, T * V);
+      : await recomputeLastLogits(model, window);
     const b = sampleLogits(row, init.temperature, init.topK, init.rng);
     seq.push(b);
     out.push(b);

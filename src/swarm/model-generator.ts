@@ -12,7 +12,7 @@
 import { invariant } from "../common/assert.ts";
 import { Prng } from "../common/prng.ts";
 import { byteVocab } from "../model/config.ts";
-import { sampleLogits } from "../model/generate.ts";
+import { recomputeLastLogits, sampleLogits } from "../model/generate.ts";
 import { KvSession } from "../model/kv-cache.ts";
 import type { MoeTransformer } from "../model/transformer.ts";
 import {
@@ -66,6 +66,8 @@ export class ModelTextGenerator implements TextGenerator {
   constructor(
     readonly model: MoeTransformer,
     readonly modelId: string,
+    /** Decode through a per-request KV cache (default); false re-reads the window every token. */
+    readonly kvCache = true,
   ) {
     this.contextTokens = model.config.context;
     this.#unseeded = new Prng(model.config.seed ^ 0x5eed);
@@ -96,9 +98,11 @@ export class ModelTextGenerator implements TextGenerator {
       req.signal.throwIfAborted();
       if (req.deadlineMs !== undefined && Date.now() > req.deadlineMs)
         throw new GenerationDeadlineError(req.deadlineMs);
-      const row = await session.lastLogits(seq.slice(-context), {
-        ctx: { signal: req.signal, deadlineMs: req.deadlineMs },
-      });
+      const window = seq.slice(-context);
+      const ctx = { signal: req.signal, deadlineMs: req.deadlineMs };
+      const row = this.kvCache
+        ? await session.lastLogits(window, { ctx })
+        : await recomputeLastLogits(this.model, window, { ctx });
       // top_p = 1 keeps the model's own sampler (same draws as `generate` for a seed).
       const b =
         req.topP < 1
