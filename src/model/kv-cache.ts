@@ -26,8 +26,11 @@ export interface LayerKv {
   readonly v: Buf;
 }
 
+/** Positions the buffers hold at first; they double as the sequence grows, up to the context. */
+export const kvInitialPositions = 64;
+
 export class KvCache {
-  readonly layers: readonly LayerKv[];
+  #layers: LayerKv[];
   /** The token ids whose keys/values are cached, position 0 first. */
   readonly tokens: number[] = [];
 
@@ -39,10 +42,25 @@ export class KvCache {
     readonly dtype: DType,
   ) {
     invariant(nLayers >= 1 && dModel >= 1 && positionsMax >= 1, "KvCache dimensions");
-    this.layers = Array.from({ length: nLayers }, () => ({
-      k: alloc(positionsMax * dModel, dtype),
-      v: alloc(positionsMax * dModel, dtype),
+    // Grown on demand: a short request on a long-context model (production: 2,048 positions)
+    // does not hold the whole window's buffers.
+    this.#layers = this.#allocate(Math.min(kvInitialPositions, positionsMax));
+  }
+
+  #allocate(positions: number): LayerKv[] {
+    return Array.from({ length: this.nLayers }, () => ({
+      k: alloc(positions * this.dModel, this.dtype),
+      v: alloc(positions * this.dModel, this.dtype),
     }));
+  }
+
+  get layers(): readonly LayerKv[] {
+    return this.#layers;
+  }
+
+  /** Positions the buffers can hold now. */
+  get positionsAllocated(): number {
+    return (this.#layers[0] as LayerKv).k.length / this.dModel;
   }
 
   /** Positions cached. */
@@ -57,7 +75,7 @@ export class KvCache {
 
   /** Bytes held by the buffers. */
   get bytes(): number {
-    return this.layers.reduce((s, l) => s + l.k.byteLength + l.v.byteLength, 0);
+    return this.#layers.reduce((s, l) => s + l.k.byteLength + l.v.byteLength, 0);
   }
 
   /** Stores layer `layer`'s keys/values of `n` new rows at positions length..length+n-1. */
@@ -66,7 +84,18 @@ export class KvCache {
     const C = this.dModel;
     invariant(L + n <= this.positionsMax, () => `KV cache: ${L}+${n} > ${this.positionsMax}`);
     invariant(k.length === n * C && v.length === n * C, "KV rows");
-    const kv = this.layers[layer] as LayerKv;
+    if (L + n > this.positionsAllocated) {
+      let cap = this.positionsAllocated;
+      while (cap < L + n) cap *= 2;
+      const grown = this.#allocate(Math.min(cap, this.positionsMax));
+      grown.forEach((g, i) => {
+        const old = this.#layers[i] as LayerKv;
+        g.k.set(old.k.subarray(0, L * C));
+        g.v.set(old.v.subarray(0, L * C));
+      });
+      this.#layers = grown;
+    }
+    const kv = this.#layers[layer] as LayerKv;
     kv.k.set(k, L * C);
     kv.v.set(v, L * C);
   }
