@@ -99,6 +99,13 @@ export const replicaMsg = z.discriminatedUnion("type", [
     sig: bytes,
   }),
   z.strictObject({
+    type: z.literal("commit-cert"),
+    blockId: hash,
+    round: uint,
+    height: uint,
+    votes: z.array(signature).max(replicaCount),
+  }),
+  z.strictObject({
     type: z.literal("timeout"),
     view: uint,
     highQc: qc,

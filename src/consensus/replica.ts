@@ -28,6 +28,10 @@
 //   timeout carries a high QC round ≥ r (persisted, monotone, survives a restart), hence
 //   B'.qc.round ≥ r, and B'.qc is QC(B) or certifies a block extending B (minimality): B' extends
 //   B. So any block committed by either rule at a height ≥ B's extends B.
+//   Commit votes are signed, so 4 of them are a transferable commit certificate: a replica that
+//   committed by them answers a timeout from a peer whose high QC is not above that block with
+//   the certificate (a peer that timed out before its own commit vote may hold only 3 and, with the
+//   cluster idle, would otherwise never see a 2-chain complete).
 // - Pacemaker: a replica with work pending (client requests or uncommitted non-empty blocks) that
 //   sees no new round within the timeout — or a request waiting several timeouts (a censoring
 //   leader) — leaves the view and broadcasts a timeout carrying its highest QC; f + 1 timeouts for
@@ -68,6 +72,7 @@ import {
   type BlocksMsg,
   blockIdOf,
   type ClientRequest,
+  type CommitCertMsg,
   type CommitVoteMsg,
   commitVoteDigest,
   type FetchMsg,
@@ -260,6 +265,8 @@ export class Replica {
   readonly #commitVoteOf = new Map<string, Hex>();
   /** Blocks with 2f + 1 commit votes whose chain is not all here yet. */
   readonly #commitReady = new Set<Hex>();
+  /** The 2f + 1 commit votes of the latest block committed by them (for peers that missed it). */
+  #lastCommitCert: CommitCertMsg | undefined;
   /** Highest round this replica commit-voted in (this life; repeating one after a restart is harmless). */
   #commitVotedRound = 0;
   /** Highest high-QC round known durable in the WAL (a commit vote needs its round there first). */
@@ -520,6 +527,10 @@ export class Replica {
       }
       case "commit-vote": {
         this.#onCommitVote(from, msg);
+        return;
+      }
+      case "commit-cert": {
+        this.#onCommitCert(from, msg);
         return;
       }
       case "sync": {
@@ -988,7 +999,71 @@ export class Replica {
     }
     set.certified = true;
     this.#commitsByCommitVotes += 1;
+    const votes = [...set.sigs.entries()]
+      .sort((a, b) => a[0] - b[0])
+      .slice(0, quorumSize)
+      .map(([author, sig]) => ({ author, sig }));
+    this.#lastCommitCert = {
+      type: "commit-cert",
+      blockId,
+      round: set.round,
+      height: set.height,
+      votes,
+    };
     this.#commitChain(this.#blocks.get(blockId) as Block, true);
+  }
+
+  #onCommitCert(from: ReplicaId, m: CommitCertMsg): void {
+    if (m.height <= this.#committed.height) return; // nothing new (checked before any work)
+    const mView = viewOf(m.round);
+    if (
+      mView > this.#view + futureViewsMax ||
+      (mView <= this.#view && m.round > this.#round + futureRoundsMax)
+    ) {
+      this.#reject(from, `commit certificate for future round ${m.round}`);
+      return;
+    }
+    if (m.votes.length < quorumSize) {
+      this.#reject(from, `commit certificate with ${m.votes.length} votes < quorum ${quorumSize}`);
+      return;
+    }
+    const digest = commitVoteDigest(this.#chainId, m.blockId, m.round, m.height);
+    const authors = new Set<ReplicaId>();
+    for (const v of m.votes) {
+      if (authors.has(v.author)) {
+        this.#reject(from, `commit certificate counts replica ${v.author} twice`);
+        return;
+      }
+      authors.add(v.author);
+      if (!this.#verifier.verify(v.author, digest, v.sig)) {
+        this.#reject(
+          from,
+          `commit certificate vote of replica ${v.author} has an invalid signature`,
+        );
+        return;
+      }
+    }
+    let set = this.#commitVotes.get(m.blockId);
+    if (!set) {
+      if (this.#commitVotes.size >= pendingCommitVoteSetsMax) {
+        this.#reject(from, `commit votes pending for ${pendingCommitVoteSetsMax} blocks already`);
+        return;
+      }
+      set = { round: m.round, height: m.height, sigs: new Map(), certified: false };
+      this.#commitVotes.set(m.blockId, set);
+    }
+    if (set.round !== m.round || set.height !== m.height) {
+      this.#reject(
+        from,
+        `commit certificate for ${m.blockId.slice(0, 8)} with another round or height`,
+      );
+      return;
+    }
+    for (const v of m.votes) {
+      set.sigs.set(v.author, v.sig);
+      this.#commitVoteOf.set(`${v.author}:${m.round}`, m.blockId);
+    }
+    this.#tryCommitByVotes(m.blockId, from);
   }
 
   /** After blocks arrive: commit-vote quorums that waited for them. */
@@ -1280,6 +1355,11 @@ export class Replica {
         highQc: this.#highQc,
         ...(this.#lastTc ? { tc: this.#lastTc } : {}),
       });
+    // A peer stuck in our view whose high QC is not above our last commit-vote commit may have
+    // missed that commit: hand it the certificate.
+    const cert = this.#lastCommitCert;
+    if (from !== this.id && t.view === this.#view && cert && t.highQc.height <= cert.height)
+      this.#net.send(from, cert);
     if (t.view < this.#view) return;
     if (t.view > this.#view + futureViewsMax) {
       this.#reject(from, `timeout for future view ${t.view}`);

@@ -113,6 +113,18 @@ export interface CommitVoteMsg {
   readonly author: ReplicaId;
   readonly sig: Uint8Array;
 }
+/**
+ * 2f + 1 signed commit votes for one block, handed to a replica whose timeout shows it may have
+ * missed the commit (its own commit vote and one more were missing): it checks every signature and
+ * commits as if the votes had come one by one.
+ */
+export interface CommitCertMsg {
+  readonly type: "commit-cert";
+  readonly blockId: Hex;
+  readonly round: number;
+  readonly height: number;
+  readonly votes: readonly Signature[];
+}
 export interface TimeoutMsg {
   readonly type: "timeout";
   readonly view: number;
@@ -176,6 +188,7 @@ export type ReplicaMsg =
   | ProposalMsg
   | VoteMsg
   | CommitVoteMsg
+  | CommitCertMsg
   | TimeoutMsg
   | FetchMsg
   | BlocksMsg

@@ -22,6 +22,7 @@ import {
   type ProposalMsg,
   proposalDigest,
   type ReplicaMsg,
+  timeoutDigest,
   type VoteMsg,
   voteDigest,
 } from "../../src/consensus/types.ts";
@@ -176,6 +177,62 @@ describe("commit votes at one replica", () => {
     for (const a of [0, 2, 3]) r.onMessage(a, vote(a, b), 1_001);
     assert.ok(r.status().highQcRound >= 1, "it holds QC(B)");
     assert.equal(commitVotesSent().length, 0);
+  });
+
+  it("a replica that missed a commit (timed out, 3 commit votes) commits from a peer's certificate; a forged one is refused", () => {
+    const { r, events } = setup();
+    r.onMessage(0, p, 1);
+    r.submit({ clientId: "w", seq: 1, op: { kind: "list_nodes" } }, 2);
+    r.tick(1_000); // times out of view 0 before the QC: no commit vote of its own
+    for (const a of [0, 2, 3]) r.onMessage(a, vote(a, b), 1_001);
+    for (const a of [0, 2, 3]) r.onMessage(a, commitVote(a, b), 1_002);
+    assert.equal(r.status().committedHeight, 0, "3 commit votes are not 2f + 1");
+    const cert = (signers: number[]) => ({
+      type: "commit-cert" as const,
+      blockId: b.id,
+      round: b.round,
+      height: b.height,
+      votes: [0, 2, 3, 4].map((a, i) => ({ author: a, sig: commitVote(a, b, signers[i]).sig })),
+    });
+    r.onMessage(2, cert([0, 2, 3, 3]), 1_003); // replica 4's vote signed by 3
+    assert.match(
+      JSON.stringify(events),
+      /commit certificate vote of replica 4 has an invalid signature/,
+    );
+    assert.equal(r.status().committedHeight, 0);
+    const good = cert([0, 2, 3, 4]);
+    assert.deepEqual(decodeReplicaMsg(encodeMessage(good)).ok, true);
+    r.onMessage(2, good, 1_004);
+    assert.equal(r.status().committedHeight, 1);
+    assert.equal(r.status().commitsByCommitVotes, 1);
+  });
+
+  it("a replica that committed by commit votes answers a stuck peer's timeout with the certificate", () => {
+    const { r, sent } = setup();
+    r.onMessage(0, p, 1);
+    for (const a of [0, 2, 3]) r.onMessage(a, vote(a, b), 2);
+    for (const a of [0, 2, 3]) r.onMessage(a, commitVote(a, b), 3);
+    assert.equal(r.status().committedHeight, 1);
+    const qc = {
+      blockId: b.id,
+      round: 1,
+      height: 1,
+      votes: [0, 2, 3, 4].map((a) => ({ author: a, sig: vote(a, b).sig })),
+    };
+    r.onMessage(
+      4,
+      {
+        type: "timeout",
+        view: 0,
+        highQc: qc,
+        author: 4,
+        sig: keys.signerFor(4).sign(timeoutDigest(chainId, 0, 1)),
+      },
+      4,
+    );
+    const certs = sent.filter((x) => x.msg.type === "commit-cert");
+    assert.equal(certs.length, 1);
+    assert.equal(certs[0]?.msg.type === "commit-cert" && certs[0].msg.votes.length, 4);
   });
 
   it("conflicting commit votes from one replica in one round are evidence, and only the first counts", () => {
