@@ -97,8 +97,8 @@ try {
   // the forwards'.
   const swarmNoHttp = new ModelTextGenerator(gateway.trunk, "local");
   // The same trunks without the KV cache (the reference the cache replaces).
-  const inProcessRecompute = new ModelTextGenerator(inProcess.model, "local", false);
-  const swarmRecompute = new ModelTextGenerator(gateway.trunk, "local", false);
+  const inProcessRecompute = new ModelTextGenerator(inProcess.model, "local", "recompute");
+  const swarmRecompute = new ModelTextGenerator(gateway.trunk, "local", "recompute");
   const generate = (g: ModelTextGenerator) => async (i: number) => {
     const signal = new AbortController().signal;
     setMaxListeners(4096, signal); // as the gateway does for each completion

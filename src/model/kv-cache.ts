@@ -16,6 +16,7 @@
 //   - A cache belongs to one sequence: each request makes its own `KvSession`, so concurrent
 //     generations never share state.
 
+import { setMaxListeners } from "node:events";
 import { invariant } from "../common/assert.ts";
 import { alloc, type Buf, type DType } from "../tensor/tensor.ts";
 import type { ExpertCallContext } from "./expert.ts";
@@ -160,6 +161,11 @@ export interface CachedForward {
   newKvCache(): KvCache;
   /** Logits [n, vocab] of `ids` appended to the cached positions; writes their keys/values. */
   forwardCached(ids: Int32Array, cache: KvCache, opts?: CachedForwardOptions): Promise<Buf>;
+  /** `forwardCached` of several sequences (distinct caches) in one pass. */
+  forwardCachedBatch(
+    items: readonly { readonly ids: Int32Array; readonly cache: KvCache }[],
+    opts?: CachedForwardOptions,
+  ): Promise<Buf[]>;
 }
 
 export interface CachedForwardOptions {
@@ -186,7 +192,11 @@ export class KvSession {
   readonly cache: KvCache;
   readonly stats: KvSessionStats = { prefills: 0, steps: 0, rowsFed: 0 };
 
-  constructor(readonly model: CachedForward) {
+  constructor(
+    readonly model: CachedForward,
+    /** Shares passes with other sessions' calls of the same event-loop turn (the gateway). */
+    readonly batcher?: KvBatcher,
+  ) {
     this.cache = model.newKvCache();
   }
 
@@ -206,7 +216,129 @@ export class KvSession {
     }
     const fresh = Int32Array.from(window.slice(this.cache.length));
     this.stats.rowsFed += fresh.length;
-    const logits = await this.model.forwardCached(fresh, this.cache, opts);
+    const logits = this.batcher
+      ? await this.batcher.run(fresh, this.cache, opts)
+      : await this.model.forwardCached(fresh, this.cache, opts);
     return logits.subarray((fresh.length - 1) * vocab, fresh.length * vocab);
   }
+}
+
+/** Abort listeners a shared pass's signal may carry: one per in-flight expert call. */
+export const passSignalListenersMax = 4096;
+
+/** Most token rows one batched pass takes; more calls wait for the next pass. */
+export const batchRowsMax = 4096;
+
+interface Pending {
+  readonly ids: Int32Array;
+  readonly cache: KvCache;
+  readonly ctx: ExpertCallContext | undefined;
+  readonly resolve: (logits: Buf) => void;
+  readonly reject: (e: unknown) => void;
+}
+
+/**
+ * Continuous batching of concurrent sequences (Yu et al. 2022, "Orca: A Distributed Serving System
+ * for Transformer-Based Generative Models", OSDI): cached-forward calls issued in the same
+ * event-loop turn run as one `forwardCachedBatch` pass, so 32 concurrent generations make one set
+ * of trunk GEMMs and one call per chosen expert per step instead of 32. Each sequence's logits are
+ * those it would get alone (rows are independent). The pass's expert calls carry the latest of the
+ * callers' deadlines and are aborted only when every caller has aborted, so one client going away
+ * never fails the others.
+ */
+export class KvBatcher {
+  #pending: Pending[] = [];
+  #scheduled = false;
+  readonly stats = { passes: 0, sequences: 0, largestPass: 0 };
+
+  constructor(
+    readonly model: CachedForward,
+    readonly rowsMax = batchRowsMax,
+  ) {
+    invariant(rowsMax >= 1, "batch rows");
+  }
+
+  run(ids: Int32Array, cache: KvCache, opts: CachedForwardOptions = {}): Promise<Buf> {
+    return new Promise<Buf>((resolve, reject) => {
+      this.#pending.push({ ids, cache, ctx: opts.ctx, resolve, reject });
+      if (!this.#scheduled) {
+        this.#scheduled = true;
+        setImmediate(() => this.#flush());
+      }
+    });
+  }
+
+  #flush(): void {
+    this.#scheduled = false;
+    const take: Pending[] = [];
+    let rows = 0;
+    while (this.#pending.length > 0) {
+      const next = this.#pending[0] as Pending;
+      if (take.length > 0 && rows + next.ids.length > this.rowsMax) break;
+      take.push(next);
+      rows += next.ids.length;
+      this.#pending.shift();
+    }
+    if (this.#pending.length > 0) {
+      this.#scheduled = true;
+      setImmediate(() => this.#flush());
+    }
+    this.stats.passes++;
+    this.stats.sequences += take.length;
+    this.stats.largestPass = Math.max(this.stats.largestPass, take.length);
+    const { ctx, release } = mergeContexts(take.map((p) => p.ctx));
+    this.model
+      .forwardCachedBatch(
+        take.map((p) => ({ ids: p.ids, cache: p.cache })),
+        ctx ? { ctx } : {},
+      )
+      .then(
+        (outs) => {
+          take.forEach((p, i) => {
+            p.resolve(outs[i] as Buf);
+          });
+        },
+        (e: unknown) => {
+          for (const p of take) p.reject(e);
+        },
+      )
+      .finally(release);
+  }
+}
+
+/** One context for a shared pass: the latest deadline; aborted once every caller has aborted. */
+function mergeContexts(ctxs: readonly (ExpertCallContext | undefined)[]): {
+  ctx: ExpertCallContext | undefined;
+  release: () => void;
+} {
+  const none = { ctx: undefined, release: () => {} };
+  if (ctxs.length === 1) return { ctx: ctxs[0], release: () => {} };
+  if (ctxs.some((c) => c === undefined)) return none;
+  const deadlines = ctxs.map((c) => c?.deadlineMs);
+  const deadlineMs = deadlines.some((d) => d === undefined)
+    ? undefined
+    : Math.max(...(deadlines as number[]));
+  const signals = ctxs.map((c) => c?.signal);
+  if (signals.some((s) => s === undefined))
+    return { ctx: deadlineMs === undefined ? undefined : { deadlineMs }, release: () => {} };
+  const ac = new AbortController();
+  // Every expert call of the pass listens on this one signal (as on a request's own signal).
+  setMaxListeners(passSignalListenersMax, ac.signal);
+  let live = 0;
+  const onAbort = () => {
+    if (--live === 0) ac.abort(new Error("every request of this batched pass was cancelled"));
+  };
+  for (const s of signals as AbortSignal[])
+    if (!s.aborted) {
+      live++;
+      s.addEventListener("abort", onAbort, { once: true });
+    }
+  if (live === 0) ac.abort(new Error("every request of this batched pass was cancelled"));
+  const release = () => {
+    for (const s of signals as AbortSignal[]) s.removeEventListener("abort", onAbort);
+  };
+  return {
+    ctx: deadlineMs === undefined ? { signal: ac.signal } : { signal: ac.signal, deadlineMs },
+    release,
+  };
 }

@@ -214,58 +214,102 @@ export class MoeTransformer {
     cache: KvCache,
     opts: CachedForwardOptions = {},
   ): Promise<Buf> {
+    return (await this.forwardCachedBatch([{ ids, cache }], opts))[0] as Buf;
+  }
+
+  /**
+   * `forwardCached` for several sequences in one pass (continuous batching, Yu et al. 2022,
+   * "Orca", OSDI): their new rows share every GEMM, router and expert call; attention stays per
+   * sequence over its own cache. Rows are independent (row-wise ops, inference routing without
+   * capacity), so each sequence gets the logits it would get alone.
+   */
+  async forwardCachedBatch(
+    items: readonly { readonly ids: Int32Array; readonly cache: KvCache }[],
+    opts: CachedForwardOptions = {},
+  ): Promise<Buf[]> {
     const mc = this.config;
-    const n = ids.length;
-    const L = cache.length;
-    if (n < 1 || L + n > mc.context)
-      throw new RangeError(
-        `cached forward: ${L} cached + ${n} new tokens must be in [1, ${mc.context}]`,
+    const C = mc.dModel;
+    invariant(items.length >= 1, "cached forward: no sequences");
+    invariant(new Set(items.map((it) => it.cache)).size === items.length, "one cache per item");
+    const offsets: number[] = [];
+    let N = 0;
+    for (const { ids, cache } of items) {
+      const n = ids.length;
+      const L = cache.length;
+      if (n < 1 || L + n > mc.context)
+        throw new RangeError(
+          `cached forward: ${L} cached + ${n} new tokens must be in [1, ${mc.context}]`,
+        );
+      invariant(
+        cache.nLayers === this.blocks.length && cache.dModel === C,
+        "KV cache belongs to another model shape",
       );
-    invariant(
-      cache.nLayers === this.blocks.length && cache.dModel === mc.dModel,
-      "KV cache belongs to another model shape",
-    );
+      offsets.push(N);
+      N += n;
+    }
     return noGradAsync(async () => {
-      const pos = new Int32Array(n);
-      for (let i = 0; i < n; i++) pos[i] = L + i;
-      let x = add(embedding(this.tokEmb, ids), embedding(this.posEmb, pos));
+      const allIds = new Int32Array(N);
+      const pos = new Int32Array(N);
+      items.forEach(({ ids, cache }, s) => {
+        const o = offsets[s] as number;
+        allIds.set(ids, o);
+        for (let i = 0; i < ids.length; i++) pos[o + i] = cache.length + i;
+      });
+      let x = add(embedding(this.tokEmb, allIds), embedding(this.posEmb, pos));
       for (let li = 0; li < this.blocks.length; li++) {
         const blk = this.blocks[li] as Block;
         const h = layerNorm(x, blk.ln1g, blk.ln1b);
         const q = await this.#linear(h, blk.wq, blk.bq);
         const k = await this.#linear(h, blk.wk, blk.bk);
         const v = await this.#linear(h, blk.wv, blk.bv);
-        cache.write(li, k.data, v.data, n);
-        // A prefill is the full forward's attention over the window (same kernel); a step
-        // attends its query rows over the cache.
-        const att =
-          L === 0
-            ? this.kernels
-              ? await this.kernels.causalAttention(q, k, v, 1, n, mc.nHeads)
-              : causalAttention(q, k, v, 1, n, mc.nHeads)
-            : new Tensor(
-                cachedAttention(
-                  q.data,
-                  cache.layers[li] as (typeof cache.layers)[number],
-                  L,
-                  n,
-                  mc.dModel,
-                  mc.nHeads,
-                  this.dtype,
-                ),
-                [n, mc.dModel],
-              );
-        x = add(x, await this.#linear(att, blk.wo, blk.bo));
+        const att = alloc(N * C, this.dtype);
+        for (let s = 0; s < items.length; s++) {
+          const { ids, cache } = items[s] as (typeof items)[number];
+          const n = ids.length;
+          const L = cache.length;
+          const rows = (t: Tensor) =>
+            t.data.subarray((offsets[s] as number) * C, ((offsets[s] as number) + n) * C);
+          cache.write(li, rows(k), rows(v), n);
+          // A prefill is the full forward's attention over the window (same kernel); a step
+          // attends its query rows over the cache.
+          let o: Buf;
+          if (L === 0) {
+            const [qs, ks, vs] = [q, k, v].map((t) => new Tensor(rows(t), [n, C]));
+            o = (
+              this.kernels
+                ? await this.kernels.causalAttention(
+                    qs as Tensor,
+                    ks as Tensor,
+                    vs as Tensor,
+                    1,
+                    n,
+                    mc.nHeads,
+                  )
+                : causalAttention(qs as Tensor, ks as Tensor, vs as Tensor, 1, n, mc.nHeads)
+            ).data;
+          } else {
+            const kv = cache.layers[li] as (typeof cache.layers)[number];
+            o = cachedAttention(rows(q), kv, L, n, C, mc.nHeads, this.dtype);
+          }
+          att.set(o, (offsets[s] as number) * C);
+        }
+        x = add(x, await this.#linear(new Tensor(att, [N, C]), blk.wo, blk.bo));
         const h2 = layerNorm(x, blk.ln2g, blk.ln2b);
         x = add(x, (await blk.moe.forward(h2, this.host, opts.ctx, false)).y);
       }
-      cache.commit(ids);
+      for (const { ids, cache } of items) cache.commit(ids);
       const logits = await this.#linear(
         layerNorm(x, this.lnfG, this.lnfB),
         this.head,
         this.headBias,
       );
-      return logits.data;
+      const V = mc.vocab;
+      return items.map((it, s) =>
+        logits.data.subarray(
+          (offsets[s] as number) * V,
+          ((offsets[s] as number) + it.ids.length) * V,
+        ),
+      );
     });
   }
 

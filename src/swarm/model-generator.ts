@@ -7,13 +7,14 @@
 // call. Each request decodes through its own key/value cache (src/model/kv-cache.ts): the prompt
 // is one prefill, then a step sends one row per MoE layer to the experts instead of the whole
 // prefix (until the window slides: positions are absolute, so past the context every step
-// re-prefills the last window).
+// re-prefills the last window). Steps of concurrent requests share one pass (continuous
+// batching, KvBatcher), which gives every request the logits it would get alone.
 
 import { invariant } from "../common/assert.ts";
 import { Prng } from "../common/prng.ts";
 import { byteVocab } from "../model/config.ts";
 import { recomputeLastLogits, sampleLogits } from "../model/generate.ts";
-import { KvSession } from "../model/kv-cache.ts";
+import { KvBatcher, KvSession } from "../model/kv-cache.ts";
 import type { MoeTransformer } from "../model/transformer.ts";
 import {
   type GenerateRequest,
@@ -59,17 +60,26 @@ export function sampleNucleus(
   return idx[kept - 1] as number;
 }
 
+export type GeneratorDecoding = "batched" | "cached" | "recompute";
+
 export class ModelTextGenerator implements TextGenerator {
   readonly contextTokens: number;
+  /** Shared by this generator's concurrent requests (decoding "batched"). */
+  readonly batcher: KvBatcher | undefined;
   #unseeded: Prng;
 
   constructor(
     readonly model: MoeTransformer,
     readonly modelId: string,
-    /** Decode through a per-request KV cache (default); false re-reads the window every token. */
-    readonly kvCache = true,
+    /**
+     * "batched" (default): per-request KV caches, and the steps of concurrent requests share
+     * passes (KvBatcher); "cached": per-request KV caches, one pass per request; "recompute": the
+     * whole window every token (the reference, no cache).
+     */
+    readonly decoding: GeneratorDecoding = "batched",
   ) {
     this.contextTokens = model.config.context;
+    this.batcher = decoding === "batched" ? new KvBatcher(model) : undefined;
     this.#unseeded = new Prng(model.config.seed ^ 0x5eed);
   }
 
@@ -85,7 +95,7 @@ export class ModelTextGenerator implements TextGenerator {
     const decoder = new TextDecoder("utf-8");
     const filter = new StopSequenceFilter(req.stop);
     const { context } = this.model.config;
-    const session = new KvSession(this.model);
+    const session = new KvSession(this.model, this.batcher);
     let text = "";
     const emit = (piece: string) => {
       const out = filter.push(piece);
@@ -100,9 +110,10 @@ export class ModelTextGenerator implements TextGenerator {
         throw new GenerationDeadlineError(req.deadlineMs);
       const window = seq.slice(-context);
       const ctx = { signal: req.signal, deadlineMs: req.deadlineMs };
-      const row = this.kvCache
-        ? await session.lastLogits(window, { ctx })
-        : await recomputeLastLogits(this.model, window, { ctx });
+      const row =
+        this.decoding !== "recompute"
+          ? await session.lastLogits(window, { ctx })
+          : await recomputeLastLogits(this.model, window, { ctx });
       // top_p = 1 keeps the model's own sampler (same draws as `generate` for a seed).
       const b =
         req.topP < 1

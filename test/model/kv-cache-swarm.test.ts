@@ -17,33 +17,46 @@ import { directLinks } from "../../src/swarm/region-links.ts";
 import { RemoteExpertHost } from "../../src/swarm/remote-expert-host.ts";
 import { tinyConfig } from "./tiny.ts";
 
-describe("KV cache through the swarm (expert node on loopback)", () => {
+describe("KV cache through the swarm (expert nodes on loopback)", () => {
   it("cached generation through the swarm equals in-process full recompute; steps send 1 row", async () => {
     const mc = { ...tinyConfig(), seed: 7 };
     const local = await LocalExpertHost.create(mc, { backend: "js" });
     const model = new MoeTransformer(mc, local);
-    const nodeHost = await LocalExpertHost.create(mc, { backend: "js" });
     const experts = model.expertIds();
     const forwardRows: number[] = [];
-    const node = new ExpertNode({
-      nodeId: "ORD-0",
-      region: "ORD",
-      host: nodeHost,
-      experts,
-      dModel: mc.dModel,
-      links: directLinks,
-      listenHost: "127.0.0.1",
-      onRequest: (frame: Frame) => {
-        if (frame.op === Op.forward)
-          for (const t of frame.tensors) forwardRows.push(t.dims[0] as number);
-        return undefined;
-      },
-    });
-    const { port } = await node.listen();
+    // Three replicas of every expert, as the product places them (a slow call fails over).
+    const regions = ["ORD", "IAD", "SJC"];
+    const hosts = await Promise.all(
+      regions.map(() => LocalExpertHost.create(mc, { backend: "js" })),
+    );
+    const nodes = regions.map(
+      (region, i) =>
+        new ExpertNode({
+          nodeId: `${region}-0`,
+          region,
+          host: hosts[i] as LocalExpertHost,
+          experts,
+          dModel: mc.dModel,
+          links: directLinks,
+          listenHost: "127.0.0.1",
+          onRequest: (frame: Frame) => {
+            if (frame.op === Op.forward)
+              for (const t of frame.tensors) forwardRows.push(t.dims[0] as number);
+            return undefined;
+          },
+        }),
+    );
+    const ports = await Promise.all(nodes.map(async (n) => (await n.listen()).port));
     const dispatcher = new RemoteExpertHost({
-      registry: new StaticPlacement([
-        { nodeId: "ORD-0", region: "ORD", host: "127.0.0.1", port, experts },
-      ]),
+      registry: new StaticPlacement(
+        regions.map((region, i) => ({
+          nodeId: `${region}-0`,
+          region,
+          host: "127.0.0.1",
+          port: ports[i] as number,
+          experts,
+        })),
+      ),
       region: "ORD",
       dModel: mc.dModel,
     });
@@ -72,6 +85,70 @@ describe("KV cache through the swarm (expert node on loopback)", () => {
       );
       assert.equal(r.text, new TextDecoder().decode(want));
 
+      // Concurrent requests through the swarm share batched passes; each equals its recompute.
+      const prompts = ["Some years ago", "x", prompt];
+      const wants = await Promise.all(
+        prompts.map(async (p) =>
+          new TextDecoder().decode(
+            await generateBytes(model, new TextEncoder().encode(p), {
+              maxNewBytes: 12,
+              temperature: 0,
+              topK: 0,
+              rng: new Prng(1),
+              kvCache: false,
+            }),
+          ),
+        ),
+      );
+      const passes0 = gen.batcher?.stats.passes ?? 0;
+      const got = await Promise.all(
+        prompts.map((p) =>
+          gen.generate(
+            {
+              prompt: p,
+              maxTokens: 12,
+              temperature: 0,
+              topP: 1,
+              seed: 1,
+              stop: [],
+              signal: new AbortController().signal,
+            },
+            () => {},
+          ),
+        ),
+      );
+      assert.deepEqual(
+        got.map((g) => g.text),
+        wants,
+      );
+      assert.ok((gen.batcher?.stats.passes ?? 0) - passes0 < 3 * 12, "requests shared passes");
+
+      // A client that goes away mid-generation fails only its own request, not its pass-mates.
+      const quitter = new AbortController();
+      const results = await Promise.allSettled(
+        prompts.map((p, i) =>
+          gen.generate(
+            {
+              prompt: p,
+              maxTokens: 12,
+              temperature: 0,
+              topP: 1,
+              seed: 1,
+              stop: [],
+              signal: i === 1 ? quitter.signal : new AbortController().signal,
+            },
+            () => {
+              if (i === 1) quitter.abort();
+            },
+          ),
+        ),
+      );
+      assert.equal(results[1]?.status, "rejected");
+      assert.deepEqual(
+        [results[0], results[2]].map((r) => (r?.status === "fulfilled" ? r.value.text : r?.reason)),
+        [wants[0], wants[2]],
+      );
+
       // One step after a prefill: every forward frame carries exactly one row.
       const session = new KvSession(trunk);
       const seq = Array.from(new TextEncoder().encode(prompt));
@@ -84,9 +161,9 @@ describe("KV cache through the swarm (expert node on loopback)", () => {
       assert.deepEqual(new Set(forwardRows), new Set([1]));
     } finally {
       dispatcher.close();
-      await node.close();
+      await Promise.all(nodes.map((n) => n.close()));
       await local.close();
-      await nodeHost.close();
+      await Promise.all(hosts.map((h) => h.close()));
     }
   });
 });

@@ -6,7 +6,7 @@ import assert from "node:assert/strict";
 import { describe, it } from "node:test";
 import { Prng } from "../../src/common/prng.ts";
 import { generateBytes } from "../../src/model/generate.ts";
-import { KvSession, kvInitialPositions } from "../../src/model/kv-cache.ts";
+import { KvBatcher, KvSession, kvInitialPositions } from "../../src/model/kv-cache.ts";
 import { LocalExpertHost } from "../../src/model/local-expert-host.ts";
 import { MoeTransformer } from "../../src/model/transformer.ts";
 import { OnnxKernels } from "../../src/tensor/onnx-kernels.ts";
@@ -141,14 +141,14 @@ describe("KV cache (incremental inference)", () => {
     }
   });
 
-  it("sessions are per request: interleaved generations equal their sequential results", async () => {
+  it("sessions are per request: interleaved and batched generations equal sequential ones", async () => {
     const { model, host } = await tinyModel("float32");
     try {
       const prompts = ["Call me Ishmael.", "Some years ago", "x"].map((p) =>
         Array.from(new TextEncoder().encode(p)),
       );
-      const run = async (p: number[], steps: number, interleave: boolean) => {
-        const s = new KvSession(model);
+      const run = async (p: number[], steps: number, interleave: boolean, batcher?: KvBatcher) => {
+        const s = new KvSession(model, batcher);
         const seq = [...p];
         for (let i = 0; i < steps; i++) {
           if (interleave) await new Promise((r) => setImmediate(r));
@@ -163,6 +163,12 @@ describe("KV cache (incremental inference)", () => {
       for (const p of prompts) sequential.push(await run(p, 20, false));
       const concurrent = await Promise.all(prompts.map((p) => run(p, 20, true)));
       assert.deepEqual(concurrent, sequential);
+      // Continuous batching: the three sessions' calls share passes, each gets its own result.
+      const batcher = new KvBatcher(model);
+      const batched = await Promise.all(prompts.map((p) => run(p, 20, false, batcher)));
+      assert.deepEqual(batched, sequential);
+      assert.equal(batcher.stats.largestPass, 3, "all three sequences shared a pass");
+      assert.ok(batcher.stats.passes < 3 * 20, `${batcher.stats.passes} passes for 60 calls`);
     } finally {
       await host.close();
     }
