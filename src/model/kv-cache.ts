@@ -14,7 +14,10 @@
 //     (one call over `context` tokens) — exactly what full recompute computes. Context shifting
 //     of the cache (llama.cpp) is only valid for relative encodings such as RoPE, not here.
 //   - A cache belongs to one sequence: each request makes its own `KvSession`, so concurrent
-//     generations never share state.
+//     generations never share state. Its buffers start at 64 positions and double up to the
+//     context (production: 2,048 positions × d 1,024 × layers would otherwise be held up front).
+//   - Continuous batching (`KvBatcher`): concurrent sessions' calls of one event-loop turn share a
+//     pass; each still gets exactly the logits it would get alone.
 
 import { setMaxListeners } from "node:events";
 import { invariant } from "../common/assert.ts";
