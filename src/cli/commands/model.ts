@@ -342,7 +342,7 @@ export function registerModel(program: Command, io: CliIO): void {
     .option("--backend <b>", "expert kernels: auto, onnx or js", backendOption, "auto")
     .option("--trunk <k>", "trunk kernels: onnx or js", trunkOption, "onnx")
     .option("--threads <n>", "onnxruntime intra-op threads", intOption("threads", 1, 64), 1)
-    .option("--stats", "print routing statistics (superposition cache hit rate) to stderr")
+    .option("--stats", "print routing statistics (experts per token, superposition cache use) to stderr")
     .action(async (opts: GenerateOptions, cmd: Command) => {
       const { config: cfg } = configFor(cmd);
       const path = opts.model ?? defaultModelPath(cfg);
@@ -366,10 +366,17 @@ export function registerModel(program: Command, io: CliIO): void {
         });
         io.out(opts.prompt + new TextDecoder().decode(out));
         if (opts.stats) {
-          for (const s of model.routingStats())
+          for (const s of model.routingStats()) {
+            const lookups = s.cacheHits + s.cacheMisses;
+            // KV-cached decoding routes each token once, so the routing cache has nothing to reuse.
+            const cache =
+              lookups === 0
+                ? "superposition cache not consulted (KV-cached decoding routes each token once)"
+                : `superposition cache hit rate ${(100 * s.cacheHitRate).toFixed(1)}% (${s.cacheHits}/${lookups})`;
             io.err(
-              `layer ${s.layer} (${s.tier}, ${s.activation}): ${(s.expertsServed / Math.max(1, s.tokens)).toFixed(2)} experts/token, superposition cache hit rate ${(100 * s.cacheHitRate).toFixed(1)}% (${s.cacheHits}/${s.cacheHits + s.cacheMisses})`,
+              `layer ${s.layer} (${s.tier}, ${s.activation}): ${(s.expertsServed / Math.max(1, s.tokens)).toFixed(2)} experts/token, ${cache}`,
             );
+          }
         }
       } finally {
         await host.close();
