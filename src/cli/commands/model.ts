@@ -342,7 +342,10 @@ export function registerModel(program: Command, io: CliIO): void {
     .option("--backend <b>", "expert kernels: auto, onnx or js", backendOption, "auto")
     .option("--trunk <k>", "trunk kernels: onnx or js", trunkOption, "onnx")
     .option("--threads <n>", "onnxruntime intra-op threads", intOption("threads", 1, 64), 1)
-    .option("--stats", "print routing statistics (experts per token, superposition cache use) to stderr")
+    .option(
+      "--stats",
+      "print routing statistics (experts per token, superposition cache use) to stderr",
+    )
     .action(async (opts: GenerateOptions, cmd: Command) => {
       const { config: cfg } = configFor(cmd);
       const path = opts.model ?? defaultModelPath(cfg);
