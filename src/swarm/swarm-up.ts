@@ -30,6 +30,12 @@ import { type ChildNode, spawnListening, spawnNode, stopChild } from "./child-no
 import { nodeGpuType } from "./node-process.ts";
 import { placementToJson, planFromConfig } from "./placement.ts";
 
+/** A child's line without the `[name] ` tag it already carries (the parent adds its own). */
+function withoutPrefix(line: string, name: string): string {
+  const tag = `[${name}] `;
+  return line.startsWith(tag) ? line.slice(tag.length) : line;
+}
+
 export { nodeGpuType };
 
 /** How often each node process heartbeats into the registry (default of SwarmUpInit). */
@@ -179,7 +185,8 @@ export async function swarmUp(cfg: SwarmConfig, init: SwarmUpInit): Promise<Runn
         dataDir: join(cfg.swarm.data_dir, "consensus"),
         portBase,
         ...(init.configPath ? { configPath: init.configPath } : {}),
-        onLog: (region, line) => init.log?.(`[coordinator ${region}] ${line}`),
+        onLog: (region, line) =>
+          init.log?.(`[coordinator ${region}] ${withoutPrefix(line, region)}`),
       });
       await cluster.start();
       registry = cluster.client({ deadlineMs: 20_000 });
@@ -200,7 +207,7 @@ export async function swarmUp(cfg: SwarmConfig, init: SwarmUpInit): Promise<Runn
                 heartbeatMs,
               }
             : {}),
-          onLog: (line) => init.log?.(`[${p.nodeId}] ${line}`),
+          onLog: (line) => init.log?.(`[${p.nodeId}] ${withoutPrefix(line, p.nodeId)}`),
         });
       }),
     );
