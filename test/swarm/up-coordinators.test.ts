@@ -9,17 +9,13 @@
 // process behind.
 
 import assert from "node:assert/strict";
-import { spawn } from "node:child_process";
-import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
-import { tmpdir } from "node:os";
-import { join } from "node:path";
-import { createInterface } from "node:readline";
+import { readFileSync } from "node:fs";
 import { describe, it } from "node:test";
 import { RegistryClient } from "../../src/consensus/client.ts";
 import { RegistryPlacementView } from "../../src/consensus/placement-view.ts";
 import type { RegistryState } from "../../src/consensus/registry.ts";
-import { binPath } from "../../src/swarm/child-nodes.ts";
 import { parseExposition } from "../observe/exposition.ts";
+import { startUp } from "./fixtures/up-process.ts";
 
 interface UpEvent {
   url: string;
@@ -90,46 +86,18 @@ const heartbeatMs = 1_000;
 
 describe("moe-swarm up with the coordinators", { timeout: 180_000 }, () => {
   it("reads placement from the registry, shows live consensus, survives kill -9 of ORD, stops everything", async () => {
-    const dir = mkdtempSync(join(tmpdir(), "moe-swarm-up-bft-"));
-    const configPath = join(dir, "swarm.yaml");
-    writeFileSync(configPath, `profile: local\nswarm:\n  data_dir: ${JSON.stringify(dir)}\n`);
-    const child = spawn(
-      process.execPath,
-      [
-        binPath,
-        "--config",
-        configPath,
-        "up",
-        "--untrained",
-        "--port",
-        "0",
-        "--regions",
-        "ORD,IAD,SJC",
-        "--backend",
-        "js",
-        "--node-heartbeat-ms",
-        String(heartbeatMs),
-      ],
-      { stdio: ["ignore", "pipe", "pipe"] },
-    );
-    let stderr = "";
-    child.stderr.on("data", (c) => {
-      stderr += c;
-      if (stderr.length > 200_000) stderr = stderr.slice(-100_000);
-    });
+    const up = startUp<UpEvent>("moe-swarm-up-bft-", [
+      "--regions",
+      "ORD,IAD,SJC",
+      "--backend",
+      "js",
+      "--node-heartbeat-ms",
+      String(heartbeatMs),
+    ]);
     let client: RegistryClient | undefined;
     let pids: number[] = [];
     try {
-      let printed = "";
-      const event = await new Promise<UpEvent>((resolve, reject) => {
-        createInterface({ input: child.stdout }).on("line", (line) => {
-          printed += `${line}\n`;
-          if (line.startsWith("{")) resolve(JSON.parse(line) as UpEvent);
-        });
-        child.once("exit", (code) =>
-          reject(new Error(`up exited ${code}: ${stderr.slice(-3000)}`)),
-        );
-      });
+      const event = await up.event;
       pids = [...Object.values(event.coordinatorPids), ...Object.values(event.nodePids)];
       assert.deepEqual(Object.keys(event.coordinators), ["ORD", "IAD", "SJC", "AMS", "SYD"]);
       assert.equal(Object.keys(event.coordinatorPids).length, 5);
@@ -152,7 +120,7 @@ describe("moe-swarm up with the coordinators", { timeout: 180_000 }, () => {
       assert.ok(Object.keys(state.placements).length > 0);
       for (const ids of Object.values(state.placements)) assert.equal(ids.length, 3);
       await waitFor("the human-readable lines", async () =>
-        printed.includes("coordinators (BFT") ? true : undefined,
+        up.printed().includes("coordinators (BFT") ? true : undefined,
       );
       // The gateway reads the registry live: a node registered now shows up in its node list.
       const extra = await client.registerNode("AMS-7", "AMS", "a10", "127.0.0.1:1");
@@ -255,11 +223,7 @@ describe("moe-swarm up with the coordinators", { timeout: 180_000 }, () => {
 
       client.close();
       client = undefined;
-      const exited = new Promise<number | null>((resolve) =>
-        child.once("exit", (code) => resolve(code)),
-      );
-      child.kill("SIGTERM");
-      assert.equal(await exited, 0, stderr.slice(-3000));
+      assert.equal(await up.terminate(), 0, up.stderrTail());
       await waitFor(
         "every coordinator and node process gone",
         async () => (pids.every((p) => !alive(p)) ? true : undefined),
@@ -267,9 +231,8 @@ describe("moe-swarm up with the coordinators", { timeout: 180_000 }, () => {
       );
     } finally {
       client?.close();
-      if (child.exitCode === null) child.kill("SIGKILL");
       for (const p of pids) if (alive(p)) process.kill(p, "SIGKILL");
-      rmSync(dir, { recursive: true, force: true });
+      up.cleanup();
     }
   });
 });

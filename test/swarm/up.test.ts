@@ -6,17 +6,14 @@
 // kill -9 of the nearest node is served by the replicas and reported as an event on the feed.
 
 import assert from "node:assert/strict";
-import { spawn } from "node:child_process";
-import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { readFileSync } from "node:fs";
 import { connect } from "node:net";
-import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { createInterface } from "node:readline";
 import { describe, it } from "node:test";
 import OpenAI from "openai";
 import { WebSocket } from "ws";
-import { binPath } from "../../src/swarm/child-nodes.ts";
 import { parseExposition } from "../observe/exposition.ts";
+import { startUp } from "./fixtures/up-process.ts";
 
 interface UpEvent {
   url: string;
@@ -113,39 +110,16 @@ function portOpen(port: number): Promise<boolean> {
 
 describe("moe-swarm up", { timeout: 120_000 }, () => {
   it("brings up nodes and gateway, serves completions, and stops every child on SIGTERM", async () => {
-    const dir = mkdtempSync(join(tmpdir(), "moe-swarm-up-"));
-    const configPath = join(dir, "swarm.yaml");
-    writeFileSync(configPath, `profile: local\nswarm:\n  data_dir: ${JSON.stringify(dir)}\n`);
-    const child = spawn(
-      process.execPath,
-      [
-        binPath,
-        "--config",
-        configPath,
-        "up",
-        "--untrained",
-        "--port",
-        "0",
-        "--regions",
-        "ORD,IAD,SJC",
-        "--backend",
-        "js",
-        // The static placement file (the coordinators: test/swarm/up-coordinators.test.ts).
-        "--no-coordinators",
-      ],
-      { stdio: ["ignore", "pipe", "pipe"] },
-    );
-    let stderr = "";
-    child.stderr.on("data", (c) => (stderr += c));
+    const up = startUp<UpEvent>("moe-swarm-up-", [
+      "--regions",
+      "ORD,IAD,SJC",
+      "--backend",
+      "js",
+      // The static placement file (the coordinators: test/swarm/up-coordinators.test.ts).
+      "--no-coordinators",
+    ]);
     try {
-      let printed = "";
-      const event = await new Promise<UpEvent>((resolve, reject) => {
-        createInterface({ input: child.stdout }).on("line", (line) => {
-          printed += `${line}\n`;
-          if (line.startsWith("{")) resolve(JSON.parse(line) as UpEvent);
-        });
-        child.once("exit", (code) => reject(new Error(`up exited ${code}: ${stderr}`)));
-      });
+      const event = await up.event;
       assert.equal(event.nodes, 3);
       const client = new OpenAI({ baseURL: `${event.url}/v1`, apiKey: "unused", maxRetries: 0 });
       const r = await client.completions.create({
@@ -158,8 +132,8 @@ describe("moe-swarm up", { timeout: 120_000 }, () => {
 
       // The dashboard on the same port as the API, at the printed URL.
       assert.equal(new URL(event.dashboard).port, new URL(event.url).port);
-      await waitFor("the human-readable lines", async () => printed.includes("dashboard: "));
-      assert.ok(printed.includes(event.dashboard), printed);
+      await waitFor("the human-readable lines", async () => up.printed().includes("dashboard: "));
+      assert.ok(up.printed().includes(event.dashboard), up.printed());
       const page = await fetch(event.dashboard);
       assert.equal(page.status, 200);
       assert.match(page.headers.get("content-type") ?? "", /text\/html/);
@@ -217,24 +191,19 @@ describe("moe-swarm up", { timeout: 120_000 }, () => {
       await down.opened;
       process.kill(event.nodePids[idle] as number, "SIGKILL");
       assert.match((await down.found).message, /SJC-0 \(SJC\) is down/);
-      const placement = JSON.parse(readFileSync(join(dir, "placement.json"), "utf8")) as {
+      const placement = JSON.parse(readFileSync(join(up.dir, "placement.json"), "utf8")) as {
         nodes: { nodeId: string; port: number }[];
       };
       const ports = placement.nodes.map((n) => n.port);
       for (const n of placement.nodes)
         if (n.nodeId !== victim && n.nodeId !== idle)
           assert.ok(await portOpen(n.port), `node port ${n.port} open while up`);
-      const exited = new Promise<number | null>((resolve) =>
-        child.once("exit", (code) => resolve(code)),
-      );
-      child.kill("SIGTERM");
-      assert.equal(await exited, 0, stderr);
+      assert.equal(await up.terminate(), 0, up.stderrTail());
       for (const p of ports)
         assert.equal(await portOpen(p), false, `node port ${p} closed after SIGTERM`);
       assert.equal(await portOpen(Number(new URL(event.url).port)), false, "gateway closed");
     } finally {
-      if (child.exitCode === null) child.kill("SIGKILL");
-      rmSync(dir, { recursive: true, force: true });
+      up.cleanup();
     }
   });
 });
