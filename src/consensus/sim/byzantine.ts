@@ -186,13 +186,7 @@ export class ByzantineNetwork implements ReplicaNetwork {
 
   #conflictingVote(v: VoteMsg): VoteMsg {
     this.#lie("conflicting-votes");
-    const other = this.#seen.find(
-      (m) => m.type === "proposal" && m.block.id !== v.blockId && m.block.round === v.round,
-    );
-    const blockId =
-      other?.type === "proposal"
-        ? other.block.id
-        : `${v.blockId.slice(0, 63)}${v.blockId.endsWith("0") ? "1" : "0"}`;
+    const blockId = this.#conflictingBlockId(v);
     return {
       ...v,
       blockId,
@@ -203,18 +197,22 @@ export class ByzantineNetwork implements ReplicaNetwork {
   /** A commit vote for another block of the same round (a seen proposal, else a made-up id). */
   #conflictingCommitVote(v: CommitVoteMsg): CommitVoteMsg {
     this.#lie("conflicting-commit-votes");
-    const other = this.#seen.find(
-      (m) => m.type === "proposal" && m.block.id !== v.blockId && m.block.round === v.round,
-    );
-    const blockId =
-      other?.type === "proposal"
-        ? other.block.id
-        : `${v.blockId.slice(0, 63)}${v.blockId.endsWith("0") ? "1" : "0"}`;
+    const blockId = this.#conflictingBlockId(v);
     return {
       ...v,
       blockId,
       sig: this.#signer.sign(commitVoteDigest(this.#chainId, blockId, v.round, v.height)),
     };
+  }
+
+  /** Another block of `v`'s round: a proposal seen for it, else `v`'s id with its last digit flipped. */
+  #conflictingBlockId(v: { readonly blockId: string; readonly round: number }): string {
+    const other = this.#seen.find(
+      (m) => m.type === "proposal" && m.block.id !== v.blockId && m.block.round === v.round,
+    );
+    return other?.type === "proposal"
+      ? other.block.id
+      : `${v.blockId.slice(0, 63)}${v.blockId.endsWith("0") ? "1" : "0"}`;
   }
 
   #corrupt(msg: ReplicaMsg): ReplicaMsg {
