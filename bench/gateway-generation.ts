@@ -14,10 +14,10 @@ import { loadConfig } from "../src/config/load.ts";
 import { buildExpertHost } from "../src/model/build.ts";
 import { modelConfigFrom } from "../src/model/config.ts";
 import { MoeTransformer } from "../src/model/transformer.ts";
-import { type ChildNode, spawnNode, stopChild } from "../src/swarm/child-nodes.ts";
+import { type ChildNode, spawnPlan, stopChild } from "../src/swarm/child-nodes.ts";
 import { startGateway } from "../src/swarm/gateway.ts";
 import { ModelTextGenerator } from "../src/swarm/model-generator.ts";
-import { planFromConfig, StaticPlacement } from "../src/swarm/placement.ts";
+import { planFromConfig, plannedEntries, StaticPlacement } from "../src/swarm/placement.ts";
 import { OnnxKernels } from "../src/tensor/onnx-kernels.ts";
 
 const tokens = Number(process.argv[2] ?? 16);
@@ -53,17 +53,8 @@ try {
   writeFileSync(configPath, "profile: local\nswarm:\n  emulation:\n    enabled: false\n");
   const { config } = loadConfig(configPath);
   const plan = planFromConfig(config);
-  nodes.push(
-    ...(await Promise.all(
-      plan.map((p) => {
-        const [region, index] = p.nodeId.split("-") as [string, string];
-        return spawnNode(region, Number(index), { configPath });
-      }),
-    )),
-  );
-  const placement = new StaticPlacement(
-    nodes.map((n) => ({ ...n, experts: plan.find((p) => p.nodeId === n.nodeId)?.experts ?? [] })),
-  );
+  nodes.push(...(await spawnPlan(plan, () => ({ configPath }))));
+  const placement = new StaticPlacement(plannedEntries(nodes, plan));
   const gateway = await startGateway(config, {
     placement,
     port: 0,

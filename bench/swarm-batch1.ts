@@ -18,10 +18,10 @@ import { loadConfig } from "../src/config/load.ts";
 import { buildExpertHost } from "../src/model/build.ts";
 import { modelConfigFrom } from "../src/model/config.ts";
 import { MoeTransformer } from "../src/model/transformer.ts";
-import { type ChildNode, spawnNode, stopChild } from "../src/swarm/child-nodes.ts";
+import { type ChildNode, spawnPlan, stopChild } from "../src/swarm/child-nodes.ts";
 import { Op } from "../src/swarm/frame.ts";
 import { NodeClient } from "../src/swarm/node-client.ts";
-import { planFromConfig, StaticPlacement } from "../src/swarm/placement.ts";
+import { planFromConfig, plannedEntries, StaticPlacement } from "../src/swarm/placement.ts";
 import { directLinks } from "../src/swarm/region-links.ts";
 import { RemoteExpertHost } from "../src/swarm/remote-expert-host.ts";
 import { OnnxKernels } from "../src/tensor/onnx-kernels.ts";
@@ -53,17 +53,8 @@ try {
   writeFileSync(configPath, "profile: local\nswarm:\n  emulation:\n    enabled: false\n");
   const cfg = loadConfig(configPath).config;
   const plan = planFromConfig(cfg);
-  nodes.push(
-    ...(await Promise.all(
-      plan.map((p) => {
-        const [region, index] = p.nodeId.split("-") as [string, string];
-        return spawnNode(region, Number(index), { configPath });
-      }),
-    )),
-  );
-  const placement = new StaticPlacement(
-    nodes.map((n) => ({ ...n, experts: plan.find((p) => p.nodeId === n.nodeId)?.experts ?? [] })),
-  );
+  nodes.push(...(await spawnPlan(plan, () => ({ configPath }))));
+  const placement = new StaticPlacement(plannedEntries(nodes, plan));
   const host = new RemoteExpertHost({
     registry: placement,
     region: "ORD",

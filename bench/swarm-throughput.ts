@@ -14,8 +14,8 @@ import type { SwarmConfig } from "../src/config/schema.ts";
 import { buildLocalModel, buildTrunk } from "../src/model/build.ts";
 import type { ExpertId } from "../src/model/expert.ts";
 import type { MoeTransformer } from "../src/model/transformer.ts";
-import { type ChildNode, spawnNode, stopChild } from "../src/swarm/child-nodes.ts";
-import { planFromConfig, StaticPlacement } from "../src/swarm/placement.ts";
+import { type ChildNode, spawnNode, spawnPlan, stopChild } from "../src/swarm/child-nodes.ts";
+import { planFromConfig, plannedEntries, StaticPlacement } from "../src/swarm/placement.ts";
 import { regionLinksFromConfig } from "../src/swarm/region-links.ts";
 import { RemoteExpertHost } from "../src/swarm/remote-expert-host.ts";
 import { noGradAsync } from "../src/tensor/tensor.ts";
@@ -52,15 +52,8 @@ async function timeForward(
 
 async function startSwarm(configPath: string, cfg: SwarmConfig, hedging: boolean) {
   const plan = planFromConfig(cfg);
-  const nodes: ChildNode[] = await Promise.all(
-    plan.map((p) => {
-      const [region, index] = p.nodeId.split("-") as [string, string];
-      return spawnNode(region, Number(index), { configPath });
-    }),
-  );
-  const placement = new StaticPlacement(
-    nodes.map((n) => ({ ...n, experts: plan.find((p) => p.nodeId === n.nodeId)?.experts ?? [] })),
-  );
+  const nodes: ChildNode[] = await spawnPlan(plan, () => ({ configPath }));
+  const placement = new StaticPlacement(plannedEntries(nodes, plan));
   const host = new RemoteExpertHost({
     registry: placement,
     region: "ORD",

@@ -6,6 +6,7 @@ import { type ChildProcess, spawn } from "node:child_process";
 import { createInterface } from "node:readline";
 import { fileURLToPath } from "node:url";
 import type { NodeAddress } from "./node-client.ts";
+import type { NodePlan } from "./placement.ts";
 
 export const binPath = fileURLToPath(new URL("../../bin/moe-swarm.js", import.meta.url));
 /** Time a child gets to print its listening line. */
@@ -88,23 +89,25 @@ export function spawnListening(
   });
 }
 
+export interface SpawnNodeOptions {
+  configPath?: string;
+  backend?: string;
+  port?: number;
+  modelPath?: string;
+  regions?: readonly string[];
+  nodesPerRegion?: number;
+  /** OTLP/HTTP traces endpoint the node exports its spans to (the gateway's /v1/traces). */
+  otlp?: string;
+  /** Coordinators' client endpoints, "host:port,…": the node registers and heartbeats there. */
+  registry?: string;
+  heartbeatMs?: number;
+  onLog?: (line: string) => void;
+}
+
 export async function spawnNode(
   region: string,
   index: number,
-  opts: {
-    configPath?: string;
-    backend?: string;
-    port?: number;
-    modelPath?: string;
-    regions?: readonly string[];
-    nodesPerRegion?: number;
-    /** OTLP/HTTP traces endpoint the node exports its spans to (the gateway's /v1/traces). */
-    otlp?: string;
-    /** Coordinators' client endpoints, "host:port,…": the node registers and heartbeats there. */
-    registry?: string;
-    heartbeatMs?: number;
-    onLog?: (line: string) => void;
-  } = {},
+  opts: SpawnNodeOptions = {},
 ): Promise<ChildNode> {
   const { child, event } = await spawnListening(
     [
@@ -135,6 +138,29 @@ export async function spawnNode(
     experts: Number(event.experts),
     metricsUrl: typeof event.metricsUrl === "string" ? event.metricsUrl : undefined,
   };
+}
+
+/**
+ * One child node per plan entry (its id "ORD-0" names region and index), all started at once. If
+ * one fails to start, the others are stopped and its error is thrown: no node is left behind.
+ */
+export async function spawnPlan(
+  plan: readonly NodePlan[],
+  optionsOf: (p: NodePlan) => SpawnNodeOptions = () => ({}),
+): Promise<ChildNode[]> {
+  const started = await Promise.allSettled(
+    plan.map((p) => {
+      const [region, index] = p.nodeId.split("-") as [string, string];
+      return spawnNode(region, Number(index), optionsOf(p));
+    }),
+  );
+  const nodes = started.flatMap((s) => (s.status === "fulfilled" ? [s.value] : []));
+  const failed = started.find((s) => s.status === "rejected");
+  if (failed) {
+    await Promise.all(nodes.map((n) => stopChild(n.child)));
+    throw (failed as PromiseRejectedResult).reason;
+  }
+  return nodes;
 }
 
 /** SIGTERM, then SIGKILL after the grace period; resolves when the child has exited. */

@@ -73,6 +73,20 @@ export function planFromConfig(
 }
 
 /** A placement that does not change: nodes with addresses and the experts each hosts. */
+/** Running nodes with the experts their plan entries give them (entries of a placement). */
+export function plannedEntries(
+  nodes: readonly NodeAddress[],
+  plan: readonly NodePlan[],
+): (NodeAddress & { readonly experts: readonly ExpertId[] })[] {
+  return nodes.map(({ nodeId, region, host, port }) => ({
+    nodeId,
+    region,
+    host,
+    port,
+    experts: plan.find((p) => p.nodeId === nodeId)?.experts ?? [],
+  }));
+}
+
 export class StaticPlacement implements PlacementRegistry {
   readonly #byExpert = new Map<string, NodeAddress[]>();
   readonly #nodes: NodeAddress[];

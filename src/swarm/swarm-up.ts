@@ -26,9 +26,9 @@ import { LocalCoordinatorCluster } from "../consensus/local-cluster.ts";
 import { type PlacementEntry, publishPlacement } from "../consensus/placement-view.ts";
 import type { RegistryState } from "../consensus/registry.ts";
 import { regionsInLeaderOrder } from "../consensus/types.ts";
-import { type ChildNode, spawnListening, spawnNode, stopChild } from "./child-nodes.ts";
+import { type ChildNode, spawnListening, spawnPlan, stopChild } from "./child-nodes.ts";
 import { nodeGpuType } from "./node-process.ts";
-import { placementToJson, planFromConfig } from "./placement.ts";
+import { placementToJson, planFromConfig, plannedEntries } from "./placement.ts";
 
 /** A child's line without the `[name] ` tag it already carries (the parent adds its own). */
 function withoutPrefix(line: string, name: string): string {
@@ -191,38 +191,26 @@ export async function swarmUp(cfg: SwarmConfig, init: SwarmUpInit): Promise<Runn
       await cluster.start();
       registry = cluster.client({ deadlineMs: 20_000 });
     }
-    const started = await Promise.allSettled(
-      plan.map((p) => {
-        const [region, index] = p.nodeId.split("-") as [string, string];
-        return spawnNode(region, Number(index), {
-          configPath: init.configPath,
-          backend: init.backend,
-          modelPath: init.modelPath,
-          regions: init.regions,
-          nodesPerRegion: init.nodesPerRegion,
-          otlp,
-          ...(cluster
-            ? {
-                registry: cluster.endpoints.map((e) => `${e.host}:${e.port}`).join(","),
-                heartbeatMs,
-              }
-            : {}),
-          onLog: (line) => init.log?.(`[${p.nodeId}] ${withoutPrefix(line, p.nodeId)}`),
-        });
-      }),
+    nodes.push(
+      ...(await spawnPlan(plan, (p) => ({
+        configPath: init.configPath,
+        backend: init.backend,
+        modelPath: init.modelPath,
+        regions: init.regions,
+        nodesPerRegion: init.nodesPerRegion,
+        otlp,
+        ...(cluster
+          ? {
+              registry: cluster.endpoints.map((e) => `${e.host}:${e.port}`).join(","),
+              heartbeatMs,
+            }
+          : {}),
+        onLog: (line) => init.log?.(`[${p.nodeId}] ${withoutPrefix(line, p.nodeId)}`),
+      }))),
     );
-    for (const s of started) if (s.status === "fulfilled") nodes.push(s.value);
-    const failed = started.find((s) => s.status === "rejected");
-    if (failed) throw (failed as PromiseRejectedResult).reason;
     const placementPath = join(cfg.swarm.data_dir, "placement.json");
     mkdirSync(cfg.swarm.data_dir, { recursive: true });
-    const entries = nodes.map((n) => ({
-      nodeId: n.nodeId,
-      region: n.region,
-      host: n.host,
-      port: n.port,
-      experts: plan.find((p) => p.nodeId === n.nodeId)?.experts ?? [],
-    }));
+    const entries = plannedEntries(nodes, plan);
     writeFileSync(placementPath, `${JSON.stringify(placementToJson(entries), null, 1)}\n`);
     if (registry) {
       const client = registry;

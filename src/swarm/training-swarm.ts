@@ -6,9 +6,9 @@
 // loss curve matches local training for the same seed within float tolerance (test/swarm/train).
 
 import type { SwarmConfig } from "../config/schema.ts";
-import { type ChildNode, spawnNode, stopChild } from "./child-nodes.ts";
+import { type ChildNode, spawnPlan, stopChild } from "./child-nodes.ts";
 import type { DispatchObserver } from "./dispatch-observer.ts";
-import { planFromConfig, StaticPlacement } from "./placement.ts";
+import { planFromConfig, plannedEntries, StaticPlacement } from "./placement.ts";
 import { regionLinksFromConfig } from "./region-links.ts";
 import { RemoteExpertHost } from "./remote-expert-host.ts";
 
@@ -38,28 +38,15 @@ export async function startTrainingSwarm(
   const regions = init.regions ?? cfg.regions.map((r) => r.code);
   const nodesPerRegion = init.nodesPerRegion ?? cfg.swarm.nodes_per_region;
   const plan = planFromConfig(cfg, regions, nodesPerRegion);
-  const settled = await Promise.allSettled(
-    plan.map((p) => {
-      const [region, index] = p.nodeId.split("-") as [string, string];
-      return spawnNode(region, Number(index), {
-        configPath: init.configPath,
-        backend: init.backend,
-        modelPath: init.modelPath,
-        regions,
-        nodesPerRegion,
-        onLog: (line) => init.log?.(`[${p.nodeId}] ${line}`),
-      });
-    }),
-  );
-  const nodes = settled.flatMap((s) => (s.status === "fulfilled" ? [s.value] : []));
-  const failed = settled.find((s) => s.status === "rejected");
-  if (failed) {
-    await Promise.all(nodes.map((n) => stopChild(n.child)));
-    throw (failed as PromiseRejectedResult).reason;
-  }
-  const placement = new StaticPlacement(
-    nodes.map((n) => ({ ...n, experts: plan.find((p) => p.nodeId === n.nodeId)?.experts ?? [] })),
-  );
+  const nodes = await spawnPlan(plan, (p) => ({
+    configPath: init.configPath,
+    backend: init.backend,
+    modelPath: init.modelPath,
+    regions,
+    nodesPerRegion,
+    onLog: (line) => init.log?.(`[${p.nodeId}] ${line}`),
+  }));
+  const placement = new StaticPlacement(plannedEntries(nodes, plan));
   const global = cfg.regions.find((r) => r.role === "global_coordinator")?.code;
   const host = new RemoteExpertHost({
     registry: placement,

@@ -15,9 +15,9 @@ import { allExpertIds, modelConfigFrom } from "../../src/model/config.ts";
 import type { ExpertId } from "../../src/model/expert.ts";
 import { generateBytes } from "../../src/model/generate.ts";
 import { LocalExpertHost } from "../../src/model/local-expert-host.ts";
-import { type ChildNode, spawnNode, stopChild } from "../../src/swarm/child-nodes.ts";
+import { type ChildNode, spawnPlan, stopChild } from "../../src/swarm/child-nodes.ts";
 import { startGateway } from "../../src/swarm/gateway.ts";
-import { planFromConfig, StaticPlacement } from "../../src/swarm/placement.ts";
+import { planFromConfig, plannedEntries, StaticPlacement } from "../../src/swarm/placement.ts";
 import { regionLinksFromConfig } from "../../src/swarm/region-links.ts";
 import { RemoteExpertHost } from "../../src/swarm/remote-expert-host.ts";
 import { noGradAsync } from "../../src/tensor/tensor.ts";
@@ -38,15 +38,8 @@ let placement: StaticPlacement;
 describe("swarm end to end (child processes)", { timeout: 120_000 }, () => {
   before(async () => {
     const plan = planFromConfig(config);
-    nodes = await Promise.all(
-      plan.map((p) => {
-        const [region, index] = p.nodeId.split("-") as [string, string];
-        return spawnNode(region, Number(index), { configPath, backend: "js" });
-      }),
-    );
-    placement = new StaticPlacement(
-      nodes.map((n) => ({ ...n, experts: plan.find((p) => p.nodeId === n.nodeId)?.experts ?? [] })),
-    );
+    nodes = await spawnPlan(plan, () => ({ configPath, backend: "js" }));
+    placement = new StaticPlacement(plannedEntries(nodes, plan));
     dispatcher = new RemoteExpertHost({
       registry: placement,
       region: "ORD",
