@@ -5,45 +5,18 @@
 import assert from "node:assert/strict";
 import { describe, it } from "node:test";
 import { parseConfigText } from "../../src/config/load.ts";
-import { buildExpertHost } from "../../src/model/build.ts";
-import type { LocalExpertHost } from "../../src/model/local-expert-host.ts";
-import { ExpertNode } from "../../src/swarm/expert-node.ts";
 import { startGateway } from "../../src/swarm/gateway.ts";
-import { planFromConfig, StaticPlacement } from "../../src/swarm/placement.ts";
-import { directLinks } from "../../src/swarm/region-links.ts";
+import { startModelNodes } from "./fixtures/model-nodes.ts";
 
 describe("gateway readiness", { timeout: 60_000 }, () => {
   it("ready with a replica of every expert; 503 when an expert has none", async () => {
     const { config } = parseConfigText(
       "profile: local\nswarm:\n  emulation:\n    enabled: false\n",
     );
-    const plan = planFromConfig(config);
-    const hosts: LocalExpertHost[] = [];
-    const nodes = new Map<string, ExpertNode>();
-    const entries = [];
-    for (const p of plan) {
-      const host = await buildExpertHost(config, { ids: p.experts, backend: "js" });
-      const node = new ExpertNode({
-        nodeId: p.nodeId,
-        region: p.region,
-        host,
-        experts: p.experts,
-        dModel: config.model.d_model,
-        links: directLinks,
-      });
-      const { port } = await node.listen();
-      hosts.push(host);
-      nodes.set(p.nodeId, node);
-      entries.push({
-        nodeId: p.nodeId,
-        region: p.region,
-        host: "127.0.0.1",
-        port,
-        experts: p.experts,
-      });
-    }
+    const swarm = await startModelNodes(config);
+    const { nodes } = swarm;
     const gateway = await startGateway(config, {
-      placement: new StaticPlacement(entries),
+      placement: swarm.placement,
       port: 0,
       host: "127.0.0.1",
       trunk: "js",
@@ -84,8 +57,7 @@ describe("gateway readiness", { timeout: 60_000 }, () => {
       }
     } finally {
       await gateway.close();
-      for (const n of nodes.values()) await n.close();
-      for (const h of hosts) await h.close();
+      await swarm.close();
     }
   });
 });

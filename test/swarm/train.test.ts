@@ -20,40 +20,17 @@ import { directLinks } from "../../src/swarm/region-links.ts";
 import { RemoteExpertHost } from "../../src/swarm/remote-expert-host.ts";
 import { saveSwarmModel } from "../../src/swarm/swarm-checkpoint.ts";
 import { noGradAsync } from "../../src/tensor/tensor.ts";
+import { startModelNodes } from "./fixtures/model-nodes.ts";
 
 describe("training through the swarm", { timeout: 60_000 }, () => {
   it("same loss curve as local training for the same seed; replicas stay identical", async () => {
     const { config } = parseConfigText(
       "profile: local\nswarm:\n  emulation:\n    enabled: false\n",
     );
-    const plan = planFromConfig(config);
-    const hosts: LocalExpertHost[] = [];
-    const nodes: ExpertNode[] = [];
-    const entries = [];
-    for (const p of plan) {
-      const host = await buildExpertHost(config, { ids: p.experts, backend: "js" });
-      const node = new ExpertNode({
-        nodeId: p.nodeId,
-        region: p.region,
-        host,
-        experts: p.experts,
-        dModel: config.model.d_model,
-        links: directLinks,
-        weights: host,
-      });
-      const { port } = await node.listen();
-      hosts.push(host);
-      nodes.push(node);
-      entries.push({
-        nodeId: p.nodeId,
-        region: p.region,
-        host: "127.0.0.1",
-        port,
-        experts: p.experts,
-      });
-    }
+    const swarm = await startModelNodes(config, { weights: true });
+    const { plan, hosts } = swarm;
     const remote = new RemoteExpertHost({
-      registry: new StaticPlacement(entries),
+      registry: swarm.placement,
       region: "ORD",
       dModel: config.model.d_model,
     });
@@ -112,8 +89,7 @@ describe("training through the swarm", { timeout: 60_000 }, () => {
       }
     } finally {
       remote.close();
-      for (const n of nodes) await n.close();
-      for (const h of hosts) await h.close();
+      await swarm.close();
       await local.host.close();
     }
   });
