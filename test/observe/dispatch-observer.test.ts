@@ -9,7 +9,6 @@
 import assert from "node:assert/strict";
 import { afterEach, describe, it } from "node:test";
 import type { PromHistogramData } from "prom2javascript";
-import { Prng } from "../../src/common/prng.ts";
 import { loadConfig } from "../../src/config/load.ts";
 import type { ExpertId } from "../../src/model/expert.ts";
 import { metricsDispatchObserver } from "../../src/observe/dispatch-observer.ts";
@@ -19,21 +18,15 @@ import { TracedExpertHost } from "../../src/observe/traced-expert-host.ts";
 import { SwarmTracing } from "../../src/observe/tracing.ts";
 import type { DispatchObserver } from "../../src/swarm/dispatch-observer.ts";
 import { planPlacement } from "../../src/swarm/placement.ts";
-import type { RegionLinks } from "../../src/swarm/region-links.ts";
+import { directLinks, type RegionLinks } from "../../src/swarm/region-links.ts";
 import { RemoteExpertHost } from "../../src/swarm/remote-expert-host.ts";
-import { LocalSwarm } from "../swarm/fixtures/local-swarm.ts";
+import { LocalSwarm, randn } from "../swarm/fixtures/local-swarm.ts";
 import { parseExposition } from "./exposition.ts";
 
 const d = 8;
 const h = 8;
 const regions = ["ORD", "IAD", "SJC", "AMS", "SYD"];
 const experts: ExpertId[] = Array.from({ length: 5 }, (_, e) => ({ layer: 0, expert: e }));
-const noDelay: RegionLinks = { oneWayMs: () => 0, bitsPerSecond: undefined };
-
-function randn(seed: number, n: number): Float32Array {
-  const rng = new Prng(seed);
-  return Float32Array.from({ length: n }, () => rng.normal());
-}
 
 let swarm: LocalSwarm | undefined;
 let dispatcher: RemoteExpertHost | undefined;
@@ -48,7 +41,7 @@ afterEach(async () => {
 });
 
 async function setup(
-  links: RegionLinks = noDelay,
+  links: RegionLinks = directLinks,
   spy: (o: DispatchObserver) => DispatchObserver = (o) => o,
 ) {
   const { config } = loadConfig();

@@ -1,25 +1,18 @@
 import assert from "node:assert/strict";
 import { afterEach, describe, it } from "node:test";
-import { Prng } from "../../src/common/prng.ts";
 import type { ExpertId } from "../../src/model/expert.ts";
 import { NoReplicaError } from "../../src/swarm/errors.ts";
 import { LatencyWindow } from "../../src/swarm/latency-window.ts";
 import { placementFromJson, planPlacement } from "../../src/swarm/placement.ts";
-import type { RegionLinks } from "../../src/swarm/region-links.ts";
+import { directLinks, type RegionLinks } from "../../src/swarm/region-links.ts";
 import { RemoteExpertHost } from "../../src/swarm/remote-expert-host.ts";
-import { LocalSwarm } from "./fixtures/local-swarm.ts";
+import { LocalSwarm, randn } from "./fixtures/local-swarm.ts";
 import { TinyFfnHost } from "./fixtures/tiny-ffn.ts";
 
 const d = 8;
 const h = 8;
 const regions = ["ORD", "IAD", "SJC", "AMS", "SYD"];
 const experts: ExpertId[] = Array.from({ length: 5 }, (_, e) => ({ layer: 0, expert: e }));
-const noDelay: RegionLinks = { oneWayMs: () => 0, bitsPerSecond: undefined };
-
-function randn(seed: number, n: number): Float32Array {
-  const rng = new Prng(seed);
-  return Float32Array.from({ length: n }, () => rng.normal());
-}
 
 let swarm: LocalSwarm | undefined;
 let dispatcher: RemoteExpertHost | undefined;
@@ -30,7 +23,7 @@ afterEach(async () => {
   dispatcher = undefined;
 });
 
-async function setup(links: RegionLinks = noDelay, hedging = true) {
+async function setup(links: RegionLinks = directLinks, hedging = true) {
   swarm = new LocalSwarm(d, h, 5, links);
   const placement = await swarm.start(planPlacement(experts, regions, 1, 3));
   dispatcher = new RemoteExpertHost({
@@ -215,7 +208,7 @@ describe("RemoteExpertHost", () => {
 
 describe("adaptive deadlines", () => {
   it("a node that stops answering is abandoned after a multiple of its measured p99, not a fixed timeout", async () => {
-    const { dispatcher, swarm, reference } = await setup(noDelay, false);
+    const { dispatcher, swarm, reference } = await setup(directLinks, false);
     const id = { layer: 0, expert: 3 };
     const x = randn(4, d);
     for (let i = 0; i < 16; i++) await dispatcher.forward(id, x, 1); // learn: answers take ~1 ms
@@ -254,7 +247,7 @@ describe("hedging across regions", () => {
 
 describe("write deadlines", () => {
   it("an update slower than every forward keeps its replicas: writes have their own latency statistics", async () => {
-    const { dispatcher, swarm, reference } = await setup(noDelay, false);
+    const { dispatcher, swarm, reference } = await setup(directLinks, false);
     const ids = experts.slice(0, 3);
     const x = randn(11, d);
     // Forward latencies are learned (~1 ms each, so 4 × p99 is far below every floor) ...
@@ -307,7 +300,7 @@ describe("emulated link rate", () => {
 
 describe("caller cancellation", () => {
   it("an aborted call stops at once: no failover, no node marked down", async () => {
-    const { dispatcher, swarm } = await setup(noDelay, false);
+    const { dispatcher, swarm } = await setup(directLinks, false);
     const id = { layer: 0, expert: 4 };
     const x = randn(8, d);
     await dispatcher.forward(id, x, 1);
@@ -324,7 +317,7 @@ describe("caller cancellation", () => {
   });
 
   it("past the caller's deadline no further replica is tried", async () => {
-    const { dispatcher } = await setup(noDelay, false);
+    const { dispatcher } = await setup(directLinks, false);
     await assert.rejects(
       dispatcher.forward({ layer: 0, expert: 0 }, randn(1, d), 1, { deadlineMs: Date.now() - 1 }),
       NoReplicaError,
@@ -349,7 +342,7 @@ describe("grouped dispatch rounds", () => {
   };
 
   it("a round's calls go as one frame per node, on as few nodes as cover them; same results", async () => {
-    const { dispatcher, swarm, reference } = await setup(noDelay, false);
+    const { dispatcher, swarm, reference } = await setup(directLinks, false);
     const frames = countFrames(swarm);
     assert.deepEqual(await round(dispatcher, 1), await want(reference, 1));
     // Expert i lives in regions i, i+1, i+2 (mod 5): two nodes cover all five experts.
@@ -364,7 +357,7 @@ describe("grouped dispatch rounds", () => {
   });
 
   it("a group whose node is gone: each of its calls fails over to a replica, none fails", async () => {
-    const { dispatcher, swarm, reference } = await setup(noDelay, false);
+    const { dispatcher, swarm, reference } = await setup(directLinks, false);
     const frames = countFrames(swarm);
     await round(dispatcher, 1);
     const [victim] = [...frames.keys()];
@@ -396,7 +389,7 @@ describe("grouped dispatch rounds", () => {
 
 describe("coalescing", () => {
   it("same-turn forward calls for one expert go as one wire call; each caller gets its own rows", async () => {
-    const { dispatcher, swarm, reference } = await setup(noDelay, false);
+    const { dispatcher, swarm, reference } = await setup(directLinks, false);
     const id = { layer: 0, expert: 2 };
     const inputs = Array.from({ length: 8 }, (_, i) => randn(100 + i, (1 + (i % 3)) * d));
     const before = swarm.nodes.reduce((s, n) => s + n.host.forwardCalls, 0);
@@ -412,7 +405,7 @@ describe("coalescing", () => {
   });
 
   it("a caller that aborted is answered alone; the others still get their rows", async () => {
-    const { dispatcher, reference } = await setup(noDelay, false);
+    const { dispatcher, reference } = await setup(directLinks, false);
     const id = { layer: 0, expert: 1 };
     const gone = new AbortController();
     gone.abort(new Error("went away"));
