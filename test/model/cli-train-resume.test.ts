@@ -50,19 +50,9 @@ async function run(cfg: string, ...args: string[]) {
   return { code, out, err };
 }
 
-const common = [
-  "--batch",
-  "2",
-  "--seq",
-  "16",
-  "--eval-every",
-  "1",
-  "--eval-windows",
-  "2",
-  "--no-progress",
-  "--threads",
-  "1",
-];
+/** Evaluation at every step on 2 windows, no progress bar: the per-step lines the tests compare. */
+const evalArgs = ["--eval-every", "1", "--eval-windows", "2", "--no-progress"];
+const common = ["--batch", "2", "--seq", "16", ...evalArgs, "--threads", "1"];
 
 /** "step N: loss … nats, val … bits/byte" reports, by step (io.err pieces are not newline-ended). */
 function stepLines(err: string): Map<number, string> {
@@ -134,11 +124,7 @@ describe("moe-swarm train --checkpoint-every / --resume-from", () => {
         store,
         "--checkpoint-every",
         "2",
-        "--eval-every",
-        "1",
-        "--eval-windows",
-        "2",
-        "--no-progress",
+        ...evalArgs,
         "--threads",
         "1",
         "--out",
@@ -208,11 +194,7 @@ describe("moe-swarm train --checkpoint-every / --resume-from", () => {
       store,
       "--checkpoint-every",
       "0",
-      "--eval-every",
-      "1",
-      "--eval-windows",
-      "2",
-      "--no-progress",
+      ...evalArgs,
       "--out",
       out,
     );
