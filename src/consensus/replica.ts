@@ -43,6 +43,7 @@
 // with a logged reason and never throws.
 
 import { invariant } from "../common/assert.ts";
+import { SampleRing } from "../common/sample-ring.ts";
 import type { Signer, Verifier } from "../crypto/signature.ts";
 import { checkQc, checkTc, tcHighQcRound } from "./certificates.ts";
 import {
@@ -288,15 +289,15 @@ export class Replica {
   #evidenceTotal = 0;
   readonly #evidenceByReplica: number[] = new Array(replicaCount).fill(0);
   readonly #evidenceLog: EvidenceRecord[] = [];
-  readonly #latencies: number[] = [];
+  readonly #latencies = new SampleRing(commitLatencySamplesMax);
   // Latency decomposition: when each uncommitted block reached this replica and when its QC did.
   readonly #blockSeenMs = new Map<Hex, number>();
   readonly #qcSeenMs = new Map<Hex, number>();
   readonly #phaseSamples = {
-    arrivalToProposal: [] as number[],
-    proposalToQc: [] as number[],
-    qcToCommit: [] as number[],
-    proposalToCommit: [] as number[],
+    arrivalToProposal: new SampleRing(commitLatencySamplesMax),
+    proposalToQc: new SampleRing(commitLatencySamplesMax),
+    qcToCommit: new SampleRing(commitLatencySamplesMax),
+    proposalToCommit: new SampleRing(commitLatencySamplesMax),
   };
   #commitsByCommitVotes = 0;
   #commitsByTwoChain = 0;
@@ -453,9 +454,7 @@ export class Replica {
   }
 
   status(): ReplicaStatus {
-    const sorted = [...this.#latencies].sort((a, b) => a - b);
-    const pct = (p: number) =>
-      sorted[Math.min(sorted.length - 1, Math.floor(p * sorted.length))] ?? 0;
+    const arrivalToCommit = phaseOf(this.#latencies.values());
     const leader = leaderOf(this.#view);
     return {
       id: this.id,
@@ -475,13 +474,13 @@ export class Replica {
       mempoolSize: this.#mempool.size,
       rejectedTotal: this.#rejectedTotal,
       evidenceTotal: this.#evidenceTotal,
-      commitLatencyMsP50: pct(0.5),
-      commitLatencyMsP99: pct(0.99),
+      commitLatencyMsP50: arrivalToCommit.p50,
+      commitLatencyMsP99: arrivalToCommit.p99,
       latencyBreakdownMs: {
-        arrivalToProposal: phaseOf(this.#phaseSamples.arrivalToProposal),
-        proposalToQc: phaseOf(this.#phaseSamples.proposalToQc),
-        qcToCommit: phaseOf(this.#phaseSamples.qcToCommit),
-        proposalToCommit: phaseOf(this.#phaseSamples.proposalToCommit),
+        arrivalToProposal: phaseOf(this.#phaseSamples.arrivalToProposal.values()),
+        proposalToQc: phaseOf(this.#phaseSamples.proposalToQc.values()),
+        qcToCommit: phaseOf(this.#phaseSamples.qcToCommit.values()),
+        proposalToCommit: phaseOf(this.#phaseSamples.proposalToCommit.values()),
       },
       commitsByCommitVotes: this.#commitsByCommitVotes,
       commitsByTwoChain: this.#commitsByTwoChain,
@@ -1151,11 +1150,7 @@ export class Replica {
   }
 
   #recordLatency(ms: number, blockId: Hex): void {
-    const push = (samples: number[], x: number) => {
-      if (samples.length >= commitLatencySamplesMax) samples.shift();
-      samples.push(x);
-    };
-    push(this.#latencies, ms);
+    this.#latencies.push(ms);
     const seen = this.#blockSeenMs.get(blockId);
     const qcAt = this.#qcSeenMs.get(blockId);
     if (seen === undefined || qcAt === undefined) return;
@@ -1163,10 +1158,10 @@ export class Replica {
     const s = this.#phaseSamples;
     // A request can arrive here after its block did (the leader's batch beat the client's copy).
     const proposed = Math.max(seen, arrived);
-    push(s.arrivalToProposal, proposed - arrived);
-    push(s.proposalToQc, Math.max(qcAt, proposed) - proposed);
-    push(s.qcToCommit, this.#now - Math.max(qcAt, proposed));
-    push(s.proposalToCommit, this.#now - proposed);
+    s.arrivalToProposal.push(proposed - arrived);
+    s.proposalToQc.push(Math.max(qcAt, proposed) - proposed);
+    s.qcToCommit.push(this.#now - Math.max(qcAt, proposed));
+    s.proposalToCommit.push(this.#now - proposed);
   }
 
   #takeSnapshot(): void {
