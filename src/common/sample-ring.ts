@@ -1,6 +1,6 @@
-// The last N samples of a measurement, for percentiles over a recent window. A fixed ring: a
-// record costs O(1) (an array `shift()` per record moved the whole window, which the consensus
-// replica did for every committed request, five windows at a time).
+// The last N samples of a measurement, for percentiles over a recent window (the dispatcher's
+// per-node latencies, the consensus replica's commit latencies). A fixed ring: a record costs O(1),
+// where trimming an array with `shift()` moves the whole window every time.
 
 import { invariant } from "./assert.ts";
 
@@ -25,12 +25,8 @@ export class SampleRing {
     return this.#count;
   }
 
-  /** The samples held, oldest first. */
-  values(): number[] {
-    const start = this.#count < this.capacity ? 0 : this.#next;
-    return Array.from(
-      { length: this.#count },
-      (_, i) => this.#buf[(start + i) % this.capacity] as number,
-    );
+  /** The samples held, ascending (a fresh copy). */
+  sorted(): Float64Array {
+    return this.#buf.slice(0, this.#count).sort();
   }
 }

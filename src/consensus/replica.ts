@@ -202,8 +202,8 @@ export interface LatencyBreakdown {
   readonly proposalToCommit: LatencyPhase;
 }
 
-function phaseOf(samples: readonly number[]): LatencyPhase {
-  const sorted = [...samples].sort((a, b) => a - b);
+function phaseOf(samples: SampleRing): LatencyPhase {
+  const sorted = samples.sorted();
   const pct = (p: number) =>
     sorted[Math.min(sorted.length - 1, Math.floor(p * sorted.length))] ?? 0;
   const mean = sorted.length === 0 ? 0 : sorted.reduce((a, b) => a + b, 0) / sorted.length;
@@ -454,7 +454,7 @@ export class Replica {
   }
 
   status(): ReplicaStatus {
-    const arrivalToCommit = phaseOf(this.#latencies.values());
+    const arrivalToCommit = phaseOf(this.#latencies);
     const leader = leaderOf(this.#view);
     return {
       id: this.id,
@@ -477,10 +477,10 @@ export class Replica {
       commitLatencyMsP50: arrivalToCommit.p50,
       commitLatencyMsP99: arrivalToCommit.p99,
       latencyBreakdownMs: {
-        arrivalToProposal: phaseOf(this.#phaseSamples.arrivalToProposal.values()),
-        proposalToQc: phaseOf(this.#phaseSamples.proposalToQc.values()),
-        qcToCommit: phaseOf(this.#phaseSamples.qcToCommit.values()),
-        proposalToCommit: phaseOf(this.#phaseSamples.proposalToCommit.values()),
+        arrivalToProposal: phaseOf(this.#phaseSamples.arrivalToProposal),
+        proposalToQc: phaseOf(this.#phaseSamples.proposalToQc),
+        qcToCommit: phaseOf(this.#phaseSamples.qcToCommit),
+        proposalToCommit: phaseOf(this.#phaseSamples.proposalToCommit),
       },
       commitsByCommitVotes: this.#commitsByCommitVotes,
       commitsByTwoChain: this.#commitsByTwoChain,

@@ -5,38 +5,35 @@
 // wrong on slow links and too lax on fast ones.
 
 import { invariant } from "../common/assert.ts";
+import { SampleRing } from "../common/sample-ring.ts";
 import { latencySamplesMin, latencyWindowSamples } from "./constants.ts";
 
 export class LatencyWindow {
-  readonly #samples = new Float64Array(latencyWindowSamples);
-  #count = 0;
-  #next = 0;
+  readonly #samples = new SampleRing(latencyWindowSamples);
   /** The window sorted, built on the first quantile after a record (the dispatcher asks several
    * quantiles of every replica per call; sorting once per sample instead of once per question). */
   #sorted: Float64Array | undefined;
 
   record(ms: number): void {
     invariant(ms >= 0 && Number.isFinite(ms), `latency sample ${ms}`);
-    this.#samples[this.#next] = ms;
-    this.#next = (this.#next + 1) % latencyWindowSamples;
-    this.#count = Math.min(this.#count + 1, latencyWindowSamples);
+    this.#samples.push(ms);
     this.#sorted = undefined;
   }
 
   get count(): number {
-    return this.#count;
+    return this.#samples.count;
   }
 
   /** True once enough samples are in for quantiles to be used. */
   get trusted(): boolean {
-    return this.#count >= latencySamplesMin;
+    return this.#samples.count >= latencySamplesMin;
   }
 
   /** The q-quantile (nearest rank) of the window; undefined when empty. */
   quantile(q: number): number | undefined {
     invariant(q >= 0 && q <= 1, `quantile ${q}`);
-    if (this.#count === 0) return undefined;
-    if (this.#sorted === undefined) this.#sorted = this.#samples.slice(0, this.#count).sort();
+    if (this.#samples.count === 0) return undefined;
+    if (this.#sorted === undefined) this.#sorted = this.#samples.sorted();
     const sorted = this.#sorted;
     const rank = Math.max(0, Math.ceil(q * sorted.length) - 1);
     return sorted[Math.min(sorted.length - 1, rank)];

@@ -3,16 +3,16 @@ import { describe, it } from "node:test";
 import { SampleRing } from "../../src/common/sample-ring.ts";
 
 describe("SampleRing", () => {
-  it("keeps the last `capacity` samples, oldest first", () => {
+  it("keeps the last `capacity` samples", () => {
     const r = new SampleRing(3);
-    assert.deepEqual(r.values(), []);
-    r.push(1);
+    assert.deepEqual([...r.sorted()], []);
     r.push(2);
-    assert.deepEqual(r.values(), [1, 2]);
-    r.push(3);
-    r.push(4);
+    r.push(1);
+    assert.deepEqual([...r.sorted()], [1, 2]);
     r.push(5);
-    assert.deepEqual(r.values(), [3, 4, 5]);
+    r.push(4);
+    r.push(3);
+    assert.deepEqual([...r.sorted()], [3, 4, 5]);
     assert.equal(r.count, 3);
   });
 
