@@ -5,13 +5,15 @@
 // (https://www.w3.org/TR/trace-context/#traceparent-header).
 //
 // Layout (after a u32 length prefix that counts the bytes below), all little-endian:
-//   0  u32 magic "MOEW"      4 u8 version   5 u8 kind   6 u8 op   7 u8 flags (0)
+//   0  u32 magic "MOEW"      4 u8 version   5 u8 kind   6 u8 op   7 u8 flags (frame-spans.ts)
 //   8  u32 request id       12 u32 budget ms (0 = none)
 //  16  u8[3] sender region (ASCII A–Z, or zeros)   19 u8 traceparent bytes   20 u16 text bytes
 //  22  u16 expert id count
 //  24  traceparent (ASCII) · text (UTF-8, error messages) · ids (u16 layer, u16 expert)*
 //      · u8 scalar count, f64* · u8 tensor count, then per tensor: u8 dtype (1 = f32), u8 ndim,
 //        u32 dims[ndim], raw data (product(dims) × 4 bytes)
+//      · when flags bit 1 is set: the span section (a node's trace spans of a sampled call; the
+//        layout, limits and flag bits are in frame-spans.ts)
 // A forward request names 1..forwardGroupExpertsMax experts with one [tokens, d] tensor each, and
 // its answer holds one tensor and one weight version (scalar) per expert, in the same order.
 // A decoder consumes exactly the frame or throws `FrameDecodeError`; it never reads past the frame
@@ -33,6 +35,15 @@ import {
   wireVersion,
 } from "./constants.ts";
 import { FrameDecodeError, WireErrorCode } from "./errors.ts";
+import {
+  frameFlagSpans,
+  frameFlagSpansWanted,
+  frameFlagsKnown,
+  readSpanSection,
+  spanSectionBytes,
+  type WireSpan,
+  writeSpanSection,
+} from "./frame-spans.ts";
 
 // Tensor bytes are copied straight into Float32Arrays, which use the host's byte order.
 invariant(endianness() === "LE", "the wire format assumes a little-endian host");
@@ -76,6 +87,10 @@ export interface Frame {
   readonly ids: readonly ExpertId[];
   readonly scalars: readonly number[];
   readonly tensors: readonly WireTensor[];
+  /** Request: the caller wants the node's spans of this sampled call in the reply (flags bit 0). */
+  readonly spansWanted: boolean;
+  /** Finished trace spans of the sender (flags bit 1); empty for most frames. */
+  readonly spans: readonly WireSpan[];
 }
 
 export type FrameInit = Partial<Omit<Frame, "kind" | "op" | "requestId">> &
@@ -98,6 +113,7 @@ export function encodeFrame(init: FrameInit): Buffer {
   const scalars = init.scalars ?? [];
   const tensors = init.tensors ?? [];
   const region = init.region ?? "";
+  const spans = init.spans ?? [];
   if (trace.length > traceparentBytesMax)
     throw new RangeError(`traceparent: at most ${traceparentBytesMax} bytes; got ${trace.length}`);
   const textBytes = Math.min(text.length, frameTextBytesMax);
@@ -119,6 +135,7 @@ export function encodeFrame(init: FrameInit): Buffer {
       throw new RangeError(`tensor shape [${t.dims}] holds ${n} values; data has ${t.data.length}`);
     size += 2 + 4 * t.dims.length + 4 * n;
   }
+  size += spanSectionBytes(spans);
   if (size > frameBytesMax)
     throw new RangeError(`frame of ${size} bytes exceeds frameBytesMax (${frameBytesMax})`);
 
@@ -130,7 +147,10 @@ export function encodeFrame(init: FrameInit): Buffer {
   buf.writeUInt8(wireVersion, o + 4);
   buf.writeUInt8(init.kind, o + 5);
   buf.writeUInt8(init.op, o + 6);
-  buf.writeUInt8(0, o + 7);
+  buf.writeUInt8(
+    (init.spansWanted ? frameFlagSpansWanted : 0) | (spans.length > 0 ? frameFlagSpans : 0),
+    o + 7,
+  );
   buf.writeUInt32LE(init.requestId >>> 0, o + 8);
   buf.writeUInt32LE(Math.max(0, Math.min(0xffffffff, Math.ceil(init.budgetMs ?? 0))), o + 12);
   for (let i = 0; i < 3; i++) buf.writeUInt8(region === "" ? 0 : region.charCodeAt(i), o + 16 + i);
@@ -169,6 +189,7 @@ export function encodeFrame(init: FrameInit): Buffer {
     buf.set(new Uint8Array(t.data.buffer, t.data.byteOffset, t.data.byteLength), o);
     o += t.data.byteLength;
   }
+  if (spans.length > 0) o = writeSpanSection(buf, o, spans);
   invariant(o === buf.length, () => `encoded ${o} bytes; allocated ${buf.length}`);
   return buf;
 }
@@ -203,7 +224,9 @@ export function decodeFrame(body: Uint8Array): Frame {
   if (!kindValues.has(kind)) fail(`unknown frame kind ${kind}`);
   const op = buf.readUInt8(6);
   if (!opValues.has(op)) fail(`unknown op ${op}`, WireErrorCode.unknownOp);
-  if (buf.readUInt8(7) !== 0) fail("flags must be 0 in protocol version 1");
+  const flags = buf.readUInt8(7);
+  if ((flags & ~frameFlagsKnown) !== 0)
+    fail(`unknown flag bits 0x${(flags & ~frameFlagsKnown).toString(16)} in protocol version 1`);
   const budgetMs = buf.readUInt32LE(12);
   const r0 = buf.readUInt8(16);
   const r1 = buf.readUInt8(17);
@@ -277,6 +300,16 @@ export function decodeFrame(body: Uint8Array): Frame {
     o += bytes;
     tensors.push({ dims, data });
   }
+  let spans: WireSpan[] = [];
+  if ((flags & frameFlagSpans) !== 0) {
+    try {
+      spans = readSpanSection(buf, o, buf.length);
+    } catch (err) {
+      if (!(err instanceof RangeError)) throw err;
+      fail(err.message);
+    }
+    o = buf.length;
+  }
   if (o !== buf.length) fail(`${buf.length - o} trailing bytes after the last tensor`);
   return {
     kind: kind as FrameKind,
@@ -289,5 +322,7 @@ export function decodeFrame(body: Uint8Array): Frame {
     ids,
     scalars,
     tensors,
+    spansWanted: (flags & frameFlagSpansWanted) !== 0,
+    spans,
   };
 }
