@@ -18,6 +18,7 @@ import {
   LinkError,
   type LinkIdentity,
 } from "../crypto/hybrid-link.ts";
+import { defaultMlDsa65Backend } from "../crypto/ml-dsa-backend.ts";
 import { MlDsa65Signer, MlDsa65Verifier } from "../crypto/signature.ts";
 import { clientFrame, decodeReplicaMsg, decodeWith, encodeMessage } from "./codec.ts";
 import { messageBytesMax, quorumSize, replicaCount } from "./constants.ts";
@@ -99,11 +100,16 @@ export class CoordinatorNode {
   readonly #reconnects: NodeJS.Timeout[] = [];
   /** clientId \0 seq → arrival ms, for requests that came from this node's clients. */
   readonly #arrivals = new Map<string, number>();
+  /** Which ML-DSA-65 implementation signs and verifies here (crypto/ml-dsa-backend.ts). */
+  readonly signatureBackend: string;
 
   constructor(init: CoordinatorNodeInit) {
     this.#init = init;
-    const signer = new MlDsa65Signer(init.id, init.secretKey);
-    const verifier = new MlDsa65Verifier(init.publicKeys);
+    const { backend, reason } = defaultMlDsa65Backend();
+    this.signatureBackend = backend.name;
+    init.log(`ML-DSA-65 signatures by ${backend.name} (${reason})`);
+    const signer = new MlDsa65Signer(init.id, init.secretKey, backend);
+    const verifier = new MlDsa65Verifier(init.publicKeys, backend);
     this.#identity = { selfId: init.id, signer, verifier, peers: replicaCount };
     this.#wal = new FileWal(init.dataDir);
     const log = (e: ReplicaEvent) => {
@@ -359,6 +365,7 @@ export class CoordinatorNode {
               status: {
                 ...this.#replica.status(),
                 walFsyncs: this.#wal.fsyncs,
+                signatureBackend: this.signatureBackend,
                 // Equal on every replica at the same committed height (compare them).
                 registryDigest: sha256Hex(canonicalJson(this.#replica.registrySnapshot())),
               },
