@@ -4,8 +4,8 @@
 // in this process and five expert nodes as child processes (test/observe/fixtures/observed-*.ts),
 // local profile, with everything issue #8 adds switched on or off at run time in every process:
 // a server span and request metrics per HTTP request, a client span and latency sample per expert
-// call (TracedExpertHost), a server span per request frame on the nodes (exported over OTLP/HTTP
-// to the gateway), the SwarmRecorder tick and the dashboard's live feed with one client.
+// call (TracedExpertHost), a server span per sampled request frame on the nodes (returned in the
+// reply frame and recorded by the gateway's tracer), the SwarmRecorder tick and the dashboard's live feed with one client.
 //
 // Load: `clients` concurrent greedy completions of `tokens` tokens, for `phase` seconds per phase,
 // phases alternating off/on in ABBA order (off on on off …) so slow drift of the shared machine
@@ -35,12 +35,14 @@ import { parseArgs } from "node:util";
 import { WebSocket } from "ws";
 import { loadConfig } from "../src/config/load.ts";
 import type { ExpertHost } from "../src/model/expert.ts";
+import { expertNodeRequestHook } from "../src/observe/expert-node-hook.ts";
 import { routeAll } from "../src/observe/http-route.ts";
 import { SwarmMetrics } from "../src/observe/metrics.ts";
 import { otlpTraceRoute } from "../src/observe/otlp-receiver.ts";
 import { TraceRingBuffer } from "../src/observe/trace-buffer.ts";
 import { TracedExpertHost } from "../src/observe/traced-expert-host.ts";
 import { SwarmTracing } from "../src/observe/tracing.ts";
+import { decodeFrame, encodeFrame, FrameKind, Op } from "../src/swarm/frame.ts";
 import { defaultModelId } from "../src/swarm/gateway.ts";
 import { startObservedSwarm } from "../test/observe/fixtures/observed-swarm.ts";
 
@@ -69,7 +71,11 @@ const rounds = only === undefined ? Number(values.rounds) : 0;
 //   metrics per expert call   TracedExpertHost with metrics only, minus the plain no-op host;
 //   gateway span per call     TracedExpertHost with tracing only (client span → ring buffer);
 //   node span, exported       a node's server span exported over OTLP/HTTP JSON and received,
-//                             validated and stored by the gateway's receiver (both in this process).
+//                             validated and stored by the gateway's receiver (both in this process)
+//                             — the path of nodes whose caller does not collect spans;
+//   node span, in the reply   what the swarm does: the node's hook makes a wire span record, the
+//                             reply frame carries it (encode + decode), the gateway records it in
+//                             its tracer (ring buffer); minus the same reply without a span.
 async function cpuMicros(run: () => Promise<void>, n: number): Promise<number> {
   const runs: number[] = [];
   for (let r = 0; r < 5; r++) {
@@ -85,6 +91,7 @@ async function operationCosts(): Promise<{
   metricsUs: number;
   gatewaySpanUs: number;
   nodeSpanUs: number;
+  nodeWireSpanUs: number;
 }> {
   const { config } = loadConfig();
   const y = new Float32Array(64);
@@ -142,10 +149,48 @@ async function operationCosts(): Promise<{
   const nodeSpanUs = await cpuMicros(nodeSpans, spans);
   await node.shutdown();
   receiver.close();
+
+  // The wire path: hook → record → reply frame → decode → gateway tracer (ring buffer).
+  const hook = expertNodeRequestHook({ nodeId: "AMS-0" });
+  const gatewayTracing = new SwarmTracing({
+    serviceName: "gateway",
+    ringBuffer: new TraceRingBuffer(),
+    otlpEndpoint: null,
+    activeContext: false,
+  });
+  const rows = new Float32Array(12 * 64);
+  const request = {
+    op: Op.forward,
+    traceparent: parent,
+    ids: [id],
+    tensors: [{ dims: [12, 64], data: rows }],
+    region: "ORD",
+  } as const;
+  const replies = (spansWanted: boolean) => async () => {
+    for (let i = 0; i < spans; i++) {
+      const record = hook({ ...request, spansWanted })?.(false);
+      const body = encodeFrame({
+        kind: FrameKind.response,
+        op: Op.forward,
+        requestId: i,
+        region: "AMS",
+        scalars: [0],
+        tensors: [{ dims: [12, 64], data: rows }],
+        spans: record ? [record] : [],
+      }).subarray(4);
+      const frame = decodeFrame(body);
+      if (frame.spans.length > 0) gatewayTracing.recordRemoteSpans("AMS-0", frame.spans);
+    }
+  };
+  await cpuMicros(replies(true), spans); // warm-up
+  const withoutSpan = await cpuMicros(replies(false), spans);
+  const withSpan = await cpuMicros(replies(true), spans);
+  await gatewayTracing.shutdown();
   return {
     metricsUs: withMetrics - plain,
     gatewaySpanUs: withSpans - plain,
     nodeSpanUs,
+    nodeWireSpanUs: withSpan - withoutSpan,
   };
 }
 
@@ -158,11 +203,17 @@ console.log(
 const costs =
   only === undefined
     ? await operationCosts()
-    : { metricsUs: Number.NaN, gatewaySpanUs: Number.NaN, nodeSpanUs: Number.NaN };
+    : {
+        metricsUs: Number.NaN,
+        gatewaySpanUs: Number.NaN,
+        nodeSpanUs: Number.NaN,
+        nodeWireSpanUs: Number.NaN,
+      };
 console.log("CPU per instrumented operation (median of 5 runs, this process alone):");
 console.log(`  metrics per expert call            ${costs.metricsUs.toFixed(2)} µs`);
 console.log(`  gateway client span per call       ${costs.gatewaySpanUs.toFixed(2)} µs`);
 console.log(`  node server span, OTLP out and in  ${costs.nodeSpanUs.toFixed(2)} µs`);
+console.log(`  node span in the reply frame       ${costs.nodeWireSpanUs.toFixed(2)} µs`);
 
 // ---- 2. swarm throughput, on vs off ------------------------------------------------------------
 const dir = mkdtempSync(join(tmpdir(), "moe-swarm-observe-bench-"));
@@ -316,7 +367,7 @@ console.log(
 const sample = Number(values.sample);
 const callsPerToken = mean(results.map((p) => p.callsPerToken));
 const addedUs =
-  callsPerToken * (2 * costs.metricsUs + sample * (costs.gatewaySpanUs + costs.nodeSpanUs));
+  callsPerToken * (2 * costs.metricsUs + sample * (costs.gatewaySpanUs + costs.nodeWireSpanUs));
 console.log(
-  `  estimate from the isolated costs: ${callsPerToken.toFixed(1)} expert calls per token × (metrics at gateway and node ${(2 * costs.metricsUs).toFixed(1)} µs + ${sample} × spans ${(costs.gatewaySpanUs + costs.nodeSpanUs).toFixed(1)} µs) = ${(addedUs / 1000).toFixed(2)} ms per token = ${((addedUs / 1000 / cpuOff) * 100).toFixed(1)}% of the swarm's ${cpuOff.toFixed(2)} CPU ms per token`,
+  `  estimate from the isolated costs: ${callsPerToken.toFixed(1)} expert calls per token × (metrics at gateway and node ${(2 * costs.metricsUs).toFixed(1)} µs + ${sample} × spans ${(costs.gatewaySpanUs + costs.nodeWireSpanUs).toFixed(1)} µs, node span in the reply) = ${(addedUs / 1000).toFixed(2)} ms per token = ${((addedUs / 1000 / cpuOff) * 100).toFixed(1)}% of the swarm's ${cpuOff.toFixed(2)} CPU ms per token`,
 );

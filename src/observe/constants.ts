@@ -42,6 +42,8 @@ export const recentEventsMax = 64;
 
 /** Finished spans kept in the in-process trace ring buffer. */
 export const traceSpansMax = 4096;
+/** Remote services (expert nodes) whose span resource the gateway keeps built. */
+export const remoteResourcesMax = 1024;
 /** Traces returned by one `/api/traces` call. */
 export const tracesListedMax = 50;
 /** Attributes kept per span in the ring buffer (the rest are dropped and counted). */

@@ -9,10 +9,14 @@
 //     under load cannot flood the feed's bounded event list.
 //   - coherence: moe_swarm_expert_coherence_time_seconds, the time from the first replica's
 //     acknowledgement of an update to the last one's acknowledgement of the same weight version.
+//   - node spans: an expert node's spans of a sampled call, returned in its reply frame, become
+//     spans of the node's service in this process's tracer (ring buffer, OTLP export).
 
 import { trace } from "@opentelemetry/api";
 import { expertKey } from "../model/expert.ts";
 import type { DispatchObserver } from "../swarm/dispatch-observer.ts";
+import type { WireSpan } from "../swarm/frame-spans.ts";
+import type { NodeAddress } from "../swarm/node-client.ts";
 import { failoverEventIntervalSeconds } from "./constants.ts";
 import type { SwarmMetrics } from "./metrics.ts";
 import {
@@ -25,6 +29,8 @@ import {
 export interface DispatchObserverInit {
   readonly tracing?: SwarmTracing;
   readonly metrics: SwarmMetrics;
+  /** The caller's (gateway's) region, recorded on node spans as `moe.caller_region`. */
+  readonly region?: string;
   readonly enabled?: () => boolean;
   readonly nowMs?: () => number;
 }
@@ -34,6 +40,7 @@ export function metricsDispatchObserver(init: DispatchObserverInit): DispatchObs
   const on = () => !init.enabled || init.enabled();
   const now = init.nowMs ?? (() => performance.now());
   const lastEventAtMs = new Map<string, number>();
+  const callerAttributes = init.region ? { "moe.caller_region": init.region } : undefined;
   return {
     hedgeStarted({ expert, primaryNode, hedgeNode, traceparent }) {
       if (!on()) return undefined;
@@ -88,5 +95,15 @@ export function metricsDispatchObserver(init: DispatchObserverInit): DispatchObs
       if (!on()) return;
       metrics.recordCoherenceTime(seconds);
     },
+    ...(tracing
+      ? {
+          nodeSpans(node: NodeAddress, spans: readonly WireSpan[]) {
+            tracing.recordRemoteSpans(node.nodeId, spans, {
+              resource: { "moe.region": node.region },
+              ...(callerAttributes ? { attributes: callerAttributes } : {}),
+            });
+          },
+        }
+      : {}),
   };
 }

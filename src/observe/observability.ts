@@ -140,6 +140,7 @@ export function gatewayObservability(
     dispatchObserver: metricsDispatchObserver({
       tracing,
       metrics,
+      region: init.region,
       ...(enabled ? { enabled } : {}),
     }),
     wrapExpertHost: (dispatcher) =>

@@ -5,16 +5,17 @@
 // run concurrently, so they appear as parallel sibling spans (the fan-out). Call latency and
 // outcome go to `moe_swarm_expert_call_duration_seconds`.
 //
-// Cost (issue #8's < 3 % budget): with parent-based sampling most requests are not sampled; a
-// call under an unsampled request creates no span at all, it hands the request's own context
-// (sampled flag off) to the callee, which then records nothing either. The latency series are
-// bound once (SwarmMetrics.bindExpertCall), so a call costs two clock reads and an array write.
+// Cost (issue #8's < 3 % budget): with parent-based sampling most requests are not sampled. The
+// request's sampling decision is read once per call from its span's trace flags; a call under an
+// unsampled request creates no span, builds no traceparent string and passes the caller's context
+// on untouched: a frame without a traceparent is not traced by the expert node either (the wire's
+// "not sampled"). The latency series are bound once (SwarmMetrics.bindExpertCall), so such a
+// call costs two clock reads and an array write.
 //
 // Wiring: the gateway wraps its dispatcher, `buildTrunk(cfg, new TracedExpertHost(dispatcher, …))`.
 
 import {
   context,
-  isSpanContextValid,
   type Span,
   SpanKind,
   SpanStatusCode,
@@ -70,22 +71,17 @@ export class TracedExpertHost implements ExpertHost {
     const record = this.#recordCall;
     let span: Span | undefined;
     let callCtx = ctx;
-    if (tracing) {
-      const parent = trace.getSpan(context.active());
-      const parentContext = parent?.spanContext();
-      if (
-        parentContext &&
-        isSpanContextValid(parentContext) &&
-        (parentContext.traceFlags & TraceFlags.SAMPLED) === 0
-      ) {
-        // Not sampled: no span; the callee follows the request's decision from its traceparent.
-        callCtx = { ...ctx, traceparent: traceparentOf(parent as Span) };
-      } else {
-        span = tracing.startSpan(name, {
-          kind: SpanKind.CLIENT,
-          attributes: { "moe.expert": expertKey(id), "moe.layer": id.layer, "moe.tokens": tokens },
-        });
-        callCtx = { ...ctx, traceparent: traceparentOf(span) };
+    // The request's decision: its span's sampled flag (no span: the sampler decides for a root).
+    const parent = tracing ? trace.getSpan(context.active()) : undefined;
+    if (tracing && (!parent || (parent.spanContext().traceFlags & TraceFlags.SAMPLED) !== 0)) {
+      span = tracing.startSpan(name, {
+        kind: SpanKind.CLIENT,
+        attributes: { "moe.expert": expertKey(id), "moe.layer": id.layer, "moe.tokens": tokens },
+      });
+      if (span.isRecording()) callCtx = { ...ctx, traceparent: traceparentOf(span) };
+      else {
+        span.end();
+        span = undefined;
       }
     }
     const t0 = record ? performance.now() : 0;

@@ -6,6 +6,11 @@
 //   - fan-out: the step that combines the outputs of k parallel experts links to each expert span;
 //   - hedging: a hedged duplicate call links to the primary call it duplicates.
 //
+// Spans of other processes: an expert node's spans of a sampled call come back in its reply frame
+// (src/swarm/frame-spans.ts); `recordRemoteSpans` turns each record into a finished span of the
+// node's service (its own resource: service.name = node id) and hands it to this process's span
+// processors, so it reaches the ring buffer and the OTLP export like a local span.
+//
 // Exporters: OTLP/HTTP (JSON) when an endpoint is given or set in the standard environment
 // variables OTEL_EXPORTER_OTLP_TRACES_ENDPOINT / OTEL_EXPORTER_OTLP_ENDPOINT; otherwise the spans
 // go to an in-process ring buffer (trace-buffer.ts) that the dashboard reads. Both can be on.
@@ -18,27 +23,33 @@ import {
   type Attributes,
   type Context,
   context,
+  type HrTime,
   isSpanContextValid,
   type Link,
   ROOT_CONTEXT,
   type Span,
   SpanKind,
   SpanStatusCode,
+  TraceFlags,
   type Tracer,
   trace,
 } from "@opentelemetry/api";
 import { AsyncLocalStorageContextManager } from "@opentelemetry/context-async-hooks";
 import { W3CTraceContextPropagator } from "@opentelemetry/core";
 import { OTLPTraceExporter } from "@opentelemetry/exporter-trace-otlp-http";
-import { resourceFromAttributes } from "@opentelemetry/resources";
+import { type Resource, resourceFromAttributes } from "@opentelemetry/resources";
 import {
   AlwaysOnSampler,
   BasicTracerProvider,
   BatchSpanProcessor,
   ParentBasedSampler,
+  type ReadableSpan,
   type SpanProcessor,
   TraceIdRatioBasedSampler,
 } from "@opentelemetry/sdk-trace-base";
+import { expertKey } from "../model/expert.ts";
+import { type WireSpan, wireSpanNames } from "../swarm/frame-spans.ts";
+import { remoteResourcesMax } from "./constants.ts";
 import { RingBufferSpanProcessor, type TraceRingBuffer } from "./trace-buffer.ts";
 
 const propagator = new W3CTraceContextPropagator();
@@ -152,6 +163,9 @@ export class SwarmTracing {
   readonly serviceName: string;
   readonly otlpEndpoint: string | undefined;
   readonly #provider: BasicTracerProvider;
+  readonly #processors: readonly SpanProcessor[];
+  /** Resource per remote service (node id), built once: the OTLP exporter groups spans by it. */
+  readonly #remoteResources = new Map<string, Resource>();
 
   constructor(init: SwarmTracingInit) {
     if (init.activeContext ?? true) installContextManager();
@@ -173,6 +187,7 @@ export class SwarmTracing {
     if (!(ratio >= 0 && ratio <= 1)) {
       throw new RangeError(`tracing sampleRatio must be in [0, 1]; got ${init.sampleRatio}`);
     }
+    this.#processors = processors;
     this.#provider = new BasicTracerProvider({
       resource: resourceFromAttributes({ "service.name": init.serviceName, ...init.resource }),
       spanProcessors: processors,
@@ -274,6 +289,29 @@ export class SwarmTracing {
     });
   }
 
+  /**
+   * Records finished spans of another process (an expert node's, from its reply frame) as spans
+   * of `service` (its `service.name`) with its `resource` attributes. `attributes` are added to
+   * each (e.g. the caller's region). Only sampled calls carry spans, so each is recorded.
+   */
+  recordRemoteSpans(
+    service: string,
+    spans: readonly WireSpan[],
+    options: { resource?: Attributes; attributes?: Attributes } = {},
+  ): void {
+    let resource = this.#remoteResources.get(service);
+    if (!resource) {
+      // Bounded: a swarm has a bounded number of nodes; past the limit the cache starts over.
+      if (this.#remoteResources.size >= remoteResourcesMax) this.#remoteResources.clear();
+      resource = resourceFromAttributes({ ...options.resource, "service.name": service });
+      this.#remoteResources.set(service, resource);
+    }
+    for (const s of spans) {
+      const readable = readableOf(s, service, resource, options.attributes);
+      for (const p of this.#processors) p.onEnd(readable);
+    }
+  }
+
   /** Exports every finished span now (OTLP batches included). */
   async flush(): Promise<void> {
     await this.#provider.forceFlush();
@@ -282,4 +320,59 @@ export class SwarmTracing {
   async shutdown(): Promise<void> {
     await this.#provider.shutdown();
   }
+}
+
+const remoteScope = { name: "moe-swarm" };
+
+function hrAdd(t: HrTime, ns: number): HrTime {
+  const nanos = t[1] + (ns % 1e9);
+  return [t[0] + Math.floor(ns / 1e9) + Math.floor(nanos / 1e9), nanos % 1e9];
+}
+
+/** A finished SDK span (what span processors and exporters take) from a wire span record. */
+function readableOf(
+  s: WireSpan,
+  service: string,
+  resource: Resource,
+  attributes: Attributes | undefined,
+): ReadableSpan {
+  const spanContext = { traceId: s.traceId, spanId: s.spanId, traceFlags: TraceFlags.SAMPLED };
+  const startTime: HrTime = [s.startSeconds, s.startNanos];
+  return {
+    name: wireSpanNames[s.name],
+    kind: SpanKind.SERVER,
+    spanContext: () => spanContext,
+    ...(s.parentSpanId
+      ? {
+          parentSpanContext: {
+            traceId: s.traceId,
+            spanId: s.parentSpanId,
+            traceFlags: TraceFlags.SAMPLED,
+            isRemote: true,
+          },
+        }
+      : {}),
+    startTime,
+    endTime: hrAdd(startTime, s.durationNs),
+    duration: [Math.floor(s.durationNs / 1e9), s.durationNs % 1e9],
+    status:
+      s.status === SpanStatusCode.ERROR
+        ? { code: SpanStatusCode.ERROR, message: "error reply" }
+        : { code: s.status as SpanStatusCode },
+    attributes: {
+      "moe.node": service,
+      "moe.expert": expertKey({ layer: s.layer, expert: s.expert }),
+      "moe.experts": s.experts,
+      "moe.tokens": s.tokens,
+      ...attributes,
+    },
+    links: [],
+    events: [],
+    ended: true,
+    resource,
+    instrumentationScope: remoteScope,
+    droppedAttributesCount: 0,
+    droppedEventsCount: 0,
+    droppedLinksCount: 0,
+  };
 }

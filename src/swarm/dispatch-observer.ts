@@ -1,11 +1,14 @@
 // What the dispatcher (RemoteExpertHost) tells an observer as it happens, so that observability
 // (issue #8, src/observe/dispatch-observer.ts) records real measurements without the data plane
 // depending on it: hedged duplicates (for their trace span and its link to the primary call),
-// failovers with their reason, and the coherence time of replicated weight updates.
+// failovers with their reason, the coherence time of replicated weight updates, and the expert
+// nodes' trace spans of sampled calls, which come back in the reply frames (frame-spans.ts).
 // Every callback is optional and synchronous; the dispatcher guards each one, so an observer's bug
 // never fails an expert call.
 
 import type { ExpertId } from "../model/expert.ts";
+import type { WireSpan } from "./frame-spans.ts";
+import type { NodeAddress } from "./node-client.ts";
 
 /** Why a call moved to another replica. */
 export type DispatchFailoverReason = "timeout" | "error" | "node_down";
@@ -49,4 +52,27 @@ export interface DispatchObserver {
     readonly replicas: number;
     readonly seconds: number;
   }): void;
+  /**
+   * A node's spans of sampled calls arrived in its reply frames (validated by the decoder). With
+   * this callback the dispatcher asks nodes for their spans of every sampled call.
+   */
+  nodeSpans?(node: NodeAddress, spans: readonly WireSpan[]): void;
+}
+
+/**
+ * The NodeClient span sink for an observer: undefined when it does not collect node spans (the
+ * nodes then export theirs themselves, if at all); a guarded callback otherwise, so that an
+ * observer's bug never fails an expert call.
+ */
+export function spanSinkOf(
+  observer: DispatchObserver | undefined,
+): ((spans: readonly WireSpan[], node: NodeAddress) => void) | undefined {
+  if (!observer?.nodeSpans) return undefined;
+  return (spans, node) => {
+    try {
+      observer.nodeSpans?.(node, spans);
+    } catch {
+      // Spans are best effort; the call they describe goes on.
+    }
+  };
 }

@@ -41,6 +41,7 @@ import {
   peekRequestId,
   type WireTensor,
 } from "./frame.ts";
+import type { WireSpan } from "./frame-spans.ts";
 import { FrameReader, shapedWrite } from "./frame-stream.ts";
 import { LinkShaper, type RegionLinks } from "./region-links.ts";
 
@@ -58,8 +59,13 @@ export interface ExpertNodeInit {
   readonly nowMs?: () => number;
   /** Read access to the hosted experts' weights, for `getWeights` (the LocalExpertHost itself). */
   readonly weights?: ExpertWeightSource;
-  /** Called as a request frame is handled; the returned function when its reply is ready (issue #8's tracing). */
-  readonly onRequest?: (frame: Frame) => ((failed: boolean) => void) | undefined;
+  /**
+   * Called as a request frame is handled; the returned function when its reply is ready (issue
+   * #8's tracing). A span it returns rides back in the reply when the request asked for spans.
+   */
+  readonly onRequest?: (
+    frame: Frame,
+  ) => ((failed: boolean) => WireSpan | undefined | void) | undefined;
 }
 
 /** The weights of one expert FFN: w1 [d, h], b1 [h], w2 [h, d], b2 [d], row-major. */
@@ -249,7 +255,13 @@ export class ExpertNode {
     });
   }
 
-  #errorFrame(requestId: number, op: Op, code: number, message: string): Buffer {
+  #errorFrame(
+    requestId: number,
+    op: Op,
+    code: number,
+    message: string,
+    spans: readonly WireSpan[] = [],
+  ): Buffer {
     this.#errors++;
     return encodeFrame({
       kind: FrameKind.error,
@@ -258,6 +270,7 @@ export class ExpertNode {
       region: this.#init.region,
       scalars: [code],
       text: message,
+      spans,
     });
   }
 
@@ -265,6 +278,15 @@ export class ExpertNode {
     const receivedMs = this.#now();
     const done = this.#init.onRequest?.(frame);
     let failed = false;
+    // The hook's span of the call, ended once as the reply is encoded; it goes in the reply when
+    // the caller asked for spans (frame-spans.ts).
+    let finished = false;
+    const finish = (failedNow: boolean): WireSpan[] => {
+      if (finished) return [];
+      finished = true;
+      const span = done?.(failedNow);
+      return span && frame.spansWanted ? [span] : [];
+    };
     this.#inflight++;
     try {
       if (frame.kind !== FrameKind.request)
@@ -280,6 +302,7 @@ export class ExpertNode {
           requestId: frame.requestId,
           region: this.#init.region,
           ...fields,
+          spans: finish(false),
         });
       switch (frame.op) {
         case Op.ping:
@@ -440,11 +463,11 @@ export class ExpertNode {
     } catch (err) {
       failed = true;
       if (err instanceof RequestError)
-        return this.#errorFrame(frame.requestId, frame.op, err.code, err.message);
+        return this.#errorFrame(frame.requestId, frame.op, err.code, err.message, finish(true));
       throw err;
     } finally {
       this.#inflight--;
-      done?.(failed);
+      finish(failed);
     }
     // Every op above returns or throws; TypeScript cannot see that past a call in `finally`.
     invariant(false, `unhandled op ${frame.op}`);

@@ -22,8 +22,12 @@ import {
   type Op,
   type WireTensor,
 } from "./frame.ts";
+import type { WireSpan } from "./frame-spans.ts";
 import { FrameReader, shapedWrite } from "./frame-stream.ts";
 import { LinkShaper, type RegionLinks } from "./region-links.ts";
+
+/** Hex digits whose lowest bit (the W3C `sampled` flag) is set. */
+const sampledDigits = "13579bdf";
 
 /** Where a node listens and which region it is in. */
 export interface NodeAddress {
@@ -68,6 +72,12 @@ export class NodeClient {
     readonly address: NodeAddress,
     private readonly localRegion: string,
     private readonly links: RegionLinks,
+    /**
+     * Collects the node's trace spans of sampled calls (issue #8): with it, a request whose
+     * traceparent is sampled asks the node for its spans, which come back in the reply frame
+     * (frame-spans.ts). Called synchronously as the reply arrives; it must not throw.
+     */
+    private readonly onSpans?: (spans: readonly WireSpan[], node: NodeAddress) => void,
   ) {}
 
   get inflight(): number {
@@ -82,13 +92,19 @@ export class NodeClient {
     const socket = await this.#connect();
     const requestId = this.#nextId;
     this.#nextId = this.#nextId >= 0xffffffff ? 1 : this.#nextId + 1;
+    const traceparent = req.ctx?.traceparent ?? "";
     const frame = encodeFrame({
       kind: FrameKind.request,
       op: req.op,
       requestId,
       budgetMs: req.timeoutMs,
       region: this.localRegion,
-      traceparent: req.ctx?.traceparent ?? "",
+      traceparent,
+      // Version 00's last hex digit holds the sampled bit (W3C trace-context trace-flags).
+      spansWanted:
+        this.onSpans !== undefined &&
+        traceparent.length === 55 &&
+        sampledDigits.includes(traceparent.charAt(54)),
       ids: req.ids,
       scalars: req.scalars ?? [],
       tensors: req.tensors ?? [],
@@ -193,6 +209,7 @@ export class NodeClient {
   }
 
   #onFrame(frame: Frame): void {
+    if (frame.spans.length > 0) this.onSpans?.(frame.spans, this.address);
     const p = this.#take(frame.requestId);
     if (!p) return; // late answer to a call that already timed out or was hedged away
     if (frame.kind === FrameKind.error)

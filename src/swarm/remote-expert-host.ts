@@ -43,7 +43,12 @@ import {
   probeIntervalMsMin,
   writeDeadlineMsMin,
 } from "./constants.ts";
-import type { DispatchFailoverReason, DispatchObserver, HedgeHandle } from "./dispatch-observer.ts";
+import {
+  type DispatchFailoverReason,
+  type DispatchObserver,
+  type HedgeHandle,
+  spanSinkOf,
+} from "./dispatch-observer.ts";
 import {
   DeadlineError,
   NodeUnavailableError,
@@ -903,7 +908,12 @@ export class RemoteExpertHost implements ExpertHost {
       n?.client.close();
       n = {
         address,
-        client: new NodeClient(address, this.#init.region, this.#links),
+        client: new NodeClient(
+          address,
+          this.#init.region,
+          this.#links,
+          spanSinkOf(this.#init.observer),
+        ),
         latency: new LatencyWindow(),
         opLatency: new Map(),
         healthy: true,

@@ -2,9 +2,10 @@
 //   - BoundHistogram prints the same exposition as prom-client's own Histogram for the same
 //     observations (parsed by an independent Prometheus parser), PendingCounter totals are exact
 //     at every read, and binding per call instead of once is refused;
-//   - an expert call under an unsampled request makes no span and hands the callee the request's
-//     own context with the sampled flag off; under a sampled request it makes a client span;
-//   - an expert node makes a span only for a frame whose traceparent is sampled (or absent).
+//   - an expert call under an unsampled request makes no span, builds no traceparent and hands
+//     the callee the caller's context untouched; under a sampled request it makes a client span;
+//   - an expert node makes a span only for a frame whose traceparent is sampled: an SDK span when
+//     the caller does not ask for spans, a wire record (frame-spans.ts) when it does.
 
 import assert from "node:assert/strict";
 import { describe, it } from "node:test";
@@ -24,6 +25,7 @@ import { TraceRingBuffer } from "../../src/observe/trace-buffer.ts";
 import { TracedExpertHost } from "../../src/observe/traced-expert-host.ts";
 import { SwarmTracing, traceparentSampled } from "../../src/observe/tracing.ts";
 import { Op } from "../../src/swarm/frame.ts";
+import { WireSpanStatus } from "../../src/swarm/frame-spans.ts";
 import { parseExposition } from "./exposition.ts";
 
 describe("bound metrics", () => {
@@ -139,7 +141,7 @@ describe("sampling on the hot path", () => {
     applyUpdate: async () => {},
   });
 
-  it("a call under an unsampled request makes no span and passes the request's context, flag off", async () => {
+  it("a call under an unsampled request makes no span and no traceparent", async () => {
     const buffer = new TraceRingBuffer(64);
     // Ratio 0: every new trace is unsampled; parent-based children follow.
     const tracing = new SwarmTracing({
@@ -156,12 +158,18 @@ describe("sampling on the hot path", () => {
       host.forward({ layer: 0, expert: 1 }, x, 1),
     );
     request.end();
-    const tp = seen[0]?.traceparent;
-    assert.ok(tp, "the callee gets a traceparent");
-    assert.equal(traceparentSampled(tp), false);
-    assert.ok(tp.includes(request.spanContext().traceId), "the request's trace id");
-    assert.ok(tp.includes(request.spanContext().spanId), "the request's own span as the parent");
+    assert.equal(seen[0], undefined, "the caller's (absent) context, untouched");
+    const signal = new AbortController().signal;
+    await context.with(trace.setSpan(context.active(), request), () =>
+      host.forward({ layer: 0, expert: 1 }, x, 1, { signal }),
+    );
+    assert.equal(seen[1]?.signal, signal);
+    assert.equal(seen[1]?.traceparent, undefined, "no traceparent for an unsampled request");
+    // No request span at all: the sampler decides for a root (ratio 0: none).
+    await host.forward({ layer: 0, expert: 1 }, x, 1);
+    assert.equal(seen[2], undefined);
     assert.equal(buffer.added, 0, "no span recorded");
+    seen.length = 1;
 
     // Sampled request (ratio 1): the call gets its own client span, and the callee its context.
     const sampled = new SwarmTracing({ serviceName: "g2", ringBuffer: buffer, otlpEndpoint: null });
@@ -169,7 +177,7 @@ describe("sampling on the hot path", () => {
     await sampled.withSpan("POST /v1/completions", () =>
       host2.forward({ layer: 0, expert: 1 }, x, 1),
     );
-    const tp2 = seen[1]?.traceparent;
+    const tp2 = seen.at(-1)?.traceparent;
     assert.equal(traceparentSampled(tp2), true);
     const spans = buffer.traces(1)[0];
     assert.equal(spans?.spanCount, 2);
@@ -179,7 +187,7 @@ describe("sampling on the hot path", () => {
     await sampled.shutdown();
   });
 
-  it("an expert node makes a span only for a sampled (or untraced) frame", async () => {
+  it("an expert node makes a span only for a sampled frame: SDK span, or wire record when asked", async () => {
     const buffer = new TraceRingBuffer(64);
     const tracing = new SwarmTracing({
       serviceName: "AMS-0",
@@ -188,12 +196,13 @@ describe("sampling on the hot path", () => {
       activeContext: false,
     });
     const hook = expertNodeRequestHook({ nodeId: "AMS-0", tracing });
-    const frame = (traceparent: string) => ({
+    const frame = (traceparent: string, spansWanted = false) => ({
       op: Op.forward,
       traceparent,
       ids: [{ layer: 0, expert: 3 }],
-      tensors: [],
+      tensors: [{ dims: [5, 2], data: new Float32Array(10) }],
       region: "ORD",
+      spansWanted,
     });
     const trace0 = "0af7651916cd43dd8448eb211c80319c";
     hook(frame(`00-${trace0}-b7ad6b7169203331-00`))?.(false);
@@ -202,7 +211,14 @@ describe("sampling on the hot path", () => {
     assert.equal(buffer.added, 1, "sampled: one span");
     assert.equal(buffer.spansOf(trace0)[0]?.parentSpanId, "b7ad6b7169203331");
     hook(frame(""))?.(false);
-    assert.equal(buffer.added, 2, "no traceparent: a new root trace by the node's own sampler");
+    assert.equal(buffer.added, 1, "no traceparent: not traced");
+    assert.equal(hook(frame(`00-${trace0}-b7ad6b7169203331-00`, true))?.(false), undefined);
+    const record = hook(frame(`00-${trace0}-b7ad6b7169203331-01`, true))?.(true);
+    assert.equal(buffer.added, 1, "asked for a wire record: no SDK span");
+    assert.equal(record?.traceId, trace0);
+    assert.equal(record?.parentSpanId, "b7ad6b7169203331");
+    assert.equal(record?.status, WireSpanStatus.error);
+    assert.equal(record?.tokens, 5);
     assert.equal(traceparentSampled("garbage"), undefined);
     assert.equal(traceparentSampled(`00-${trace0}-b7ad6b7169203331-03`), true);
     await tracing.shutdown();
