@@ -7,8 +7,10 @@
 // Both models run the trunk (embeddings, attention, routers) on onnxruntime as `moe-swarm gateway`
 // does; `js` as the third argument runs both trunks on the TypeScript kernels instead.
 //   npx tsx bench/swarm-batch1.ts [iterations] [batch] [onnx|js]
-// For a CPU profile of the gateway side: node --cpu-prof --import tsx bench/swarm-batch1.ts; of
-// the nodes: start them by hand with `node --cpu-prof bin/moe-swarm.js node ...`.
+// CPU profiles of both sides in one run (node refuses --cpu-prof in NODE_OPTIONS, so the nodes take
+// theirs from MOE_SWARM_CHILD_NODE_OPTIONS, see child-nodes.ts):
+//   MOE_SWARM_CHILD_NODE_OPTIONS="--cpu-prof --cpu-prof-dir=/tmp/prof/nodes" \
+//     node --cpu-prof --cpu-prof-dir=/tmp/prof/gateway --import tsx bench/swarm-batch1.ts 300
 
 import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { loadavg, tmpdir } from "node:os";

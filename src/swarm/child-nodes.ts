@@ -32,6 +32,16 @@ function killAllOnExit(): void {
   });
 }
 
+/**
+ * Extra node options for every child (e.g. `--cpu-prof --cpu-prof-dir=/tmp/prof` to profile the
+ * nodes a bench starts), from MOE_SWARM_CHILD_NODE_OPTIONS, whitespace-separated. Node refuses
+ * --cpu-prof in NODE_OPTIONS, so this is how a bench's nodes get profiled.
+ */
+function childExecArgv(): string[] {
+  const raw = process.env.MOE_SWARM_CHILD_NODE_OPTIONS ?? "";
+  return raw.split(/\s+/).filter((a) => a !== "");
+}
+
 /** Spawns `moe-swarm [--config file] <args>` and resolves with its parsed listening line. */
 export function spawnListening(
   args: readonly string[],
@@ -41,7 +51,7 @@ export function spawnListening(
   killAllOnExit();
   const child = spawn(
     process.execPath,
-    [binPath, ...(configPath ? ["--config", configPath] : []), ...args],
+    [...childExecArgv(), binPath, ...(configPath ? ["--config", configPath] : []), ...args],
     { stdio: ["ignore", "pipe", "pipe"] },
   );
   live.add(child);
