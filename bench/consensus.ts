@@ -10,7 +10,7 @@
 // 4,884–5,047 ops/s on the quiet 2-core machine, at 4,096 it was 6,427–6,586 (ML-DSA costs are per
 // block, so bigger blocks amortise them).
 // Run: npx tsx bench/consensus.ts [--clients 4096] [--light-clients 16] [--seconds 8]
-//        [--batch 4096] [--only model|lan|wan|lan-light|wan-light]
+//        [--batch 4096] [--only model|lan|wan|lan-light|wan-light] [--cpu-prof DIR]
 
 import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { connect, type Socket } from "node:net";
@@ -36,6 +36,8 @@ const { values } = parseArgs({
     seconds: { type: "string", default: "8" },
     batch: { type: "string", default: "4096" },
     only: { type: "string" },
+    /** Write a V8 CPU profile of each coordinator into this directory (stopped by SIGTERM). */
+    "cpu-prof": { type: "string" },
   },
 });
 const clientsN = Number(values.clients);
@@ -114,6 +116,9 @@ async function runCluster(wan: boolean, clientCount: number) {
     portBase,
     configPath: join(dir, "swarm.yaml"),
     chainId: "bench",
+    ...(values["cpu-prof"]
+      ? { nodeArgs: ["--cpu-prof", "--cpu-prof-dir", values["cpu-prof"]] }
+      : {}),
   });
   try {
     await cluster.start();
@@ -149,6 +154,9 @@ async function runCluster(wan: boolean, clientCount: number) {
     measuring = false;
     const elapsed = (performance.now() - t0) / 1000;
     const statusOrd = (await setup.status(0)) as Record<string, number>;
+    const statuses = [statusOrd];
+    for (let i = 1; i < regionsInLeaderOrder.length; i++)
+      statuses.push((await setup.status(i)) as Record<string, number>);
     stop = true;
     await Promise.race([Promise.all(loops), new Promise((r) => setTimeout(r, 5_000))]);
     mux.close();
@@ -162,9 +170,14 @@ async function runCluster(wan: boolean, clientCount: number) {
       p99: pct(0.99),
       mean: latSum / Math.max(1, lat.length),
       status: statusOrd,
+      statuses,
     };
   } finally {
-    cluster.stop();
+    if (values["cpu-prof"]) {
+      const pids = cluster.pids();
+      await cluster.stopGracefully(5_000);
+      console.log(`  CPU profiles in ${values["cpu-prof"]}, by pid: ${JSON.stringify(pids)}`);
+    } else await cluster.stop();
     rmSync(dir, { recursive: true, force: true });
   }
 }
@@ -287,6 +300,21 @@ for (const c of cases) {
   console.log(
     `    proposal→commit   ${ph(b?.proposalToCommit)}  (p99 ${b?.proposalToCommit?.p99 ?? "n/a"})`,
   );
+  // Where the replicas' time went, per committed block (counters since start, warm-up included).
+  const blocks = Math.max(1, s.blocksCommittedTotal ?? 1);
+  const perBlock = (k: string) =>
+    r.statuses.reduce(
+      (a, st) => a + ((st.costs as unknown as Record<string, number>)?.[k] ?? 0),
+      0,
+    ) / blocks;
+  const ordCosts = s.costs as unknown as Record<string, number> | undefined;
+  console.log(
+    `  per committed block, all 5 replicas (backend ${s.signatureBackend}): ${perBlock("walAppends").toFixed(1)} WAL appends+fsync = ${perBlock("walAppendMsTotal").toFixed(1)} ms, ${perBlock("signs").toFixed(1)} signs = ${perBlock("signMsTotal").toFixed(1)} ms, ${perBlock("verifies").toFixed(1)} verifies (+${perBlock("verifyCacheHits").toFixed(1)} cache hits) = ${perBlock("verifyMsTotal").toFixed(1)} ms`,
+  );
+  if (ordCosts)
+    console.log(
+      `  ORD means: WAL append+fsync ${ordCosts.walAppendMsMean?.toFixed(2)} ms, sign ${ordCosts.signMsMean?.toFixed(2)} ms, verify ${ordCosts.verifyMsMean?.toFixed(2)} ms; emulated-delay timers late by p50 ${ordCosts.delayLateMsP50?.toFixed(2)} ms, mean ${ordCosts.delayLateMsMean?.toFixed(2)} ms (${ordCosts.delayTimers} timers)`,
+    );
   if (c.clients <= 64)
     console.log(
       `    commit→client     mean ${(r.mean - arrivalMean).toFixed(1)} ms${d(r.mean - arrivalMean)} (client mean − ORD arrival→commit mean, approximate: ORD's samples include the warm-up; the client waits for f + 1 = 2 matching replies)`,

@@ -23,6 +23,8 @@ export interface LocalClusterInit {
   readonly startTimeoutMs?: number;
   /** Extra `moe-swarm coordinator` options for every replica (e.g. --retain-blocks 8 in tests). */
   readonly coordinatorArgs?: readonly string[];
+  /** Options for node itself, before the script (e.g. --cpu-prof in a benchmark). */
+  readonly nodeArgs?: readonly string[];
 }
 
 const binPath = new URL("../../bin/moe-swarm.js", import.meta.url).pathname;
@@ -83,6 +85,7 @@ export class LocalCoordinatorCluster {
   startReplica(i: number): Promise<void> {
     const region = regionsInLeaderOrder[i] as string;
     const args = [
+      ...(this.#init.nodeArgs ?? []),
       binPath,
       ...(this.#init.configPath ? ["--config", this.#init.configPath] : []),
       "coordinator",
@@ -147,6 +150,22 @@ export class LocalCoordinatorCluster {
         out[regionsInLeaderOrder[i] as string] = c.pid;
     });
     return out;
+  }
+
+  /**
+   * SIGTERM to every coordinator (a clean stop: node writes a --cpu-prof profile on the way out);
+   * after `graceMs`, SIGKILL to any still running. Resolves when all have exited.
+   */
+  async stopGracefully(graceMs: number): Promise<void> {
+    const running = this.#children.filter(
+      (c): c is ChildProcess => c !== undefined && c.exitCode === null && c.signalCode === null,
+    );
+    const exited = Promise.all(
+      running.map((c) => new Promise<void>((resolve) => c.once("exit", () => resolve()))),
+    );
+    for (const c of running) c.kill("SIGTERM");
+    await Promise.race([exited, new Promise((r) => setTimeout(r, graceMs))]);
+    await this.stop();
   }
 
   /** Kills every coordinator it started; resolves when all have exited. */

@@ -8,6 +8,7 @@
 // leaves after the configured one-way delay between the two regions.
 
 import { createServer, connect as netConnect, type Server, type Socket } from "node:net";
+import { SampleRing } from "../common/sample-ring.ts";
 import {
   handshake1Bytes,
   handshakeAccept,
@@ -72,6 +73,8 @@ export const reconnectDelayMs = 250;
 export const linksGraceMs = 10_000;
 /** Client connections accepted at once. */
 export const clientConnectionsMax = 1_024;
+/** Emulated-latency timer samples kept for the cost breakdown in status (oldest dropped). */
+export const delayLatenessSamplesMax = 4_096;
 
 export function peerPort(portBase: number, id: ReplicaId): number {
   return portBase + id;
@@ -102,6 +105,10 @@ export class CoordinatorNode {
   readonly #arrivals = new Map<string, number>();
   /** Which ML-DSA-65 implementation signs and verifies here (crypto/ml-dsa-backend.ts). */
   readonly signatureBackend: string;
+  readonly #signer: MlDsa65Signer;
+  readonly #verifier: MlDsa65Verifier;
+  /** How late the emulated-latency timers fire (ms past the intended departure): the OS's share. */
+  readonly #delayLateMs = new SampleRing(delayLatenessSamplesMax);
 
   constructor(init: CoordinatorNodeInit) {
     this.#init = init;
@@ -110,6 +117,8 @@ export class CoordinatorNode {
     init.log(`ML-DSA-65 signatures by ${backend.name} (${reason})`);
     const signer = new MlDsa65Signer(init.id, init.secretKey, backend);
     const verifier = new MlDsa65Verifier(init.publicKeys, backend);
+    this.#signer = signer;
+    this.#verifier = verifier;
     this.#identity = { selfId: init.id, signer, verifier, peers: replicaCount };
     this.#wal = new FileWal(init.dataDir);
     const log = (e: ReplicaEvent) => {
@@ -163,6 +172,34 @@ export class CoordinatorNode {
 
   get replica(): Replica {
     return this.#replica;
+  }
+
+  /**
+   * Where this replica's time goes, since start: WAL appends (write + fsync), ML-DSA-65 signs and
+   * verifies (with cache hits), and how late the emulated-latency timers fire. Wall times, so on a
+   * loaded machine they include waiting for a core.
+   */
+  costs(): Record<string, number> {
+    const w = this.#wal;
+    const s = this.#signer;
+    const v = this.#verifier;
+    const late = this.#delayLateMs.sorted();
+    const mean = (total: number, n: number) => (n === 0 ? 0 : total / n);
+    return {
+      walAppends: w.fsyncs,
+      walAppendMsMean: mean(w.appendMsTotal, w.fsyncs),
+      walAppendMsTotal: w.appendMsTotal,
+      signs: s.signs,
+      signMsMean: mean(s.signMsTotal, s.signs),
+      signMsTotal: s.signMsTotal,
+      verifies: v.verifies,
+      verifyMsMean: mean(v.verifyMsTotal, v.verifies),
+      verifyMsTotal: v.verifyMsTotal,
+      verifyCacheHits: v.cacheHits,
+      delayTimers: late.length,
+      delayLateMsP50: late[Math.floor(late.length / 2)] ?? 0,
+      delayLateMsMean: late.length === 0 ? 0 : late.reduce((a, b) => a + b, 0) / late.length,
+    };
   }
 
   async start(): Promise<void> {
@@ -337,8 +374,13 @@ export class CoordinatorNode {
       writeFrame(link.socket, link.cipher.seal(bytes));
     };
     const delay = this.#init.latencyMs(to);
-    if (delay > 0) setTimeout(go, delay);
-    else go();
+    if (delay > 0) {
+      const due = performance.now() + delay;
+      setTimeout(() => {
+        this.#delayLateMs.push(performance.now() - due);
+        go();
+      }, delay);
+    } else go();
   }
 
   // ---- Clients ------------------------------------------------------------------------------------
@@ -366,6 +408,7 @@ export class CoordinatorNode {
                 ...this.#replica.status(),
                 walFsyncs: this.#wal.fsyncs,
                 signatureBackend: this.signatureBackend,
+                costs: this.costs(),
                 // Equal on every replica at the same committed height (compare them).
                 registryDigest: sha256Hex(canonicalJson(this.#replica.registrySnapshot())),
               },
