@@ -2,11 +2,14 @@
 // unchanged with its experts in the swarm (hivemind's RemoteExpert idea, one level up).
 //
 // Reads (forward) go to one replica: the healthy one with the lowest recent median latency (before
-// any sample: the lowest emulated RTT). If it has not answered after its node's recent p95 and
-// after the next replica's whole expected latency (before that a farther replica could not win),
-// the same request is hedged to that replica and the first answer wins ("The Tail at Scale").
-// A dispatch round's calls go as one frame per node (#forwardGroup); each call in it is hedged and
-// failed over on its own. On an error, a closed connection or a missed deadline the next replica
+// any sample: the lowest emulated RTT). If it has not answered after its node's recent p95, the
+// same request is hedged to the next replica and the first answer wins ("The Tail at Scale", Dean
+// & Barroso 2013) — whatever that replica's distance: a call stuck on a node that just died is
+// answered one round trip to the replica after the p95, not after the kernel has closed the dead
+// process's sockets (10–40 ms for an expert node here, bench/swarm-throughput.ts).
+// A dispatch round's calls go as one frame per node (#forwardGroup); the calls of a slow group are
+// hedged together, one frame per replica node they are planned onto, and each call fails over on
+// its own. On an error, a closed connection or a missed deadline the next replica
 // is tried at once (failover) and the node is marked unhealthy; a background probe with exponential backoff marks it healthy again.
 // Attempt deadlines adapt: a multiple of the node's recent p99 for that op (forward, backward,
 // applyUpdate, ... each has its own latency window, so a grouped update is not judged by forward
@@ -364,6 +367,7 @@ export class RemoteExpertHost implements ExpertHost {
    */
   #planRound(
     calls: readonly ForwardCall[],
+    exclude?: NodeState,
   ): { node: NodeState | undefined; calls: ForwardCall[] }[] {
     const groups: { node: NodeState | undefined; calls: ForwardCall[]; tokens: number }[] = [];
     const open = new Map<NodeState, (typeof groups)[number]>();
@@ -376,7 +380,7 @@ export class RemoteExpertHost implements ExpertHost {
       const fresh = this.#init.registry
         .replicas(c.id)
         .map((a) => this.#node(a))
-        .filter((n) => n.healthy && !n.stale.has(k));
+        .filter((n) => n.healthy && !n.stale.has(k) && n !== exclude);
       if (fresh.length === 0) {
         groups.push({ node: undefined, calls: [c], tokens: c.tokens });
         continue;
@@ -417,14 +421,16 @@ export class RemoteExpertHost implements ExpertHost {
 
   /**
    * One frame to `n` with several experts' rows. Each call settles once, with the first answer
-   * for it: the group's, or that of its own read to another replica, started when the group is
-   * slower than `n`'s recent p95 (a hedge, per call, only where another replica can be expected
-   * to answer within that time) or when the group fails (a failover, per call; its read fails
+   * for it: the group's, or that of another replica, asked when the group is slower than `n`'s
+   * recent p95 (a hedge: the calls due are planned together onto their other healthy replicas, one
+   * frame per node, as a round is) or when the group fails (a failover, per call; its read fails
    * over further across the remaining replicas).
+   * `hedgeOf`: this group is itself a hedge of a group sent to that node; it is not hedged again
+   * (as a hedged read is not) and its calls were counted with that group.
    */
-  #forwardGroup(n: NodeState, calls: readonly ForwardCall[]): void {
+  #forwardGroup(n: NodeState, calls: readonly ForwardCall[], hedgeOf?: NodeState): void {
     const d = this.#init.dModel;
-    this.counters.calls += calls.length;
+    if (hedgeOf === undefined) this.counters.calls += calls.length;
     this.counters.groupedCalls += calls.length;
     this.counters.groupFrames++;
     const settled = calls.map(() => false);
@@ -459,27 +465,97 @@ export class RemoteExpertHost implements ExpertHost {
       signal.addEventListener("abort", onAbort, { once: true });
       unlisten.push(() => signal.removeEventListener("abort", onAbort));
     });
-    /** Call i alone through #read on the other replicas. */
-    const alone = (i: number, kind: "hedge" | "failover"): void => {
+    /** Call i alone through #read on the other replicas (a failover). */
+    const alone = (i: number): void => {
       const c = calls[i] as ForwardCall;
       const ac = new AbortController();
       controllers.push(ac);
       aloneInFlight[i] = true;
       const signal = c.ctx?.signal ? AbortSignal.any([c.ctx.signal, ac.signal]) : ac.signal;
-      this.#forwardNow(
-        c.id,
-        c.x,
-        c.tokens,
-        { ...c.ctx, signal },
-        { exclude: n, ...(kind === "hedge" ? { hedgeOf: n } : {}) },
-      ).then(
+      this.#forwardNow(c.id, c.x, c.tokens, { ...c.ctx, signal }, { exclude: n }).then(
         (y) => settle(i, y),
-        (err: unknown) => {
-          aloneInFlight[i] = false;
-          // A failed hedge leaves the call to the group, unless the group failed too.
-          if (kind === "failover" || groupFailed) settle(i, undefined, err);
-        },
+        (err: unknown) => settle(i, undefined, err),
       );
+    };
+    /**
+     * The calls `due` hedged together: planned onto their other replicas as a round is (never
+     * `n`), one frame per node, a lone call as a hedged read. Before, each call went alone: a slow
+     * group of 10 calls cost 10 extra frames (and 10 node wake-ups) instead of one or two.
+     */
+    const hedge = (due: readonly number[]): void => {
+      const ac = new AbortController();
+      controllers.push(ac);
+      const observer = this.#init.observer;
+      const subs: ForwardCall[] = due.map((i) => {
+        const c = calls[i] as ForwardCall;
+        aloneInFlight[i] = true;
+        const signal = c.ctx?.signal ? AbortSignal.any([c.ctx.signal, ac.signal]) : ac.signal;
+        const sub: ForwardCall = {
+          id: c.id,
+          x: c.x,
+          tokens: c.tokens,
+          ctx: { ...c.ctx, signal },
+          resolve: (y) => settle(i, y),
+          reject: (err: unknown) => {
+            aloneInFlight[i] = false;
+            // A failed hedge leaves the call to the group, unless the group failed too.
+            if (groupFailed) settle(i, undefined, err);
+          },
+        };
+        return sub;
+      });
+      for (const { node, calls: group } of this.#planRound(subs, n)) {
+        if (node === undefined || group.length === 1) {
+          // #read counts the hedge and reports it to the observer.
+          for (const c of group)
+            this.#forwardNow(c.id, c.x, c.tokens, c.ctx, {
+              exclude: n,
+              hedgeOf: n,
+              first: node,
+            }).then(c.resolve, c.reject);
+          continue;
+        }
+        this.counters.hedges += group.length;
+        // One hedge span per call (issue #8); the frame carries the first one's context.
+        const handles = group.map((c) =>
+          observer?.hedgeStarted
+            ? observe(() =>
+                observer.hedgeStarted?.({
+                  expert: c.id,
+                  primaryNode: n.address.nodeId,
+                  hedgeNode: node.address.nodeId,
+                  traceparent: c.ctx?.traceparent,
+                }),
+              )
+            : undefined,
+        );
+        const traced = handles.find((h) => h?.traceparent !== undefined)?.traceparent;
+        this.#forwardGroup(
+          node,
+          group.map((c, j) => {
+            const end = (outcome: "won" | "lost" | "error") => {
+              const h = handles[j];
+              if (h) observe(() => h.end(outcome));
+            };
+            const i = due[subs.indexOf(c)] as number;
+            return {
+              ...c,
+              ctx: traced ? { ...c.ctx, traceparent: traced } : c.ctx,
+              resolve: (y: Float32Array) => {
+                // A lone hedge is counted by #read; a grouped one here.
+                if (!settled[i]) this.counters.hedgeWins++;
+                end(settled[i] ? "lost" : "won");
+                c.resolve(y);
+              },
+              reject: (err: unknown) => {
+                end("error");
+                c.reject(err);
+              },
+            };
+          }),
+          n,
+        );
+      }
     };
     const failAll = (err: unknown): void => {
       groupFailed = true;
@@ -502,7 +578,7 @@ export class RemoteExpertHost implements ExpertHost {
             observer.failover?.({ experts: [c.id], from: n.address.nodeId, to, reason }),
           );
         }
-        alone(i, "failover");
+        alone(i);
       });
     };
     const timeoutMs = this.#attemptTimeoutMs(n, merged.ctx, Op.forward);
@@ -550,7 +626,7 @@ export class RemoteExpertHost implements ExpertHost {
             }
             if (!this.#acceptVersion(n, c.id, frame.scalars[i])) {
               // Stale weights on n for this expert: read it from the others.
-              if (!aloneInFlight[i]) alone(i, "failover");
+              if (!aloneInFlight[i]) alone(i);
               groupFailed = true;
               return;
             }
@@ -561,30 +637,19 @@ export class RemoteExpertHost implements ExpertHost {
           if (left > 0) failAll(err);
         },
       );
-    if (this.#init.hedging ?? true) {
-      // As #read: call i is hedged once the group is slower than n's recent p95 and than the
-      // expected latency of i's best other replica.
-      const p95Ms = this.#hedgeDelayMs(n, timeoutMs, Op.forward);
-      const hedgeAtMs = calls.map((c) => {
-        const other = this.#candidates(c.id).find((m) => m !== n && m.healthy);
-        return other ? Math.max(p95Ms, this.#expectedMs(other)) : Number.POSITIVE_INFINITY;
-      });
-      const arm = () => {
-        const elapsedMs = this.#now() - t0;
-        let nextMs = Number.POSITIVE_INFINITY;
-        calls.forEach((_, i) => {
+    const p95Ms = this.#hedgeDelayMs(n, timeoutMs, Op.forward);
+    if ((this.#init.hedging ?? true) && hedgeOf === undefined && p95Ms < timeoutMs) {
+      // As #read: once the group is slower than n's recent p95, its unanswered calls that have
+      // another healthy replica are hedged, together.
+      hedgeTimer = setTimeout(() => {
+        hedgeTimer = undefined;
+        const due: number[] = [];
+        calls.forEach((c, i) => {
           if (settled[i] || aloneInFlight[i]) return;
-          const at = hedgeAtMs[i] as number;
-          if (at <= elapsedMs) {
-            hedgeAtMs[i] = Number.POSITIVE_INFINITY; // once per call
-            alone(i, "hedge");
-          } else nextMs = Math.min(nextMs, at);
+          if (this.#candidates(c.id).some((m) => m !== n && m.healthy)) due.push(i);
         });
-        if (left > 0 && nextMs < timeoutMs)
-          hedgeTimer = setTimeout(arm, Math.max(0, nextMs - elapsedMs));
-      };
-      const firstMs = Math.min(...hedgeAtMs);
-      if (firstMs < timeoutMs) hedgeTimer = setTimeout(arm, firstMs);
+        if (due.length > 0) hedge(due);
+      }, p95Ms);
     }
   }
 
@@ -1163,13 +1228,12 @@ export class RemoteExpertHost implements ExpertHost {
             if (!failover(n, failoverReason(err)) && running === 0) giveUp();
           },
         );
-        const hedgeDelayMs = this.#hedgeDelayMs(n, timeoutMs, op);
         const next = queue[0];
-        // Hedge once this attempt is slower than its node's recent p95 and than the whole expected
-        // latency of the next replica: before that, a farther replica (behind a fixed link delay)
-        // could not win the race and would only add load; after it, this attempt is a straggler
-        // that the hedge can beat.
-        const hedgeAtMs = next ? Math.max(hedgeDelayMs, this.#expectedMs(next)) : timeoutMs;
+        // Hedge once this attempt is slower than its node's recent p95 (The Tail at Scale), to the
+        // next replica however far: waiting also for that replica's whole expected latency (the
+        // rule before) only delays the answer when this attempt is stuck (a node killed but not
+        // yet closed), and a straggler beyond it is beaten either way.
+        const hedgeAtMs = next ? this.#hedgeDelayMs(n, timeoutMs, op) : timeoutMs;
         if (kind !== "hedge" && hedging && hedgeAtMs < timeoutMs) {
           if (hedgeTimer) clearTimeout(hedgeTimer);
           hedgeTimer = setTimeout(() => {

@@ -243,6 +243,24 @@ describe("hedging across regions", () => {
     assert.equal(dispatcher.counters.hedgeWins - hedgeWins, 1);
     ord.host.delayMs = 0;
   });
+
+  it("a call slower than its node's p95 is hedged even to a replica farther away than that", async () => {
+    // The other replicas are 50 ms away (round trip); the near one straggles for 30 ms, within its
+    // attempt deadline (50 ms floor). The rule before hedged only after the farther replica's
+    // whole expected latency (≥ 50 ms: never); a node killed but not yet closed by the kernel
+    // kept its calls that long.
+    const links: RegionLinks = { oneWayMs: (a, b) => (a === b ? 0 : 25), bitsPerSecond: undefined };
+    const { dispatcher, swarm, reference } = await setup(links);
+    const id = { layer: 0, expert: 0 }; // ORD-0, IAD-0, SJC-0
+    const x = randn(22, d);
+    for (let i = 0; i < 12; i++) await dispatcher.forward(id, x, 1); // learn: ORD-0 answers in ~1 ms
+    const ord = swarm.get("ORD-0");
+    ord.host.delayMs = 30;
+    const { hedges } = dispatcher.counters;
+    assert.deepEqual(await dispatcher.forward(id, x, 1), await reference.forward(id, x, 1));
+    assert.equal(dispatcher.counters.hedges - hedges, 1);
+    ord.host.delayMs = 0;
+  });
 });
 
 describe("write deadlines", () => {
@@ -368,7 +386,7 @@ describe("grouped dispatch rounds", () => {
     assert.equal(dispatcher.nodeStats().find((n) => n.nodeId === victim)?.healthy, false);
   });
 
-  it("a slow group is hedged call by call to other replicas, and the hedges win", async () => {
+  it("a slow group's calls are hedged to other replicas, and the hedges win", async () => {
     const { dispatcher, swarm, reference } = await setup();
     for (let i = 0; i < 12; i++) await round(dispatcher, 1); // learn latencies
     const { hedges, hedgeWins } = dispatcher.counters;
@@ -384,6 +402,49 @@ describe("grouped dispatch rounds", () => {
     assert.ok(dispatcher.counters.hedgeWins - hedgeWins >= 1, "a hedge answered first");
     assert.ok(ms < 300, `the round took ${ms.toFixed(0)} ms; the slow node needs 300`);
     swarm.get(slow as string).host.delayMs = 0;
+  });
+});
+
+describe("grouped hedges", () => {
+  const round = (dispatcher: RemoteExpertHost, seed: number) =>
+    Promise.all(experts.map((id) => dispatcher.forward(id, randn(seed + id.expert, 2 * d), 2)));
+  const want = (reference: TinyFfnHost, seed: number) =>
+    Promise.all(experts.map((id) => reference.forward(id, randn(seed + id.expert, 2 * d), 2)));
+
+  it("a slow group is hedged in one frame per replica node, not one frame per call", async () => {
+    const { dispatcher, swarm, reference } = await setup();
+    for (let i = 0; i < 12; i++) await round(dispatcher, 1); // learn latencies
+    // The node with the largest group of a round: at least 3 of the 5 experts (2 nodes cover them).
+    const groups = new Map<string, string[]>();
+    swarm.onFrame = (nodeId, f) => {
+      if (f.op === 1)
+        groups.set(
+          nodeId,
+          f.ids.map((e) => `${e.expert}`),
+        );
+    };
+    await round(dispatcher, 1);
+    const [slow, slowIds] = [...groups].sort((a, b) => b[1].length - a[1].length)[0] as [
+      string,
+      string[],
+    ];
+    assert.ok(slowIds.length >= 3, `largest group ${slowIds}`);
+    // Frames to the other nodes that carry only the slow group's experts: the hedges.
+    const hedgeFrames: string[][] = [];
+    swarm.onFrame = (nodeId, f) => {
+      const ids = f.ids.map((e) => `${e.expert}`);
+      if (f.op === 1 && nodeId !== slow && ids.every((e) => slowIds.includes(e)))
+        hedgeFrames.push(ids);
+    };
+    swarm.get(slow).host.delayMs = 300; // slow, not dead
+    const { hedges } = dispatcher.counters;
+    assert.deepEqual(await round(dispatcher, 3), await want(reference, 3));
+    assert.equal(dispatcher.counters.hedges - hedges, slowIds.length, "every call of the group");
+    assert.ok(
+      hedgeFrames.length < slowIds.length,
+      `${slowIds.length} hedged calls went in ${hedgeFrames.length} frames: ${JSON.stringify(hedgeFrames)}`,
+    );
+    swarm.get(slow).host.delayMs = 0;
   });
 });
 
