@@ -15,6 +15,9 @@
 //       moe_swarm_consensus_rejected_messages_total{reason} (a bounded set of reasons,
 //         rejectReasonLabel; the full text stays in the log);
 //       moe_swarm_consensus_wal_fsyncs_total (fsync calls of the write-ahead log).
+//   - pushed, like the gateway's and the nodes', to the Pushgateway the config names
+//     (pushgateway.ts: by default only in the production profile; a failed push is logged and
+//     retried with backoff, never fatal): the push loop runs from `serve` to `close`.
 
 import { createServer, type Server } from "node:http";
 import type { AddressInfo } from "node:net";
@@ -26,6 +29,7 @@ import { metricPrefix } from "./constants.ts";
 import { routeAll } from "./http-route.ts";
 import { SwarmMetrics } from "./metrics.ts";
 import { metricsRoute } from "./metrics-http.ts";
+import { PushLoop, pushTargetFromConfig } from "./pushgateway.ts";
 import { type ConsensusStatusLike, SwarmRecorder } from "./swarm-recorder.ts";
 
 /** The label values of moe_swarm_consensus_rejected_messages_total. */
@@ -68,10 +72,18 @@ export interface CoordinatorMetricsInit {
   readonly config: SwarmConfig;
   readonly region: string;
   readonly source: CoordinatorStatusSource;
+  /** Push to the config's Pushgateway (default: only in the production profile). */
+  readonly push?: boolean;
+  /** Where push failures are reported (default console.warn). */
+  readonly log?: (message: string) => void;
+  /** Backoff of failed pushes (tests; default pushgateway.ts's). */
+  readonly pushRetryDelaySeconds?: { readonly min: number; readonly max: number };
 }
 
 export class CoordinatorMetrics {
   readonly metrics: SwarmMetrics;
+  /** The Pushgateway loop, when the config names one and pushing is on; runs while served. */
+  readonly push: PushLoop | null;
   readonly #init: CoordinatorMetricsInit;
   readonly #recorder: SwarmRecorder;
   readonly #timeouts: client.Counter<string>;
@@ -113,6 +125,24 @@ export class CoordinatorMetrics {
       registers,
     });
     this.metrics.addCollector(() => this.refresh());
+    const target =
+      (init.push ?? init.config.profile === "production")
+        ? pushTargetFromConfig(init.config)
+        : null;
+    this.push = target
+      ? new PushLoop({
+          target,
+          metrics: this.metrics,
+          job: "moe_swarm",
+          ...(init.log ? { log: init.log } : {}),
+          ...(init.pushRetryDelaySeconds
+            ? {
+                retryDelaySecondsMin: init.pushRetryDelaySeconds.min,
+                retryDelaySecondsMax: init.pushRetryDelaySeconds.max,
+              }
+            : {}),
+        })
+      : null;
   }
 
   /** Reads the replica's status into the gauges and counters (runs before every scrape). */
@@ -148,7 +178,10 @@ export class CoordinatorMetrics {
 
   // ---- HTTP ------------------------------------------------------------------------------------
 
-  /** Serves GET /metrics on `host:port` (0: any free port); resolves with its URL. */
+  /**
+   * Serves GET /metrics on `host:port` (0: any free port) and starts the Pushgateway loop when
+   * one is configured; resolves with the URL.
+   */
   async serve(host: string, port: number): Promise<{ url: string; port: number }> {
     const server = createServer(routeAll([metricsRoute(this.metrics)]));
     server.on("clientError", (_err, socket) => socket.destroy());
@@ -160,14 +193,16 @@ export class CoordinatorMetrics {
       });
     });
     this.#server = server;
+    this.push?.start();
     const actual = (server.address() as AddressInfo).port;
     return { url: `http://${host}:${actual}/metrics`, port: actual };
   }
 
-  close(): Promise<void> {
+  async close(): Promise<void> {
+    await this.push?.stop();
     const server = this.#server;
-    if (!server) return Promise.resolve();
-    return new Promise((resolve) => {
+    if (!server) return;
+    await new Promise<void>((resolve) => {
       server.closeAllConnections();
       server.close(() => resolve());
     });

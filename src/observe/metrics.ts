@@ -703,9 +703,14 @@ export class SwarmMetrics {
     return this.dashboard.snapshot();
   }
 
+  /** Runs the collectors (values read on demand): before every scrape and every push. */
+  collect(): void {
+    for (const collect of this.#collectors) collect();
+  }
+
   /** The Prometheus text exposition format (version 0.0.4). */
   async exposition(): Promise<string> {
-    for (const collect of this.#collectors) collect();
+    this.collect();
     // prom-client 15 prints NaN as "Nan"; the format's spelling is "NaN" (strict parsers need it).
     return (await this.registry.metrics()).replace(/^([^#\n].*) Nan$/gm, "$1 NaN");
   }

@@ -134,6 +134,9 @@ export class PushLoop {
   async #pushOnce(): Promise<void> {
     const job = this.#init.job ?? "moe_swarm";
     try {
+      // prom-client's Pushgateway reads the registry directly: run the on-demand collectors first,
+      // as a scrape does (a coordinator's view, height and rounds are read that way).
+      this.#init.metrics.collect();
       await this.#gateway.push({
         jobName: job,
         groupings: { instance: this.#init.metrics.process },

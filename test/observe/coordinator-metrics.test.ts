@@ -11,11 +11,13 @@
 
 import assert from "node:assert/strict";
 import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { createServer } from "node:http";
+import type { AddressInfo } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
 import type { PromData, PromHistogramData, PromMetrics } from "prom2javascript";
-import { loadConfig } from "../../src/config/load.ts";
+import { loadConfig, resolveConfig } from "../../src/config/load.ts";
 import { LocalCoordinatorCluster } from "../../src/consensus/local-cluster.ts";
 import { leaderOf, regionsInLeaderOrder } from "../../src/consensus/types.ts";
 import {
@@ -94,6 +96,74 @@ describe("coordinator metrics", () => {
     assert.equal(value(f, "moe_swarm_consensus_wal_fsyncs_total"), 10);
     assert.equal(value(f, "moe_swarm_consensus_view_changes_total"), 3);
     assert.equal(value(f, "moe_swarm_consensus_height"), 9);
+  });
+
+  it("pushes to the configured Pushgateway while served; a failed push is logged and retried", async () => {
+    // A loopback Pushgateway stand-in that answers the first push 503, then accepts.
+    const received: { method: string; url: string; body: string }[] = [];
+    let seen = 0;
+    const gateway = createServer((req, res) => {
+      let body = "";
+      req.setEncoding("utf8");
+      req.on("data", (c: string) => {
+        body += c;
+      });
+      req.on("end", () => {
+        if (++seen === 1) {
+          res.writeHead(503).end("overloaded");
+          return;
+        }
+        received.push({ method: req.method ?? "", url: req.url ?? "", body });
+        res.writeHead(200).end();
+      });
+    });
+    await new Promise<void>((resolve) => gateway.listen(0, "127.0.0.1", resolve));
+    const url = `http://127.0.0.1:${(gateway.address() as AddressInfo).port}`;
+    const { config } = resolveConfig({
+      profile: "production",
+      metrics: {
+        exporters: [{ type: "prometheus", endpoint: url, push_interval: "60s" }],
+      },
+    });
+    const logs: string[] = [];
+    const m = new CoordinatorMetrics({
+      config,
+      region: "AMS",
+      source: {
+        status: () => ({ view: 1, committedHeight: 42, leaderRegion: "ORD", roundsTotal: 9 }),
+        walFsyncs: () => 4,
+      },
+      log: (line) => logs.push(line),
+      pushRetryDelaySeconds: { min: 0.01, max: 0.05 },
+    });
+    assert.ok(m.push, "a push loop for the configured Pushgateway");
+    assert.equal(m.push.stats.pushes, 0, "nothing pushed before serve");
+    try {
+      await m.serve("127.0.0.1", 0);
+      const until = Date.now() + 10_000;
+      while (received.length === 0 && Date.now() < until)
+        await new Promise((r) => setTimeout(r, 10));
+      assert.equal(received.length, 1);
+      assert.equal(received[0]?.method, "PUT");
+      assert.equal(received[0]?.url, "/metrics/job/moe_swarm/instance/coordinator-AMS");
+      const families = await parseExposition(received[0]?.body ?? "");
+      assert.equal(value(families, "moe_swarm_consensus_height"), 42);
+      assert.equal(m.push.stats.failures, 1);
+      assert.match(logs[0] ?? "", /push failed .*503.*retry 1 in/);
+    } finally {
+      await m.close();
+      gateway.close();
+    }
+    // The local profile (tests, `npm start`) never pushes off the machine by default.
+    const local = new CoordinatorMetrics({
+      config: loadConfig().config,
+      region: "AMS",
+      source: {
+        status: () => ({ view: 0, committedHeight: 0, leaderRegion: "ORD", roundsTotal: 0 }),
+        walFsyncs: () => 0,
+      },
+    });
+    assert.equal(local.push, null);
   });
 
   it("the dashboard's commit figures: a median one liar cannot move, counts two vouch for", () => {
