@@ -59,7 +59,7 @@ export class TracedExpertHost implements ExpertHost {
     this.#recordCall = init.metrics?.bindExpertCall(init.region ?? "swarm");
   }
 
-  async #call<T>(
+  #call<T>(
     name: string,
     id: ExpertId,
     tokens: number,
@@ -68,34 +68,51 @@ export class TracedExpertHost implements ExpertHost {
   ): Promise<T> {
     if (this.#init.enabled && !this.#init.enabled()) return run(ctx);
     const { tracing } = this.#init;
-    const record = this.#recordCall;
-    let span: Span | undefined;
-    let callCtx = ctx;
     // The request's decision: its span's sampled flag (no span: the sampler decides for a root).
     const parent = tracing ? trace.getSpan(context.active()) : undefined;
     if (tracing && (!parent || (parent.spanContext().traceFlags & TraceFlags.SAMPLED) !== 0)) {
-      span = tracing.startSpan(name, {
+      const span = tracing.startSpan(name, {
         kind: SpanKind.CLIENT,
         attributes: { "moe.expert": expertKey(id), "moe.layer": id.layer, "moe.tokens": tokens },
       });
-      if (span.isRecording()) callCtx = { ...ctx, traceparent: traceparentOf(span) };
-      else {
-        span.end();
-        span = undefined;
-      }
+      if (span.isRecording()) return this.#traced(span, ctx, run);
+      span.end();
     }
+    // Unsampled: the caller's context untouched, only the latency sample (no extra async frame).
+    const record = this.#recordCall;
+    if (!record) return run(ctx);
+    const t0 = performance.now();
+    return run(ctx).then(
+      (result) => {
+        record("ok", (performance.now() - t0) / 1000);
+        return result;
+      },
+      (err: unknown) => {
+        record(outcomeOf(err), (performance.now() - t0) / 1000);
+        throw err;
+      },
+    );
+  }
+
+  /** A sampled call: its client span's context goes to the callee (the wire's traceparent). */
+  async #traced<T>(
+    span: Span,
+    ctx: ExpertCallContext | undefined,
+    run: (ctx: ExpertCallContext | undefined) => Promise<T>,
+  ): Promise<T> {
+    const record = this.#recordCall;
     const t0 = record ? performance.now() : 0;
     try {
-      const result = await run(callCtx);
+      const result = await run({ ...ctx, traceparent: traceparentOf(span) });
       record?.("ok", (performance.now() - t0) / 1000);
       return result;
     } catch (err) {
       record?.(outcomeOf(err), (performance.now() - t0) / 1000);
-      span?.recordException(err instanceof Error ? err : String(err));
-      span?.setStatus({ code: SpanStatusCode.ERROR, message: String(err) });
+      span.recordException(err instanceof Error ? err : String(err));
+      span.setStatus({ code: SpanStatusCode.ERROR, message: String(err) });
       throw err;
     } finally {
-      span?.end();
+      span.end();
     }
   }
 
