@@ -5,8 +5,18 @@
 // state (weights + AdamW moments, as `train --checkpoint-every` saves it), and every encoding we
 // tried on the same series (checkpoint-encodings.ts).
 // Run: npx tsx bench/checkpoint-model-series.ts [steps between checkpoints=100] [checkpoints=5] [lr=3e-3] [dump dir]
+// With a dump dir the series is written there (c0/, c1/, ...); a dump dir that already holds the
+// whole series is read back instead of training again (to iterate on encodings; says so).
 
-import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import {
+  existsSync,
+  mkdirSync,
+  mkdtempSync,
+  readdirSync,
+  readFileSync,
+  rmSync,
+  writeFileSync,
+} from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { Prng } from "../src/common/prng.ts";
@@ -32,48 +42,67 @@ const dumpDir = process.argv[5];
 const chunkAvgBytes = 256 * 1024;
 const root = mkdtempSync(join(tmpdir(), "moe-bench-model-series-"));
 
-const mc = modelConfigFrom(loadConfig().config);
-const host = await LocalExpertHost.create(mc, { backend: "auto" });
-const kernels = await OnnxKernels.create(1);
-const model = new MoeTransformer(mc, host, "float32", kernels);
-const trainer = new Trainer(model);
-const data = mobyDick();
-const rng = new Prng(1);
 const series: Shard[][] = [];
-const t0 = performance.now();
-let loss = 0;
-let firstLoss = 0;
-for (let c = 0; c < count; c++) {
-  for (let s = 0; s < gap; s++) {
-    loss = (await trainer.trainStep(sampleBatch(data.train, 8, mc.context, rng), lr)).loss;
-    if (c === 0 && s === 0) firstLoss = loss;
+const reuse =
+  dumpDir !== undefined && existsSync(join(dumpDir, `c${count - 1}`, "model.safetensors"));
+if (reuse && dumpDir !== undefined) {
+  for (let c = 0; c < count; c++)
+    series.push(
+      readdirSync(join(dumpDir, `c${c}`))
+        .sort()
+        .map((name) => ({
+          name,
+          bytes: new Uint8Array(readFileSync(join(dumpDir, `c${c}`, name))),
+        })),
+    );
+  console.log(
+    `series read back from ${dumpDir} (trained by an earlier run; lr and gap as it used)`,
+  );
+} else await train();
+
+async function train(): Promise<void> {
+  const mc = modelConfigFrom(loadConfig().config);
+  const host = await LocalExpertHost.create(mc, { backend: "auto" });
+  const kernels = await OnnxKernels.create(1);
+  const model = new MoeTransformer(mc, host, "float32", kernels);
+  const trainer = new Trainer(model);
+  const data = mobyDick();
+  const rng = new Prng(1);
+  const t0 = performance.now();
+  let loss = 0;
+  let firstLoss = 0;
+  for (let c = 0; c < count; c++) {
+    for (let s = 0; s < gap; s++) {
+      loss = (await trainer.trainStep(sampleBatch(data.train, 8, mc.context, rng), lr)).loss;
+      if (c === 0 && s === 0) firstLoss = loss;
+    }
+    const shards = await captureTrainingState(trainer, {
+      runId: "bench",
+      recipe: {
+        seed: 1,
+        batch: 8,
+        seq: mc.context,
+        schedule: { peak: lr, min: lr, warmupSteps: 0, totalSteps: gap * count },
+        clipNorm: 1,
+        adamw: trainer.optimizer.hyper,
+      },
+      sampler: { seed: 1, draws: 0 },
+      kernels: { experts: "onnx", trunk: "onnx" },
+    });
+    series.push(shards);
+    if (dumpDir !== undefined) {
+      mkdirSync(join(dumpDir, `c${c}`), { recursive: true });
+      for (const s of shards) writeFileSync(join(dumpDir, `c${c}`, s.name), s.bytes);
+    }
   }
-  const shards = await captureTrainingState(trainer, {
-    runId: "bench",
-    recipe: {
-      seed: 1,
-      batch: 8,
-      seq: mc.context,
-      schedule: { peak: lr, min: lr, warmupSteps: 0, totalSteps: gap * count },
-      clipNorm: 1,
-      adamw: trainer.optimizer.hyper,
-    },
-    sampler: { seed: 1, draws: 0 },
-    kernels: { experts: "onnx", trunk: "onnx" },
-  });
-  series.push(shards);
-  if (dumpDir !== undefined) {
-    mkdirSync(join(dumpDir, `c${c}`), { recursive: true });
-    for (const s of shards) writeFileSync(join(dumpDir, `c${c}`, s.name), s.bytes);
-  }
+  await host.close();
+  await kernels.release();
+  const params = (series[0]?.find((s) => s.name === "model.safetensors")?.bytes.length ?? 0) / 4;
+  console.log(
+    `MoE transformer, local profile (≈${(params / 1e6).toFixed(2)}M params), AdamW lr ${lr}, ${count} checkpoints ${gap} steps apart ` +
+      `(loss ${firstLoss.toFixed(3)} → ${loss.toFixed(3)}, ${((performance.now() - t0) / 1000).toFixed(0)} s)`,
+  );
 }
-await host.close();
-await kernels.release();
-const params = (series[0]?.find((s) => s.name === "model.safetensors")?.bytes.length ?? 0) / 4;
-console.log(
-  `MoE transformer, local profile (≈${(params / 1e6).toFixed(2)}M params), AdamW lr ${lr}, ${count} checkpoints ${gap} steps apart ` +
-    `(loss ${firstLoss.toFixed(3)} → ${loss.toFixed(3)}, ${((performance.now() - t0) / 1000).toFixed(0)} s)`,
-);
 
 /** The warm tier's bytes for `shards` of each checkpoint, beside restic and zstd-9 per file. */
 function measure(label: string, shards: Shard[][]): void {

@@ -12,6 +12,8 @@
 //                                   bit4 plane coders (the byte-plane table holds a coder per plane)
 //                                   bit5 context base (with bit1: the bases are coding context
 //                                   only; the planes hold the block itself, not a float delta)
+//                                   bit6 float coder (float-coder.ts; the compression byte is
+//                                   unused; with bit1 + bit5 the floats are coded given the base)
 //   6  u8 delta depth               0 for a whole block; base depth + 1 for a delta
 //   7  u8 phase                     shard offset of the first byte, mod 4
 //   8  u32 plaintext length
@@ -24,6 +26,8 @@
 //   a coder table, 2 bits per plane (plane k at bits 2k..2k+1): 0 raw · 1 the tier's compression ·
 //   2 adaptive range coder (range-coder.ts) · 3 range coder with the base's byte at the same
 //   position of the same plane as context — the smallest of them is kept for each plane.
+// A compressed tier stores each block by the smallest of these layouts; the float coder
+// (float-coder.ts) is tried beside them for blocks of at least floatBlockBytesMin bytes.
 // Every field is validated on read; a malformed record is reported as a corrupt block.
 
 import { brotliCompressSync, brotliDecompressSync, constants as zc } from "node:zlib";
@@ -33,6 +37,7 @@ import { invariant } from "../common/assert.ts";
 import { nonceBytes, openBlock, sealBlock } from "../crypto/envelope.ts";
 import { CID } from "./cid.ts";
 import { chunkBytesMax, deltaBasesMax, deltaChainMax } from "./constants.ts";
+import { decodeFloatBlock, encodeFloatBlock, floatBlockBytesMin } from "./float-coder.ts";
 import {
   floatDelta,
   floatUndelta,
@@ -50,6 +55,7 @@ const flagEncrypted = 4;
 const flagDict = 8;
 const flagCoders = 16;
 const flagContext = 32;
+const flagFloats = 64;
 /** Plane coders of a bit4 table. */
 const coderRaw = 0;
 const coderTier = 1;
@@ -101,6 +107,8 @@ export interface RecordHeader {
   readonly planes: boolean;
   /** Whether the byte-plane table holds a coder per plane (bit4). */
   readonly coders: boolean;
+  /** Whether the payload is float-coded (bit6). */
+  readonly floats: boolean;
   readonly depth: number;
   readonly phase: number;
   readonly length: number;
@@ -364,8 +372,23 @@ export function encodeRecord(init: RecordInit): EncodedRecord {
       // A base zstd cannot take as a dictionary: store the block without it.
     }
   }
+  let useFloats = false;
+  if (init.compression !== "none" && plaintext.length >= floatBlockBytesMin) {
+    const f = encodeFloatBlock(plaintext, phase, contextBase?.baseBytes);
+    if (f.bytes.length < body.length) {
+      body = f.bytes;
+      useFloats = true;
+      compression = init.compression;
+      planes = false;
+      useDelta = false;
+      useDict = false;
+      useContext = f.usedBase && contextBase !== undefined;
+      depth = useContext && contextBase !== undefined ? contextBase.ref.baseDepth + 1 : 0;
+      invariant(depth <= deltaChainMax, "delta chain within deltaChainMax");
+    }
+  }
   const parts: number[] = [...magic, compressionIds[compression], 0, depth, phase, 0, 0, 0, 0];
-  let flags = planes ? flagPlanes | flagCoders : 0;
+  let flags = planes ? flagPlanes | flagCoders : useFloats ? flagFloats : 0;
   const u16 = (v: number) => parts.push(v & 0xff, (v >>> 8) & 0xff);
   const u32 = (v: number) =>
     parts.push(v & 0xff, (v >>> 8) & 0xff, (v >>> 16) & 0xff, (v >>> 24) & 0xff);
@@ -430,11 +453,22 @@ export function parseRecordHeader(bytes: Uint8Array): RecordHeader {
   const compression =
     compressionNames[bytes[4] as number] ?? fail(`unknown compression id ${bytes[4]}`);
   const flags = bytes[5] as number;
-  if (flags & ~(flagPlanes | flagDelta | flagEncrypted | flagDict | flagCoders | flagContext))
+  if (
+    flags &
+    ~(flagPlanes | flagDelta | flagEncrypted | flagDict | flagCoders | flagContext | flagFloats)
+  )
     fail(`unknown flags 0x${flags.toString(16)}`);
   if ((flags & flagCoders) !== 0 && (flags & flagPlanes) === 0) fail("plane coders without planes");
-  if ((flags & flagContext) !== 0 && ((flags & flagDelta) === 0 || (flags & flagPlanes) === 0))
-    fail("a context base needs byte planes and a base");
+  const floats = (flags & flagFloats) !== 0;
+  if (floats && (flags & (flagPlanes | flagDict)) !== 0)
+    fail("a float-coded payload has no byte planes and no dictionary");
+  if (floats && (flags & flagDelta) !== 0 && (flags & flagContext) === 0)
+    fail("a float-coded payload takes its base as context, not as a float delta");
+  if (
+    (flags & flagContext) !== 0 &&
+    ((flags & flagDelta) === 0 || (flags & (flagPlanes | flagFloats)) === 0)
+  )
+    fail("a context base needs byte planes or the float coder, and a base");
   const depth = bytes[6] as number;
   const phase = bytes[7] as number;
   if (phase > 3) fail(`phase ${phase} out of range`);
@@ -496,6 +530,7 @@ export function parseRecordHeader(bytes: Uint8Array): RecordHeader {
     compression,
     planes: (flags & flagPlanes) !== 0,
     coders: (flags & flagCoders) !== 0,
+    floats,
     depth,
     phase,
     length,
@@ -548,9 +583,11 @@ export function decodeRecord(cid: CID, bytes: Uint8Array, ctx: RecordContext): U
       if (ref === undefined) throw new RecordFormatError("a context-coded plane without a base");
       return ctx.baseRange(ref.bases, ref.offset, h.length);
     };
-    plain = h.planes
-      ? unpackPlanes(h.compression, body, h.length, h.phase, h.coders ? { context } : undefined)
-      : decompress(h.compression, body, h.length);
+    plain = h.floats
+      ? decodeFloatBlock(body, h.length, h.phase, ref === undefined ? undefined : context())
+      : h.planes
+        ? unpackPlanes(h.compression, body, h.length, h.phase, h.coders ? { context } : undefined)
+        : decompress(h.compression, body, h.length);
   } catch (err) {
     if (err instanceof RecordFormatError) throw err;
     throw new RecordFormatError(
