@@ -4,7 +4,10 @@
 // so the result is what the replicated registry committed. Reads go through consensus too, so
 // reads and writes are linearizable. Requests are retransmitted until answered or the deadline.
 // One call is outstanding per client at a time (calls queue), which is what exactly-once
-// execution by (clientId, seq) needs; use several clients for parallel load.
+// execution by (clientId, seq) needs; use several clients for parallel load. When the coordinators
+// answer that this client's session expired (sessions.ts), that call's result is that error (its
+// request did not run now, and whether an earlier copy ran is unknown) and the client continues
+// under a fresh client id from seq 1.
 
 import { randomBytes } from "node:crypto";
 import { connect, type Socket } from "node:net";
@@ -12,6 +15,7 @@ import { decodeWith, encodeMessage, replyFrame } from "./codec.ts";
 import { messageBytesMax, replicaCount, weakQuorumSize } from "./constants.ts";
 import { FrameReader, writeFrame } from "./framing.ts";
 import type { RegistryOp, RegistryResult } from "./registry.ts";
+import { sessionExpiredError } from "./sessions.ts";
 import { canonicalJson, type ReplicaId } from "./types.ts";
 
 export interface RegistryClientInit {
@@ -34,7 +38,9 @@ export class RegistryTimeoutError extends Error {
 }
 
 export class RegistryClient {
-  readonly clientId: string;
+  #clientId: string;
+  /** The id given (or made up) at construction; renewed ids are this plus a random suffix. */
+  readonly #baseId: string;
   readonly #endpoints: RegistryClientInit["endpoints"];
   readonly #retryMs: number;
   readonly #deadlineMs: number;
@@ -52,12 +58,18 @@ export class RegistryClient {
       throw new RangeError(
         `RegistryClient: expected ${replicaCount} endpoints; got ${init.endpoints.length}`,
       );
-    this.clientId = init.clientId ?? `client-${randomBytes(8).toString("hex")}`;
+    this.#clientId = init.clientId ?? `client-${randomBytes(8).toString("hex")}`;
+    this.#baseId = this.#clientId.slice(0, 46);
     this.#endpoints = init.endpoints;
     this.#retryMs = init.retryMs ?? 1_000;
     this.#deadlineMs = init.deadlineMs ?? 30_000;
     this.#sockets = new Array(replicaCount).fill(undefined);
     for (let i = 0; i < replicaCount; i++) this.#statusWaiters.push([]);
+  }
+
+  /** The client id requests go under now (it changes when the session expired). */
+  get clientId(): string {
+    return this.#clientId;
   }
 
   #socket(i: number): Socket | undefined {
@@ -120,7 +132,10 @@ export class RegistryClient {
   #requestNow(op: RegistryOp): Promise<RegistryResult> {
     this.#seq += 1;
     const seq = this.#seq;
-    const bytes = encodeMessage({ type: "request", request: { clientId: this.clientId, seq, op } });
+    const bytes = encodeMessage({
+      type: "request",
+      request: { clientId: this.#clientId, seq, op },
+    });
     return new Promise<RegistryResult>((resolve, reject) => {
       const started = Date.now();
       let timer: NodeJS.Timeout | undefined;
@@ -129,6 +144,10 @@ export class RegistryClient {
         votes: new Map(),
         resolve: (r) => {
           clearTimeout(timer);
+          if (!r.ok && r.error === sessionExpiredError) {
+            this.#clientId = `${this.#baseId}-r${randomBytes(8).toString("hex")}`;
+            this.#seq = 0;
+          }
           resolve(r);
         },
       };

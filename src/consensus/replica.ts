@@ -66,6 +66,13 @@ import {
   weakQuorumSize,
 } from "./constants.ts";
 import { type RegistryResult, RegistryStateMachine, registryOp } from "./registry.ts";
+import {
+  pruneSessions,
+  sessionExpiredError,
+  sessionIdleMsMax,
+  sessionPruneEveryBlocks,
+  sessionsMax,
+} from "./sessions.ts";
 import { StateSync, type StateSyncStatus, type VerifiedSnapshot } from "./state-sync.ts";
 import type { ReplicaStorage, SessionEntry, Snapshot, WalRecord } from "./storage.ts";
 import {
@@ -132,6 +139,9 @@ export interface ReplicaInit {
   readonly snapshotEveryBlocks?: number;
   /** Committed blocks kept to serve lagging peers; default retainedCommittedBlocks. */
   readonly retainedCommittedBlocks?: number;
+  /** Client-session expiry (sessions.ts); defaults sessionIdleMsMax and sessionsMax. */
+  readonly sessionIdleMsMax?: number;
+  readonly sessionsMax?: number;
   /** Called after a certified snapshot replaced the committed state (the blocks below it skipped). */
   readonly onSnapshotInstalled?: (block: Block) => void;
   /** Send commit votes (third phase); default true. Off leaves only the 2-chain rule (A/B runs). */
@@ -276,6 +286,8 @@ export class Replica {
   // Requests and execution.
   readonly #mempool = new Map<string, { req: ClientRequest; arrivedMs: number }>();
   readonly #sessions = new Map<string, SessionEntry>();
+  readonly #sessionIdleMsMax: number;
+  readonly #sessionsMax: number;
   readonly #sm = new RegistryStateMachine();
   readonly #selfQueue: ReplicaMsg[] = [];
   #draining = false;
@@ -323,6 +335,8 @@ export class Replica {
     this.#sendCommitVotes = init.commitVotes ?? true;
     this.#retained = init.retainedCommittedBlocks ?? retainedCommittedBlocks;
     invariant(this.#retained >= 2, "retain at least 2 committed blocks");
+    this.#sessionIdleMsMax = init.sessionIdleMsMax ?? sessionIdleMsMax;
+    this.#sessionsMax = init.sessionsMax ?? sessionsMax;
     this.#stateSync = new StateSync({
       host: {
         id: init.id,
@@ -1113,8 +1127,20 @@ export class Replica {
           this.#mempool.delete(key);
           continue;
         }
+        if (!prev && req.seq > 1) {
+          // No session (expired, or never had one): it may have run before, so it does not run now.
+          const expired: SessionEntry = {
+            clientId: req.clientId,
+            seq: req.seq,
+            result: { ok: false, error: sessionExpiredError },
+          };
+          results.push(expired.result);
+          this.#mempool.delete(key);
+          replies.push(expired);
+          continue;
+        }
         const result = this.#sm.apply(req.op, block.timestampMs);
-        const entry = { clientId: req.clientId, seq: req.seq, result };
+        const entry = { clientId: req.clientId, seq: req.seq, result, atMs: block.timestampMs };
         this.#sessions.set(req.clientId, entry);
         results.push(result);
         const waiting = this.#mempool.get(key);
@@ -1125,6 +1151,8 @@ export class Replica {
         replies.push(entry);
         this.#requestsCommittedTotal += live ? 1 : 0;
       }
+      if (block.height % sessionPruneEveryBlocks === 0)
+        pruneSessions(this.#sessions, block.timestampMs, this.#sessionIdleMsMax, this.#sessionsMax);
       this.#committed = block;
       this.#committedIds.set(block.height, block.id);
       this.#stateSync.onCommitted(block, live);

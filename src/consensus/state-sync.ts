@@ -87,6 +87,7 @@ export const sessionEntrySchema = z.strictObject({
     z.strictObject({ ok: z.literal(true), value: z.unknown().optional() }),
     z.strictObject({ ok: z.literal(false), error: z.string().max(4_096) }),
   ]),
+  atMs: z.number().int().min(0).max(Number.MAX_SAFE_INTEGER).optional(),
 });
 
 /** A state the replica may install: checked against a checkpoint certificate. */

@@ -18,6 +18,8 @@ export interface SessionEntry {
   readonly clientId: string;
   readonly seq: number;
   readonly result: RegistryResult;
+  /** Block time of the commit of `seq` (sessions.ts expires on it); absent in older snapshots. */
+  readonly atMs?: number;
 }
 
 /** The state machine at one committed block, plus the safety state at the time it was taken. */
