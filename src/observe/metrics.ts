@@ -264,11 +264,15 @@ export class SwarmMetrics {
       unit: "nanoseconds",
       buckets: [10, 50, 100, 500, 1000, 5000, 10000],
     });
-    [this.#fidelity] = spec<client.Gauge<string>>(specMetrics.fidelity, "gauge", {
+    const [fidelity, fidelityConfig] = spec<client.Gauge<string>>(specMetrics.fidelity, "gauge", {
       name: specMetrics.fidelity,
       type: "gauge",
       unit: "ratio",
     });
+    this.#fidelity = fidelity;
+    // No gradient is compressed or measured until a caller records one (none does yet): the gauge
+    // says "no data" (NaN, as Prometheus prints an empty summary) rather than a made-up 0.
+    if ((fidelityConfig.labels ?? []).length === 0) fidelity.set(Number.NaN);
     const [rounds, roundsConfig] = spec<client.Counter<string>>(specMetrics.rounds, "counter", {
       name: specMetrics.rounds,
       type: "counter",

@@ -231,6 +231,21 @@ describe("SwarmMetrics /metrics", () => {
     assert.ok(m.custom("expert_coherence_time"));
   });
 
+  it("fidelity says no data (NaN, the dashboard n/a) until a gradient is recorded, not 0 or 1", async () => {
+    const { config } = loadConfig();
+    const m = new SwarmMetrics({ config, process: "p", defaultMetrics: false });
+    const text = await m.exposition();
+    assert.match(text, /^moe_swarm_gradient_entanglement_fidelity_ratio\{process="p"\} NaN$/m);
+    const parsed = await parseExposition(text);
+    assert.equal(parsed.moe_swarm_gradient_entanglement_fidelity_ratio?.type, "gauge");
+    assert.equal(m.snapshot().gradientFidelity, null);
+    m.recordGradientFidelity([1, 0], [1, 1]);
+    assert.match(
+      await m.exposition(),
+      /^moe_swarm_gradient_entanglement_fidelity_ratio\{process="p"\} 0\.7071/m,
+    );
+  });
+
   it("computes fidelity as the cosine of the two gradients", () => {
     const { config } = loadConfig();
     const m = new SwarmMetrics({ config, process: "p", defaultMetrics: false });
