@@ -5,14 +5,19 @@
 // (one per MoE layer, two for the cascade tier), and the bare round trip of a ping to a node — the
 // fixed cost each round pays before any compute.
 // Both models run the trunk (embeddings, attention, routers) on onnxruntime as `moe-swarm gateway`
-// does; `js` as the third argument runs both trunks on the TypeScript kernels instead.
+// does; `js` as the third argument runs both trunks on the TypeScript kernels instead. Like for
+// like: the in-process experts and every node's experts run on onnxruntime with 1 intra-op thread
+// (the node default, `moe-swarm node --threads 1`), the trunk with 1.
+// CPU time per forward (Linux /proc for the nodes) is printed beside the wall times: on a shared
+// 2-core machine it is steadier than wall time, and it shows what the swarm adds — the nodes' CPU
+// on top of the experts' own compute, and the fixed CPU of one frame round trip (the ping).
 //   npx tsx bench/swarm-batch1.ts [iterations] [batch] [onnx|js]
 // CPU profiles of both sides in one run (node refuses --cpu-prof in NODE_OPTIONS, so the nodes take
 // theirs from MOE_SWARM_CHILD_NODE_OPTIONS, see child-nodes.ts):
 //   MOE_SWARM_CHILD_NODE_OPTIONS="--cpu-prof --cpu-prof-dir=/tmp/prof/nodes" \
 //     node --cpu-prof --cpu-prof-dir=/tmp/prof/gateway --import tsx bench/swarm-batch1.ts 300
 
-import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { loadavg, tmpdir } from "node:os";
 import { join } from "node:path";
 import { Prng } from "../src/common/prng.ts";
@@ -48,6 +53,22 @@ async function once(model: MoeTransformer, ids: Int32Array): Promise<number> {
   return performance.now() - t0;
 }
 
+/** CPU ms (user + system) a child process used so far; NaN where /proc is not there. */
+function childCpuMs(pid: number | undefined): number {
+  const stat = `/proc/${pid}/stat`;
+  if (pid === undefined || !existsSync(stat)) return Number.NaN;
+  // Fields after the ")" that ends the command name: utime and stime are the 12th and 13th, in
+  // clock ticks (100 per second on Linux).
+  const f = readFileSync(stat, "utf8").split(") ")[1]?.split(" ") ?? [];
+  return (Number(f[11]) + Number(f[12])) * 10;
+}
+
+/** CPU ms this process used so far. */
+function selfCpuMs(): number {
+  const u = process.cpuUsage();
+  return (u.user + u.system) / 1000;
+}
+
 const dir = mkdtempSync(join(tmpdir(), "moe-swarm-batch1-"));
 const nodes: ChildNode[] = [];
 try {
@@ -78,11 +99,20 @@ try {
   }
   const c0 = { ...host.counters };
   const w0 = host.wire();
+  const nodesCpuMs = () => nodes.reduce((s, n) => s + childCpuMs(n.child.pid), 0);
+  let localCpuMs = 0;
+  let gatewayCpuMs = 0;
+  const n0 = nodesCpuMs();
   for (let i = 0; i < iterations; i++) {
     const ids = Int32Array.from({ length: B * T }, () => rng.int(256));
+    let c = selfCpuMs();
     a.push(await once(local.model, ids));
+    localCpuMs += selfCpuMs() - c;
+    c = selfCpuMs();
     b.push(await once(trunk, ids));
+    gatewayCpuMs += selfCpuMs() - c;
   }
+  const swarmNodesCpuMs = nodesCpuMs() - n0;
   const w1 = host.wire();
   const rounds =
     trunk.blocks.reduce((s, l) => s + l.moe.stats.rounds, 0) /
@@ -92,11 +122,16 @@ try {
   const first = nodes[0] as ChildNode;
   const client = new NodeClient(first, "ORD", directLinks);
   const pings: number[] = [];
-  for (let i = 0; i < 200; i++) {
+  const pingCount = 1000;
+  const pingNode0 = childCpuMs(first.child.pid);
+  const pingSelf0 = selfCpuMs();
+  for (let i = 0; i < pingCount; i++) {
     const t0 = performance.now();
     await client.call({ op: Op.ping, ids: [], timeoutMs: 1000 });
     pings.push(performance.now() - t0);
   }
+  const pingSelfUs = ((selfCpuMs() - pingSelf0) * 1000) / pingCount;
+  const pingNodeUs = ((childCpuMs(first.child.pid) - pingNode0) * 1000) / pingCount;
   client.close();
 
   const per = (n: number) => (n / iterations).toFixed(1);
@@ -116,7 +151,14 @@ try {
     `per swarm forward: ${per(host.counters.calls - c0.calls)} expert calls, ${per(w1.frames - w0.frames)} request frames, ${per(w1.bytesSent - w0.bytesSent)} bytes sent, ${per(w1.bytesReceived - w0.bytesReceived)} bytes received, ${rounds.toFixed(2)} dispatch rounds, hedges ${host.counters.hedges - c0.hedges}`,
   );
   console.log(
-    `bare ping round trip to one node: p50 ${quantile(pings, 0.5).toFixed(3)} ms, p90 ${quantile(pings, 0.9).toFixed(3)} ms`,
+    `bare ping round trip to one node: p50 ${quantile(pings, 0.5).toFixed(3)} ms, p90 ${quantile(pings, 0.9).toFixed(3)} ms; CPU per ping: gateway ${pingSelfUs.toFixed(0)} µs, node ${pingNodeUs.toFixed(0)} µs`,
+  );
+  const cpu = (ms: number) => (ms / iterations).toFixed(2);
+  console.log(
+    `CPU per forward: in-process ${cpu(localCpuMs)} ms; swarm ${cpu(gatewayCpuMs + swarmNodesCpuMs)} ms = gateway ${cpu(gatewayCpuMs)} + nodes ${cpu(swarmNodesCpuMs)} (nodes from /proc, 10 ms ticks summed over the run)`,
+  );
+  console.log(
+    `threads: trunk onnxruntime ${kernels?.threads ?? 0} (0 = TypeScript kernels), in-process experts 1 intra-op thread, each node's experts 1 (moe-swarm node --threads 1)`,
   );
   host.close();
   await local.host.close();

@@ -483,12 +483,13 @@ export class RemoteExpertHost implements ExpertHost {
      * group of 10 calls cost 10 extra frames (and 10 node wake-ups) instead of one or two.
      */
     const hedge = (due: readonly number[]): void => {
-      const ac = new AbortController();
-      controllers.push(ac);
       const observer = this.#init.observer;
       const subs: ForwardCall[] = due.map((i) => {
         const c = calls[i] as ForwardCall;
         aloneInFlight[i] = true;
+        // One controller per call: a shared one would collect a listener per call (and warn).
+        const ac = new AbortController();
+        controllers.push(ac);
         const signal = c.ctx?.signal ? AbortSignal.any([c.ctx.signal, ac.signal]) : ac.signal;
         const sub: ForwardCall = {
           id: c.id,
