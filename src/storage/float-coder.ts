@@ -121,6 +121,12 @@ class Models {
   readonly cls = new Uint32Array(seCount * bucketCount * (1 << classBits));
   /** Top mantissa bits when the exponent moved: context up / down / sign changed. */
   readonly top = new Uint32Array(3 * (1 << topBits));
+  /** A moved sign + exponent (encodeMoved): sign flipped, direction, steps, escapes. */
+  readonly flip = new Uint32Array(seCount).fill(stateInit);
+  readonly up = new Uint32Array(seCount).fill(stateInit);
+  readonly step = new Uint32Array(seCount * 2 * (1 << stepBits)).fill(stateInit);
+  readonly far = new Uint32Array(1 << 8).fill(stateInit);
+  readonly flipped = new Uint32Array(seCount << 8).fill(stateInit);
   /** Mantissa class of zero and subnormal floats. */
   readonly tiny = new Uint32Array(1 << classBits).fill(stateInit);
   /** The bits just below a class's leading one, context: the class. */
@@ -158,6 +164,45 @@ function decodeTiny(rc: BinaryDecoder, raw: BitReader, m: Models): number {
   const k = rc.decodeTree(m.tiny, 0, classBits);
   if (k > mantissaBits) throw new RangeCoderError(`subnormal mantissa class ${k} above 23`);
   return k === 0 ? 0 : (1 << (k - 1)) | (k > 1 ? raw.read(k - 1) : 0);
+}
+
+/** Exponent steps coded through the step tree; a larger move escapes to the whole exponent. */
+const stepBits = 3;
+const stepEscape = (1 << stepBits) - 1;
+
+/**
+ * A sign + exponent that differs from the base's, as a few binary decisions instead of a 9-bit
+ * tree (fewer decisions: a faster restore; measured equal size): the sign flipped? then, same
+ * sign: up or down, and by how many binades (1..7, or an escape to the 8 exponent bits);
+ * flipped: the 8 exponent bits given the base's sign + exponent.
+ */
+function encodeMoved(rc: BinaryEncoder, m: Models, xse: number, bse: number): void {
+  const flip = (xse ^ bse) >>> 8;
+  rc.encode(m.flip, bse, flip);
+  const xe = xse & 0xff;
+  const be = bse & 0xff;
+  if (flip === 1) {
+    rc.encodeTree(m.flipped, bse << 8, 8, xe);
+    return;
+  }
+  const up = xe > be ? 1 : 0;
+  rc.encode(m.up, bse, up);
+  const step = Math.min(up === 1 ? xe - be - 1 : be - xe - 1, stepEscape);
+  rc.encodeTree(m.step, ((bse << 1) | up) << stepBits, stepBits, step);
+  if (step === stepEscape) rc.encodeTree(m.far, 0, 8, xe);
+}
+
+function decodeMoved(rc: BinaryDecoder, m: Models, bse: number): number {
+  const flip = rc.decode(m.flip, bse);
+  const be = bse & 0xff;
+  if (flip === 1) return ((bse ^ 0x100) & 0x100) | rc.decodeTree(m.flipped, bse << 8, 8);
+  const up = rc.decode(m.up, bse);
+  const step = rc.decodeTree(m.step, ((bse << 1) | up) << stepBits, stepBits);
+  const xe =
+    step === stepEscape ? rc.decodeTree(m.far, 0, 8) : up === 1 ? be + step + 1 : be - step - 1;
+  if (xe < 0 || xe > 0xff || xe === be || (up === 1) !== xe > be)
+    throw new RangeCoderError(`exponent step ${step} ${up === 1 ? "up" : "down"} from ${be}`);
+  return (bse & 0x100) | xe;
 }
 
 function relation(xse: number, bse: number): number {
@@ -205,7 +250,7 @@ export function encodeFloats(x: Uint32Array, base: Uint32Array | undefined): Uin
       bucket = prevBucket(true, k);
     } else {
       rc.encode(m.same, ctx, 1);
-      rc.encodeTree(m.seTree(bse), 0, seBits, xse);
+      encodeMoved(rc, m, xse, bse);
       if ((xse & 0xff) === 0) encodeTiny(rc, raw, m, xi & 0x7f_ffff);
       else {
         const r = relation(xse, bse);
@@ -274,7 +319,7 @@ export function decodeFloats(
       out[i] = ((xse << 23) | mant) >>> 0;
       bucket = prevBucket(true, k);
     } else {
-      xse = rc.decodeTree(m.seTree(bse), 0, seBits);
+      xse = decodeMoved(rc, m, bse);
       if (xse === bse) throw new RangeCoderError("a moved exponent equal to its base's");
       if ((xse & 0xff) === 0) out[i] = ((xse << 23) | decodeTiny(rc, raw, m)) >>> 0;
       else {

@@ -182,7 +182,10 @@ export const stateInit = 0x8000;
  * 0.821 / 0.777, 255 → 0.791 / 0.822 / 0.779; LZMA's fixed 1/32 → 0.798 / 0.827 / 0.782.
  */
 const adaptCountMax = 60;
-const adaptRate = Float64Array.from({ length: adaptCountMax + 1 }, (_, n) => 1 / (n + 1.5));
+/** 1/(n + 1.5) in 15-bit fixed point: (error · rate) >> 15 stays within int32. */
+const adaptRate = Int32Array.from({ length: adaptCountMax + 1 }, (_, n) =>
+  Math.round(32768 / (n + 1.5)),
+);
 const codeBits = 12;
 
 /** The 12-bit probability the coder uses (never 0: both symbols stay codable). */
@@ -194,7 +197,7 @@ function coded(v: number): number {
 function adapted(v: number, bit: number): number {
   const p = v & 0xffff;
   const n = v >>> 16;
-  const q = p + Math.trunc(((bit === 0 ? 0xffff : 0) - p) * (adaptRate[n] as number));
+  const q = p + ((((bit === 0 ? 0xffff : 0) - p) * (adaptRate[n] as number)) >> 15);
   return (((n < adaptCountMax ? n + 1 : n) << 16) | q) >>> 0;
 }
 
@@ -293,9 +296,36 @@ export class BinaryDecoder {
     return b;
   }
 
+  /** decode() over a bit tree, with the coder's state in locals (the hot loop of a restore). */
   decodeTree(probs: Uint32Array, offset: number, bits: number): number {
+    const payload = this.#payload;
+    let range = this.#range;
+    let code = this.#code;
+    let at = this.#at;
     let node = 1;
-    for (let k = 0; k < bits; k++) node = (node << 1) | this.decode(probs, offset + node);
+    for (let k = 0; k < bits; k++) {
+      const i = offset + node;
+      const v = probs[i] as number;
+      const bound = (range >>> codeBits) * coded(v);
+      let b = 0;
+      if (code < bound) range = bound;
+      else {
+        code -= bound;
+        range -= bound;
+        b = 1;
+      }
+      probs[i] = adapted(v, b);
+      while (range < topValue) {
+        if (at >= payload.length)
+          throw new RangeCoderError(`range-coded payload of ${payload.length} B ends early`);
+        range = (range * 256) >>> 0;
+        code = code * 256 + (payload[at++] as number);
+      }
+      node = (node << 1) | b;
+    }
+    this.#range = range;
+    this.#code = code;
+    this.#at = at;
     return node - (1 << bits);
   }
 
