@@ -329,6 +329,39 @@ function renderConsensus(c) {
   }
 }
 
+function renderEvidence(e) {
+  const body = $("evidence").querySelector("tbody");
+  body.replaceChildren();
+  const recent = $("evidence-recent");
+  recent.replaceChildren();
+  if (!e || e.coordinatorsUp === 0) {
+    const tr = el("tr");
+    tr.appendChild(el("td", { colspan: "3", class: "muted" }, "no coordinator has reported"));
+    body.appendChild(tr);
+    return;
+  }
+  for (const a of e.against) {
+    const tr = el("tr", { "data-accused": a.region });
+    tr.appendChild(el("td", {}, a.region));
+    tr.appendChild(
+      el(
+        "td",
+        { class: a.reporters >= 2 ? "down" : a.reporters === 1 ? "warn" : "" },
+        `${a.reporters} of ${e.coordinatorsUp}`,
+      ),
+    );
+    tr.appendChild(el("td", {}, fmtNumber(a.countMax, 0)));
+    body.appendChild(tr);
+  }
+  for (const r of e.recent) {
+    const li = el("li");
+    li.appendChild(el("span", { class: "muted" }, `${new Date(r.atMs).toLocaleTimeString()} `));
+    li.appendChild(el("span", { class: "kind evidence" }, `${r.reporter} → ${r.against}`));
+    li.appendChild(document.createTextNode(` view ${r.view}: ${r.reason}`));
+    recent.appendChild(li);
+  }
+}
+
 function renderEvents(events) {
   const root = $("events");
   if (events.length === 0) return;
@@ -409,6 +442,7 @@ function render(snapshot, events) {
   drawMap(snapshot);
   drawHeatmaps(snapshot);
   renderConsensus(snapshot.consensus);
+  renderEvidence(snapshot.evidence);
   renderNodes(snapshot.nodes);
   renderEvents(events);
 }

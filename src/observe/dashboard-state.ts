@@ -69,6 +69,23 @@ export interface ConsensusView {
   readonly commitLatency: CommitLatencyView | null;
 }
 
+/** Byzantine evidence the coordinators report (src/swarm/consensus-feed.ts evidenceSummary). */
+export interface EvidenceView {
+  readonly against: readonly {
+    readonly region: string;
+    readonly reporters: number;
+    readonly countMax: number;
+  }[];
+  readonly recent: readonly {
+    readonly reporter: string;
+    readonly against: string;
+    readonly reason: string;
+    readonly view: number;
+    readonly atMs: number;
+  }[];
+  readonly coordinatorsUp: number;
+}
+
 export interface TierView {
   readonly name: string;
   readonly gpuType: string;
@@ -107,6 +124,8 @@ export interface DashboardSnapshot {
   readonly tiers: readonly TierView[];
   readonly loss: readonly { readonly step: number; readonly loss: number }[];
   readonly consensus: ConsensusView | null;
+  /** Null until the gateway has polled the coordinators. */
+  readonly evidence: EvidenceView | null;
   readonly failovers: number;
   readonly gradientFidelity: number | null;
   readonly events: readonly SwarmEvent[];
@@ -158,6 +177,7 @@ export class DashboardState {
   #lossStride = 1;
   #lossSeen = 0;
   #consensus: ConsensusView | null = null;
+  #evidence: EvidenceView | null = null;
   #failovers = 0;
   #fidelity: number | null = null;
   readonly #events: SwarmEvent[] = [];
@@ -317,6 +337,10 @@ export class DashboardState {
     this.#consensus = { ...c, commits: c.commits + 1, lastCommitLatencySeconds: latencySeconds };
   }
 
+  setEvidence(evidence: EvidenceView): void {
+    this.#evidence = evidence;
+  }
+
   recordFailover(count = 1): void {
     this.#failovers += count;
   }
@@ -384,6 +408,7 @@ export class DashboardState {
       })),
       loss: this.#loss.slice(),
       consensus: this.#consensus,
+      evidence: this.#evidence,
       failovers: this.#failovers,
       gradientFidelity: this.#fidelity,
       events: this.#events.slice(),

@@ -37,6 +37,7 @@ import {
   type CommitLatencyView,
   type DashboardSnapshot,
   DashboardState,
+  type EvidenceView,
   type SwarmEvent,
 } from "./dashboard-state.ts";
 
@@ -666,6 +667,11 @@ export class SwarmMetrics {
   /** The cluster's commit latency percentiles as the gateway learns them from the coordinators. */
   setCommitLatency(latency: CommitLatencyView): void {
     this.dashboard.setCommitLatency(latency);
+  }
+
+  /** Byzantine evidence the coordinators report (the dashboard's evidence panel). */
+  setEvidence(evidence: EvidenceView): void {
+    this.dashboard.setEvidence(evidence);
   }
 
   /** Runs `collect` before every exposition (scrape or push): for values read on demand. */

@@ -9,7 +9,7 @@
 // Counters only grow; a value that goes down (a restarted process) is taken as a restart and the
 // new value counts from zero.
 
-import type { CommitLatencyView } from "./dashboard-state.ts";
+import type { CommitLatencyView, EvidenceView } from "./dashboard-state.ts";
 import type { SwarmMetrics } from "./metrics.ts";
 
 export interface RoutingStatsLike {
@@ -155,6 +155,11 @@ export class SwarmRecorder {
   /** The coordinators' commit latency and counts, for the dashboard's consensus panel. */
   recordCommitLatency(latency: CommitLatencyView): void {
     this.#metrics.setCommitLatency(latency);
+  }
+
+  /** Byzantine evidence the coordinators report, for the dashboard's evidence panel. */
+  recordEvidence(evidence: EvidenceView): void {
+    this.#metrics.setEvidence(evidence);
   }
 
   /** Records the tokens the gateway's API generated since the last call. */

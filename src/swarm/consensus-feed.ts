@@ -14,6 +14,11 @@
 //     shows the median over the coordinators that answered, which one liar cannot move with three
 //     or more answers, beside the blocks and requests committed (vouched like the height). Each
 //     coordinator's full histogram is on its own /metrics (moe-swarm coordinator --metrics-port).
+//   - Byzantine evidence (the dashboard's evidence panel): per accused coordinator, how many
+//     coordinators report evidence against it (equivocation, conflicting votes or checkpoints;
+//     replica.ts counts them) and the highest count reported, with the newest records. Each is a
+//     coordinator's own unverified account: a Byzantine coordinator can accuse anyone, so the
+//     panel shows the number of reporters, and f + 1 = 2 of them mean an honest one saw it.
 // Status is not a consensus read: it is each coordinator's own account, which is what a dashboard
 // of the coordinators shows (CometBFT's /status is the same).
 
@@ -44,6 +49,33 @@ export interface ConsensusSink {
   ): void;
   /** The cluster's commit latency and commit counts (optional: a sink may not show them). */
   recordCommitLatency?(latency: CommitLatencySummary): void;
+  /** Byzantine evidence the coordinators report (optional). */
+  recordEvidence?(evidence: EvidenceSummary): void;
+}
+
+/** Evidence records shown (newest first, across coordinators), and the reason text kept of each. */
+export const evidenceRecordsShownMax = 8;
+export const evidenceReasonCharsMax = 160;
+
+/** One evidence record as a coordinator reported it. */
+export interface EvidenceReport {
+  readonly reporter: string;
+  readonly against: string;
+  readonly reason: string;
+  readonly view: number;
+  readonly atMs: number;
+}
+
+/** What the feed learns about Byzantine evidence from one poll (see the header). */
+export interface EvidenceSummary {
+  /** One entry per coordinator region, in leader order. */
+  readonly against: readonly {
+    readonly region: string;
+    readonly reporters: number;
+    readonly countMax: number;
+  }[];
+  readonly recent: readonly EvidenceReport[];
+  readonly coordinatorsUp: number;
 }
 
 /** What the feed learns about commit latency from one poll (dashboard-state.ts shows it). */
@@ -66,6 +98,9 @@ export interface CoordinatorStatus {
   readonly requestsCommittedTotal?: number;
   readonly commitLatencyMsP50?: number;
   readonly commitLatencyMsP99?: number;
+  /** Evidence counts per accused replica (index = replica id), and the newest records. */
+  readonly evidenceByReplica?: readonly number[];
+  readonly evidence?: readonly EvidenceReport[];
 }
 
 function statusOf(i: number, raw: Record<string, unknown>): CoordinatorStatus | undefined {
@@ -75,6 +110,20 @@ function statusOf(i: number, raw: Record<string, unknown>): CoordinatorStatus | 
   const finite = (v: unknown): v is number => typeof v === "number" && Number.isFinite(v) && v >= 0;
   const { blocksCommittedTotal, requestsCommittedTotal, commitLatencyMsP50, commitLatencyMsP99 } =
     raw;
+  const region = regionsInLeaderOrder[i] as string;
+  const { evidenceByReplica, evidence } = raw;
+  const counts =
+    Array.isArray(evidenceByReplica) &&
+    evidenceByReplica.length === replicaCount &&
+    evidenceByReplica.every(ok)
+      ? (evidenceByReplica as number[])
+      : undefined;
+  const records = Array.isArray(evidence)
+    ? evidence
+        .slice(-evidenceRecordsShownMax)
+        .map((r: unknown) => evidenceOf(region, r))
+        .filter((r): r is EvidenceReport => r !== undefined)
+    : undefined;
   return {
     region: regionsInLeaderOrder[i] as string,
     view,
@@ -89,6 +138,45 @@ function statusOf(i: number, raw: Record<string, unknown>): CoordinatorStatus | 
     ...(ok(requestsCommittedTotal) && requestsCommittedTotal > 0 && finite(commitLatencyMsP99)
       ? { commitLatencyMsP99 }
       : {}),
+    ...(counts ? { evidenceByReplica: counts } : {}),
+    ...(records ? { evidence: records } : {}),
+  };
+}
+
+/** One evidence record of a status (untrusted JSON), or undefined when malformed. */
+function evidenceOf(reporter: string, raw: unknown): EvidenceReport | undefined {
+  if (typeof raw !== "object" || raw === null) return undefined;
+  const { against, reason, view, atMs } = raw as Record<string, unknown>;
+  if (!Number.isSafeInteger(against) || (against as number) < 0) return undefined;
+  const accused = regionsInLeaderOrder[against as number];
+  if (accused === undefined || typeof reason !== "string") return undefined;
+  if (!Number.isSafeInteger(view) || (view as number) < 0) return undefined;
+  if (typeof atMs !== "number" || !Number.isFinite(atMs)) return undefined;
+  return {
+    reporter,
+    against: accused,
+    reason: reason.slice(0, evidenceReasonCharsMax),
+    view: view as number,
+    atMs,
+  };
+}
+
+/** Evidence figures of one poll's answers (see the header). */
+export function evidenceSummary(up: readonly CoordinatorStatus[]): EvidenceSummary {
+  return {
+    against: regionsInLeaderOrder.map((region, i) => {
+      const counts = up.map((s) => s.evidenceByReplica?.[i] ?? 0);
+      return {
+        region,
+        reporters: counts.filter((c) => c > 0).length,
+        countMax: Math.max(0, ...counts),
+      };
+    }),
+    recent: up
+      .flatMap((s) => s.evidence ?? [])
+      .sort((a, b) => b.atMs - a.atMs)
+      .slice(0, evidenceRecordsShownMax),
+    coordinatorsUp: up.length,
   };
 }
 
@@ -164,6 +252,7 @@ export class ConsensusFeed {
         algorithm: this.#algorithm,
       });
     this.#sink.recordCommitLatency?.(commitLatencySummary(up));
+    this.#sink.recordEvidence?.(evidenceSummary(up));
     const view = vouchedMax(up.map((s) => s.view));
     const height = vouchedMax(up.map((s) => s.committedHeight));
     if (view === undefined || height === undefined || view < this.#shownView) return;

@@ -29,6 +29,7 @@ import { SwarmMetrics } from "../../src/observe/metrics.ts";
 import { SwarmRecorder } from "../../src/observe/swarm-recorder.ts";
 import { ConsensusFeed, commitLatencySummary, median } from "../../src/swarm/consensus-feed.ts";
 import { parseExposition } from "./exposition.ts";
+import { evidenceStatusSource } from "./fixtures/evidence-statuses.ts";
 
 function value(families: PromMetrics, name: string, labels: Record<string, string> = {}): number {
   const f = families[name];
@@ -239,6 +240,36 @@ describe("coordinator metrics", () => {
       coordinatorsUp: 4,
       coordinators: 5,
     });
+  });
+
+  it("the feed puts the coordinators' Byzantine evidence in the snapshot: reporters per accused, newest records, garbage left out", async () => {
+    const { config } = loadConfig();
+    const metrics = new SwarmMetrics({ config, process: "gateway", defaultMetrics: false });
+    assert.equal(metrics.snapshot().evidence, null, "nothing before the first poll");
+    const feed = new ConsensusFeed(
+      evidenceStatusSource,
+      new SwarmRecorder(metrics),
+      config.consensus.algorithm,
+    );
+    await feed.poll();
+    const e = metrics.snapshot().evidence;
+    assert.ok(e);
+    assert.equal(e.coordinatorsUp, 4);
+    assert.deepEqual(
+      e.against.map((a) => [a.region, a.reporters, a.countMax]),
+      [
+        ["ORD", 0, 0],
+        ["IAD", 0, 0],
+        ["SJC", 0, 0],
+        ["AMS", 1, 1],
+        ["SYD", 2, 2],
+      ],
+    );
+    // Newest first; IAD's record against a replica that does not exist is dropped.
+    assert.deepEqual(
+      e.recent.map((r) => `${r.reporter}→${r.against} v${r.view}`),
+      ["IAD→AMS v7", "ORD→SYD v6", "IAD→SYD v6", "ORD→SYD v6"],
+    );
   });
 });
 

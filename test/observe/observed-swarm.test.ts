@@ -2,7 +2,8 @@
 // processes, see fixtures/observed-swarm.ts): one trace across the gateway and expert processes,
 // `/metrics` of every process parsed by an independent parser, and the dashboard in real headless
 // Chromium (Debian's `chromium`, driven by playwright-core) with live numbers changing while
-// requests run, no console errors, and a screenshot saved under artifacts/.
+// requests run, the Byzantine-evidence panel fed through the consensus feed, no console errors, and
+// a screenshot saved under artifacts/.
 import assert from "node:assert/strict";
 import { existsSync, mkdirSync, mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
@@ -14,8 +15,11 @@ import { Prng } from "../../src/common/prng.ts";
 import { buildLocalModel } from "../../src/model/build.ts";
 import { mobyDick, sampleBatch } from "../../src/model/dataset.ts";
 import { Trainer } from "../../src/model/trainer.ts";
+import { SwarmRecorder } from "../../src/observe/swarm-recorder.ts";
+import { ConsensusFeed } from "../../src/swarm/consensus-feed.ts";
 import { defaultModelId } from "../../src/swarm/gateway.ts";
 import { parseExposition } from "./exposition.ts";
+import { evidenceStatusSource } from "./fixtures/evidence-statuses.ts";
 import { type ObservedSwarm, startObservedSwarm } from "./fixtures/observed-swarm.ts";
 
 const chromiumPath = "/usr/bin/chromium";
@@ -220,6 +224,21 @@ describe("observability through a running swarm", { timeout: 170_000 }, () => {
         .locator("#trace-tree .span .svc", { hasText: /^(ORD|IAD|SJC|AMS|SYD)-0 · / })
         .first()
         .waitFor();
+
+      // Byzantine evidence: the coordinators' answers go through the gateway's consensus feed
+      // (this swarm runs no coordinators; the answers are a fixture's), and the panel shows how
+      // many coordinators report each accused one.
+      await new ConsensusFeed(
+        evidenceStatusSource,
+        new SwarmRecorder(swarm.metrics),
+        swarm.config.consensus.algorithm,
+      ).poll();
+      await page.locator('#evidence tr[data-accused="SYD"] td', { hasText: "2 of 4" }).waitFor();
+      assert.equal(
+        await page.locator('#evidence tr[data-accused="AMS"] td').nth(1).textContent(),
+        "1 of 4",
+      );
+      await page.locator("#evidence-recent li", { hasText: "IAD → AMS" }).waitFor();
 
       mkdirSync("artifacts", { recursive: true });
       await page.screenshot({ path: "artifacts/dashboard.png", fullPage: true });
