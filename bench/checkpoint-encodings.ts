@@ -10,7 +10,11 @@
 //     byte planes with the best of raw / zstd-9 / range coder / range coder with the previous
 //     checkpoint's same byte as context (what the store does, src/storage/block-record.ts)
 //   bounds: order-0 entropy of each byte plane, and of each plane given the previous checkpoint's
-//     byte at the same position (256 contexts) — what a per-byte model can reach at best.
+//     byte at the same position (256 contexts) — what a per-byte model can reach at best;
+//   the float coder (src/storage/float-coder.ts, what the warm tier uses where it is smaller):
+//     sign + exponent given the previous checkpoint's, mantissa difference by magnitude class,
+//     noise bits raw — per tensor the smaller of with and without the previous checkpoint, with
+//     its encode and decode throughput (CPU time of this process).
 // Run alone on a dumped series: npx tsx bench/checkpoint-encodings.ts <dir with c0/ c1/ ...>
 // (checkpoint-model-series.ts calls it on the series it trains).
 
@@ -18,6 +22,7 @@ import { readdirSync, readFileSync } from "node:fs";
 import { join } from "node:path";
 import * as zstd from "zstd-napi";
 import type { Shard } from "../src/storage/checkpoint-store.ts";
+import { decodeFloats, encodeFloats } from "../src/storage/float-coder.ts";
 import { rangeEncodeBytes } from "../src/storage/range-coder.ts";
 
 const zstd9 = (b: Uint8Array) => zstd.compress(b, { compressionLevel: 9 }).length;
@@ -187,6 +192,10 @@ export function printEncodingVariants(series: readonly Shard[][]): void {
     }
     return t;
   };
+  const cpuMs = () => process.cpuUsage().user / 1000;
+  let coderBytes = 0;
+  let encodeMs = 0;
+  let decodeMs = 0;
   for (let c = 1; c < series.length; c++) {
     for (const shard of series[c] ?? []) {
       if (!shard.name.endsWith(".safetensors")) continue;
@@ -198,6 +207,19 @@ export function printEncodingVariants(series: readonly Shard[][]): void {
         const a = (p1[i] as Tensor).words;
         const b = (p2[i] as Tensor).words;
         add(`${t.kind} raw`, t.words.length * 4);
+        const t0 = cpuMs();
+        const withBase = encodeFloats(t.words, a);
+        const alone = encodeFloats(t.words, undefined);
+        const t1 = cpuMs();
+        const back = decodeFloats(withBase, t.words.length, a);
+        decodeMs += cpuMs() - t1;
+        encodeMs += t1 - t0;
+        coderBytes += t.words.length * 4;
+        if (!back.every((w, j) => w === t.words[j])) throw new Error("float coder round trip");
+        add(
+          `${t.kind} float coder | previous checkpoint (min with alone)`,
+          Math.min(withBase.length, alone.length),
+        );
         for (const how of ["none", "xor", "d1", "lin"] as const) {
           const r = residual(t.words, a, b, how);
           add(`${t.kind} ${how.padEnd(4)} byte planes + zstd-9`, bytePlanesZstd(r));
@@ -218,6 +240,10 @@ export function printEncodingVariants(series: readonly Shard[][]): void {
     }
   }
   for (const [key, t] of pooled) totals.set(key, entropyBytes(t));
+  console.log(
+    `  float coder: encode ${(coderBytes / 1e3 / encodeMs).toFixed(1)} MB/s (both ways, as a record tries), ` +
+      `decode ${(coderBytes / 1e3 / decodeMs).toFixed(1)} MB/s (CPU time, one thread)`,
+  );
   for (const kind of ["w", "m", "v"]) {
     const raw = totals.get(`${kind} raw`);
     if (raw === undefined) continue;
