@@ -12,7 +12,15 @@
 // Run: npx tsx bench/consensus.ts [--clients 4096] [--light-clients 16] [--seconds 8]
 //        [--batch 4096] [--only model|lan|wan|lan-light|wan-light] [--cpu-prof DIR]
 
-import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import {
+  closeSync,
+  fsyncSync,
+  mkdtempSync,
+  openSync,
+  rmSync,
+  writeFileSync,
+  writeSync,
+} from "node:fs";
 import { connect, type Socket } from "node:net";
 import { loadavg, tmpdir } from "node:os";
 import { join } from "node:path";
@@ -232,6 +240,26 @@ function measureMlDsa(): { signMs: number; verifyMs: number } {
   return { signMs: med(signs), verifyMs: med(verifies) };
 }
 
+/** Median ms of one WAL-sized write + fsync in the temp directory, as the coordinators do it. */
+function measureWalAppend(): number {
+  const dir = mkdtempSync(join(tmpdir(), "moe-wal-bench-"));
+  try {
+    const fd = openSync(join(dir, "wal.log"), "a");
+    const record = Buffer.alloc(2_048, 7);
+    const t: number[] = [];
+    for (let i = 0; i < 30; i++) {
+      const t0 = performance.now();
+      writeSync(fd, record);
+      fsyncSync(fd);
+      t.push(performance.now() - t0);
+    }
+    closeSync(fd);
+    return t.sort((a, b) => a - b)[Math.floor(t.length / 2)] as number;
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+}
+
 if (!values.only || values.only === "model") {
   const wanMs = (a: number, b: number) =>
     a === b
@@ -243,12 +271,17 @@ if (!values.only || values.only === "model") {
           regionsInLeaderOrder[b] as string,
         );
   const cost = measureMlDsa();
+  const appendMs = measureWalAppend();
   console.log(
     `model (real Replica code, simulated clock, WAN matrix, ${lightN} clients, one CPU per replica): ML-DSA-65 measured now: sign ${cost.signMs.toFixed(2)} ms, verify ${cost.verifyMs.toFixed(2)} ms`,
   );
+  console.log(
+    `  WAL append (write + fsync of a ~2 KB record) measured now: ${appendMs.toFixed(2)} ms (median)`,
+  );
   for (const cpu of [
-    { signMs: 0, verifyMs: 0 },
-    { signMs: cost.signMs, verifyMs: cost.verifyMs },
+    { signMs: 0, verifyMs: 0, appendMs: 0 },
+    { signMs: cost.signMs, verifyMs: cost.verifyMs, appendMs: 0 },
+    { signMs: cost.signMs, verifyMs: cost.verifyMs, appendMs },
   ])
     for (const commitVotes of [false, true]) {
       const r = runLatencyModel({
@@ -262,11 +295,11 @@ if (!values.only || values.only === "model") {
       const b = (r.status[0] as (typeof r.status)[number]).latencyBreakdownMs;
       const dd = (ms: number) => `${ms.toFixed(0)} ms (${(ms / quorumDelayMs).toFixed(2)} δ)`;
       console.log(
-        `  ${cpu.signMs === 0 ? "zero CPU     " : "ML-DSA CPU   "} ${commitVotes ? "commit votes" : "2-chain only"}: ORD proposal→commit ${dd(b.proposalToCommit.p50)} [→QC ${dd(b.proposalToQc.p50)}, QC→commit ${dd(b.qcToCommit.p50)}], arrival→proposal mean ${dd(b.arrivalToProposal.mean)}; client p50 ${dd(r.clientP50Ms)}, p99 ${dd(r.clientP99Ms)}`,
+        `  ${cpu.signMs === 0 ? "zero CPU          " : cpu.appendMs === 0 ? "ML-DSA CPU        " : "ML-DSA CPU + fsync"} ${commitVotes ? "commit votes" : "2-chain only"}: ORD proposal→commit ${dd(b.proposalToCommit.p50)} [→QC ${dd(b.proposalToQc.p50)}, QC→commit ${dd(b.qcToCommit.p50)}], arrival→proposal mean ${dd(b.arrivalToProposal.mean)}; client p50 ${dd(r.clientP50Ms)}, p99 ${dd(r.clientP99Ms)}`,
       );
       if (cpu.signMs > 0)
         console.log(
-          `      per committed block, all 5 replicas: ${r.signsPerBlock.toFixed(1)} signatures made, ${r.verifiesPerBlock.toFixed(1)} checked = ${(r.signsPerBlock * cost.signMs + r.verifiesPerBlock * cost.verifyMs).toFixed(0)} ms of signature CPU at the measured costs`,
+          `      per committed block, all 5 replicas: ${r.signsPerBlock.toFixed(1)} signatures made, ${r.verifiesPerBlock.toFixed(1)} checked = ${(r.signsPerBlock * cost.signMs + r.verifiesPerBlock * cost.verifyMs).toFixed(0)} ms of signature CPU at the measured costs; ${r.appendsPerBlock.toFixed(1)} WAL appends`,
         );
     }
 }

@@ -10,6 +10,8 @@ import {
   fetchBlocksMax,
   messageBytesMax,
   replicaCount,
+  snapshotBytesTotalMax,
+  snapshotChunkBytes,
 } from "./constants.ts";
 import { registryStateSchema } from "./registry.ts";
 import { sessionEntrySchema } from "./state-sync.ts";
@@ -132,6 +134,24 @@ export const replicaMsg = z.discriminatedUnion("type", [
     sessions: z.array(sessionEntrySchema),
     stateDigest: hash,
     sigs: z.array(signature).max(replicaCount),
+  }),
+  z.strictObject({
+    type: z.literal("snapshot-chunk"),
+    height: uint,
+    stateDigest: hash,
+    totalBytes: z.number().int().min(1).max(snapshotBytesTotalMax),
+    index: uint,
+    count: z
+      .number()
+      .int()
+      .min(1)
+      .max(Math.ceil(snapshotBytesTotalMax / snapshotChunkBytes)),
+    data: z
+      .string()
+      .max(4 * Math.ceil(snapshotChunkBytes / 3))
+      .regex(/^[A-Za-z0-9+/]*={0,2}$/, "base64"),
+    block: block.optional(),
+    sigs: z.array(signature).max(replicaCount).optional(),
   }),
 ]);
 

@@ -40,6 +40,10 @@ export const snapshotEveryBlocks = 512;
 
 /** Wire limits. */
 export const messageBytesMax = 4 * 1024 * 1024;
+/** A snapshot too large for one frame travels in pieces of this many bytes (base64: 4/3 more). */
+export const snapshotChunkBytes = 1024 * 1024;
+/** The largest snapshot served or assembled from pieces. */
+export const snapshotBytesTotalMax = 64 * 1024 * 1024;
 export const opJsonBytesMax = 4_096;
 export const clientIdBytesMax = 64;
 export const batchRequestsMax = 4_096;
@@ -50,3 +54,7 @@ invariant(
 );
 invariant(replicaCount - faultsTolerated >= quorumSize, "honest replicas alone form a quorum");
 invariant(leaderTermRoundsMax < roundsPerView - 1, "a leader term fits in one view");
+invariant(
+  (4 * snapshotChunkBytes) / 3 + 256 * 1024 <= messageBytesMax,
+  "a snapshot piece in base64 with its block and certificate fits in one frame",
+);

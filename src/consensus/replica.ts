@@ -552,7 +552,8 @@ export class Replica {
       }
       case "checkpoint":
       case "catchup":
-      case "snapshot": {
+      case "snapshot":
+      case "snapshot-chunk": {
         this.#stateSync.onMessage(from, msg, this.#now);
         return;
       }

@@ -20,6 +20,14 @@
 //   keys, installs the snapshot atomically in its storage (WAL snapshot + truncation, as a local
 //   snapshot would) and then asks for the blocks after it. No answer in `retryMs`: it asks the next
 //   peer. A peer that signs a different state for a committed block is reported as evidence.
+// - Large snapshots. A state whose canonical JSON does not fit in one frame (snapshotBytesMax)
+//   travels as `snapshot-chunk` pieces of snapshotChunkBytes, in order on the link, as CometBFT
+//   state sync sends chunks. Piece 0 carries the block and the certificate, which are checked
+//   first, so the pieces are bound to a certified digest before they are kept; the receiver then
+//   takes only the next piece from the same peer, of the exact expected length, and at the end
+//   hashes the whole and installs it through the same checks as a one-frame snapshot. A missing
+//   or bad piece drops the assembly; the catch-up retry asks again. At most
+//   snapshotBytesTotalMax bytes are assembled.
 // - Commit by checkpoint. f + 1 matching checkpoint signatures for a block above our committed
 //   height also prove that block committed (an honest replica signs only after committing it). A
 //   replica that holds the chain up to it commits it at once; one that does not asks for the
@@ -32,7 +40,14 @@
 import { z } from "zod";
 import { invariant } from "../common/assert.ts";
 import type { Signer, Verifier } from "../crypto/signature.ts";
-import { fetchBlocksMax, messageBytesMax, replicaCount, weakQuorumSize } from "./constants.ts";
+import {
+  fetchBlocksMax,
+  messageBytesMax,
+  replicaCount,
+  snapshotBytesTotalMax,
+  snapshotChunkBytes,
+  weakQuorumSize,
+} from "./constants.ts";
 import { type RegistryState, registryStateSchema } from "./registry.ts";
 import type { SessionEntry } from "./storage.ts";
 import {
@@ -44,6 +59,8 @@ import {
   type Hex,
   type ReplicaId,
   type ReplicaMsg,
+  type Signature,
+  type SnapshotChunkMsg,
   type SnapshotMsg,
   sha256Hex,
 } from "./types.ts";
@@ -54,6 +71,7 @@ export const checkpointHeightsMax = 8;
 export const snapshotBytesMax = messageBytesMax - 256 * 1024;
 
 const te = new TextEncoder();
+const td = new TextDecoder("utf-8", { fatal: true });
 
 export function checkpointDigest(
   chainId: string,
@@ -71,13 +89,15 @@ export function canonicalSessions(sessions: Iterable<SessionEntry>): SessionEntr
   );
 }
 
+const stateDigestDomain = "moe-swarm/state/v1\0";
+
 /** Canonical JSON of the replicated state and its SHA-256 digest. */
 export function stateDigestOf(
   registry: RegistryState,
   sessions: readonly SessionEntry[],
 ): { digest: Hex; bytes: number } {
   const json = canonicalJson({ registry, sessions: canonicalSessions(sessions) });
-  return { digest: sha256Hex("moe-swarm/state/v1\0", json), bytes: json.length };
+  return { digest: sha256Hex(stateDigestDomain, json), bytes: json.length };
 }
 
 export const sessionEntrySchema = z.strictObject({
@@ -88,6 +108,12 @@ export const sessionEntrySchema = z.strictObject({
     z.strictObject({ ok: z.literal(false), error: z.string().max(4_096) }),
   ]),
   atMs: z.number().int().min(0).max(Number.MAX_SAFE_INTEGER).optional(),
+});
+
+/** The canonical JSON a large snapshot's pieces add up to. */
+const assembledState = z.strictObject({
+  registry: registryStateSchema,
+  sessions: z.array(sessionEntrySchema),
 });
 
 /** A state the replica may install: checked against a checkpoint certificate. */
@@ -128,6 +154,21 @@ export interface StateSyncInit {
   readonly lagBlocks: number;
   /** Ask the next peer after this long without progress. */
   readonly retryMs: number;
+  /** Snapshot size served in one frame, and piece size beyond it (defaults: the constants). */
+  readonly snapshotFrameBytesMax?: number;
+  readonly snapshotChunkBytes?: number;
+}
+
+/** A large snapshot being received piece by piece, bound to a certified digest by piece 0. */
+interface Assembly {
+  readonly from: ReplicaId;
+  readonly height: number;
+  readonly stateDigest: Hex;
+  readonly totalBytes: number;
+  readonly count: number;
+  readonly block: Block;
+  readonly sigs: readonly Signature[];
+  readonly parts: Uint8Array[];
 }
 
 interface Checkpoint {
@@ -154,6 +195,9 @@ export class StateSync {
   readonly #every: number;
   readonly #lagBlocks: number;
   readonly #retryMs: number;
+  readonly #frameBytesMax: number;
+  readonly #chunkBytes: number;
+  #assembly: Assembly | undefined;
   /** Our latest checkpoint, certified or still collecting signatures. */
   #own: Checkpoint | undefined;
   #certified: Checkpoint | undefined;
@@ -176,6 +220,12 @@ export class StateSync {
     this.#every = init.everyBlocks;
     this.#lagBlocks = init.lagBlocks;
     this.#retryMs = init.retryMs;
+    this.#frameBytesMax = init.snapshotFrameBytesMax ?? snapshotBytesMax;
+    this.#chunkBytes = init.snapshotChunkBytes ?? snapshotChunkBytes;
+    invariant(
+      this.#chunkBytes >= 1 && this.#chunkBytes <= snapshotChunkBytes,
+      "snapshot piece size within the wire limit",
+    );
     this.#peer = (init.host.id + 1) % replicaCount;
   }
 
@@ -362,23 +412,44 @@ export class StateSync {
       );
       return;
     }
-    if (cp.bytes > snapshotBytesMax) {
+    const sigs = [...cp.sigs.entries()]
+      .sort((a, b) => a[0] - b[0])
+      .map(([author, sig]) => ({ author, sig }));
+    if (cp.bytes <= this.#frameBytesMax) {
+      this.#served += 1;
+      this.#h.send(from, {
+        type: "snapshot",
+        block: cp.block,
+        registry: cp.registry,
+        sessions: cp.sessions,
+        stateDigest: cp.stateDigest,
+        sigs,
+      });
+      return;
+    }
+    // Too large for one frame: the canonical JSON (whose hash is the digest) in pieces.
+    const bytes = te.encode(canonicalJson({ registry: cp.registry, sessions: cp.sessions }));
+    if (bytes.length > snapshotBytesTotalMax) {
       this.#h.info(
-        `catch-up of replica ${from}: snapshot of ${cp.bytes} bytes > ${snapshotBytesMax}, not served`,
+        `catch-up of replica ${from}: snapshot of ${bytes.length} bytes > ${snapshotBytesTotalMax}, not served`,
       );
       return;
     }
     this.#served += 1;
-    this.#h.send(from, {
-      type: "snapshot",
-      block: cp.block,
-      registry: cp.registry,
-      sessions: cp.sessions,
-      stateDigest: cp.stateDigest,
-      sigs: [...cp.sigs.entries()]
-        .sort((a, b) => a[0] - b[0])
-        .map(([author, sig]) => ({ author, sig })),
-    });
+    const count = Math.ceil(bytes.length / this.#chunkBytes);
+    for (let index = 0; index < count; index++) {
+      const piece = bytes.subarray(index * this.#chunkBytes, (index + 1) * this.#chunkBytes);
+      this.#h.send(from, {
+        type: "snapshot-chunk",
+        height: cp.height,
+        stateDigest: cp.stateDigest,
+        totalBytes: bytes.length,
+        index,
+        count,
+        data: Buffer.from(piece.buffer, piece.byteOffset, piece.length).toString("base64"),
+        ...(index === 0 ? { block: cp.block, sigs } : {}),
+      });
+    }
   }
 
   // ---- Catch-up: installing a snapshot --------------------------------------------------------
@@ -395,9 +466,14 @@ export class StateSync {
       return `snapshot registry: ${registry.error.issues[0]?.path.join(".")}: ${registry.error.issues[0]?.message}`;
     const { digest } = stateDigestOf(m.registry, m.sessions);
     if (digest !== m.stateDigest) return "snapshot state does not match its digest";
+    return this.#checkCertificate(b, m.stateDigest, m.sigs);
+  }
+
+  /** Why f + 1 distinct valid checkpoint signatures over (block, digest) are not there, if not. */
+  #checkCertificate(b: Block, stateDigest: Hex, sigs: readonly Signature[]): string | undefined {
     const seen = new Set<ReplicaId>();
-    const message = checkpointDigest(this.#h.chainId, b.height, b.id, m.stateDigest);
-    for (const s of m.sigs) {
+    const message = checkpointDigest(this.#h.chainId, b.height, b.id, stateDigest);
+    for (const s of sigs) {
       if (seen.has(s.author)) return `snapshot certificate counts replica ${s.author} twice`;
       if (!this.#h.verifier.verify(s.author, message, s.sig))
         return `snapshot certificate: signature of replica ${s.author} is invalid`;
@@ -405,6 +481,83 @@ export class StateSync {
     }
     if (seen.size < weakQuorumSize)
       return `snapshot certificate with ${seen.size} signatures < f + 1 = ${weakQuorumSize}`;
+    return undefined;
+  }
+
+  /** One piece of a large snapshot; the last one completes it and installs it like a whole one. */
+  #onSnapshotChunk(from: ReplicaId, m: SnapshotChunkMsg): void {
+    const bad = this.#takeSnapshotChunk(from, m);
+    if (bad === undefined) return;
+    if (this.#assembly?.from === from) this.#assembly = undefined;
+    this.#h.reject(from, bad);
+  }
+
+  /** Why a piece is refused (the caller logs it and drops that peer's assembly); else undefined. */
+  #takeSnapshotChunk(from: ReplicaId, m: SnapshotChunkMsg): string | undefined {
+    if (m.height <= this.#h.committed().height) return undefined; // installed already
+    const expectedCount = Math.ceil(m.totalBytes / this.#chunkBytes);
+    if (m.count !== expectedCount || m.index >= m.count)
+      return `snapshot piece ${m.index} of ${m.count} for ${m.totalBytes} bytes: expected ${expectedCount} pieces of ${this.#chunkBytes} bytes`;
+    const data = Buffer.from(m.data, "base64");
+    const want =
+      m.index < m.count - 1 ? this.#chunkBytes : m.totalBytes - this.#chunkBytes * (m.count - 1);
+    if (data.length !== want)
+      return `snapshot piece ${m.index} has ${data.length} bytes; expected ${want}`;
+    if (m.index === 0) {
+      const b = m.block;
+      if (!b || !m.sigs) return "snapshot piece 0 without its block and certificate";
+      if (b.height !== m.height || b.height % this.#every !== 0)
+        return `snapshot piece 0 for height ${m.height}, block ${b.height}`;
+      if (blockIdOf(this.#h.chainId, b) !== b.id)
+        return "snapshot block id does not match its contents";
+      const bad = this.#checkCertificate(b, m.stateDigest, m.sigs);
+      if (bad) return bad;
+      this.#assembly = {
+        from,
+        height: m.height,
+        stateDigest: m.stateDigest,
+        totalBytes: m.totalBytes,
+        count: m.count,
+        block: b,
+        sigs: m.sigs,
+        parts: [],
+      };
+    }
+    const a = this.#assembly;
+    // Pieces come in order on one link; anything else belongs to no assembly we are building.
+    if (
+      !a ||
+      a.from !== from ||
+      a.height !== m.height ||
+      a.stateDigest !== m.stateDigest ||
+      a.totalBytes !== m.totalBytes ||
+      a.parts.length !== m.index
+    )
+      return undefined;
+    a.parts.push(data);
+    if (a.parts.length < a.count) return undefined;
+    this.#assembly = undefined;
+    const whole = Buffer.concat(a.parts);
+    invariant(whole.length === a.totalBytes, "assembled snapshot has the announced size");
+    if (sha256Hex(stateDigestDomain, whole) !== a.stateDigest)
+      return "assembled snapshot does not match its certified digest";
+    let state: z.output<typeof assembledState>;
+    try {
+      const parsed = assembledState.safeParse(JSON.parse(td.decode(whole)));
+      if (!parsed.success)
+        return `assembled snapshot: ${parsed.error.issues[0]?.path.join(".")}: ${parsed.error.issues[0]?.message}`;
+      state = parsed.data;
+    } catch (err) {
+      return `assembled snapshot is not JSON: ${(err as Error).message}`;
+    }
+    this.#onSnapshot(from, {
+      type: "snapshot",
+      block: a.block,
+      registry: state.registry,
+      sessions: state.sessions,
+      stateDigest: a.stateDigest,
+      sigs: a.sigs,
+    });
     return undefined;
   }
 
@@ -436,11 +589,16 @@ export class StateSync {
     this.#certified = cp;
   }
 
-  onMessage(from: ReplicaId, msg: CheckpointMsg | CatchupMsg | SnapshotMsg, nowMs: number): void {
+  onMessage(
+    from: ReplicaId,
+    msg: CheckpointMsg | CatchupMsg | SnapshotMsg | SnapshotChunkMsg,
+    nowMs: number,
+  ): void {
     if (msg.type === "checkpoint") this.#onCheckpoint(from, msg);
     else if (msg.type === "catchup") this.#onCatchup(from, msg);
     else {
-      this.#onSnapshot(from, msg);
+      if (msg.type === "snapshot") this.#onSnapshot(from, msg);
+      else this.#onSnapshotChunk(from, msg);
       this.#maybeRequest(nowMs);
     }
   }

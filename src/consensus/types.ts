@@ -184,6 +184,23 @@ export interface SnapshotMsg {
   readonly sigs: readonly Signature[];
 }
 
+/**
+ * One piece of a certified snapshot too large for one frame (state-sync.ts): the canonical JSON of
+ * the state (registry + sessions), cut into `count` pieces of base64 `data`, sent in order; piece 0
+ * also carries the checkpoint block and its f + 1 signatures, which bind `stateDigest`.
+ */
+export interface SnapshotChunkMsg {
+  readonly type: "snapshot-chunk";
+  readonly height: number;
+  readonly stateDigest: Hex;
+  readonly totalBytes: number;
+  readonly index: number;
+  readonly count: number;
+  readonly data: string;
+  readonly block?: Block;
+  readonly sigs?: readonly Signature[];
+}
+
 export type ReplicaMsg =
   | ProposalMsg
   | VoteMsg
@@ -195,7 +212,8 @@ export type ReplicaMsg =
   | SyncMsg
   | CheckpointMsg
   | CatchupMsg
-  | SnapshotMsg;
+  | SnapshotMsg
+  | SnapshotChunkMsg;
 export type Message = ReplicaMsg | RequestMsg | ReplyMsg;
 
 // ---- Canonical bytes and digests ---------------------------------------------------------------

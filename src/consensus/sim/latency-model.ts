@@ -3,9 +3,9 @@
 // of the emulation), no faults, clients that keep requests flowing, and optionally a CPU cost per
 // signature operation. With costs, each replica is one serial processor: a message waits until
 // its replica is free, handling it takes (signatures made × signMs + signatures checked ×
-// verifyMs), and what it sends leaves when that work is done. Real processes also share cores and
-// pay for hashing, JSON and fsync, which this leaves out: it is the protocol's floor for given
-// signature costs, not a prediction of a loaded machine.
+// verifyMs + WAL appends × appendMs, the write + fsync a vote waits for), and what it sends leaves
+// when that work is done. Real processes also share cores and pay for hashing and JSON, which this
+// leaves out: it is the protocol's floor for given costs, not a prediction of a loaded machine.
 
 import { Prng } from "../../common/prng.ts";
 import type { Signer, Verifier } from "../../crypto/signature.ts";
@@ -23,6 +23,8 @@ export interface LatencyModelOptions {
   /** CPU per signature made / checked, ms; 0 for the pure message-delay count. */
   readonly signMs: number;
   readonly verifyMs: number;
+  /** Wall ms per WAL append (write + fsync), 0 when omitted. */
+  readonly appendMs?: number;
   /**
    * Clients, each with one request outstanding, asking again after a think time drawn uniformly
    * from [0, 2 · thinkMs) (seeded), so that arrivals do not fall in step with the block period.
@@ -44,9 +46,10 @@ export interface LatencyModelResult {
   readonly status: readonly ReplicaStatus[];
   /** Fraction of the run each replica's CPU was busy with signatures. */
   readonly cpuBusy: readonly number[];
-  /** Signatures made and checked by all five replicas per block ORD committed. */
+  /** Signatures made and checked, and WAL appends, by all five replicas per block ORD committed. */
   readonly signsPerBlock: number;
   readonly verifiesPerBlock: number;
+  readonly appendsPerBlock: number;
 }
 
 /**
@@ -92,6 +95,7 @@ export function runLatencyModel(o: LatencyModelOptions): LatencyModelResult {
   const chainId = "latency-model";
   const keys = new SimulationMacKeys(replicaCount, new TextEncoder().encode(chainId));
   const meters = Array.from({ length: replicaCount }, () => new Metered());
+  const storages = Array.from({ length: replicaCount }, () => new MemoryStorage());
   const busyUntil = new Array<number>(replicaCount).fill(0);
   const busyTotal = new Array<number>(replicaCount).fill(0);
   const armedAt = new Array<number>(replicaCount).fill(Number.POSITIVE_INFINITY);
@@ -100,7 +104,8 @@ export function runLatencyModel(o: LatencyModelOptions): LatencyModelResult {
   const outbox: Out[][] = Array.from({ length: replicaCount }, () => []);
   const spent = (i: ReplicaId) => {
     const m = meters[i] as Metered;
-    return m.signs * o.signMs + m.verifies * o.verifyMs;
+    const appends = (storages[i] as MemoryStorage).appends;
+    return m.signs * o.signMs + m.verifies * o.verifyMs + appends * (o.appendMs ?? 0);
   };
   const handlerStart = new Array<number>(replicaCount).fill(0);
   const replicas: Replica[] = [];
@@ -151,7 +156,7 @@ export function runLatencyModel(o: LatencyModelOptions): LatencyModelResult {
         chainId,
         signer: m.signer(keys.signerFor(i)),
         verifier: m.verifier(keys.verifier()),
-        storage: new MemoryStorage(),
+        storage: storages[i] as MemoryStorage,
         network: {
           send: (to, msg) =>
             outbox[i]?.push({ to, msg, afterMs: spent(i) - (handlerStart[i] as number) }),
@@ -208,6 +213,9 @@ export function runLatencyModel(o: LatencyModelOptions): LatencyModelResult {
       Math.max(1, replicas[0]?.status().blocksCommittedTotal ?? 0),
     verifiesPerBlock:
       meters.reduce((a, m) => a + m.verifies, 0) /
+      Math.max(1, replicas[0]?.status().blocksCommittedTotal ?? 0),
+    appendsPerBlock:
+      storages.reduce((a, s) => a + s.appends, 0) /
       Math.max(1, replicas[0]?.status().blocksCommittedTotal ?? 0),
   };
 }
