@@ -5,8 +5,11 @@
 //          the tier's previous checkpoint where they are similar enough (float32Resemblance), and
 //          zstd dictionary deltas against the most similar earlier chunk found by MinHash
 //          super-features (similarity.ts), both gated by `similarity_threshold`; below the
-//          threshold that region still serves as context of the range-coded planes (block-record.ts),
-//   cold — brotli level 11, byte planes and float deltas, then AES-256-GCM under a fresh per-checkpoint
+//          threshold that region still serves as context of the range-coded planes (block-record.ts);
+//          each block is stored by the smallest of these and the float coder (float-coder.ts:
+//          each float coded given the same float of that region, or alone),
+//   cold — brotli level 11, byte planes, float deltas and the float coder likewise, then
+//          AES-256-GCM under a fresh per-checkpoint
 //          data key wrapped with ML-KEM-768 for the operator (src/crypto/envelope.ts).
 // Each shard is cut by FastCDC into chunks that become raw CIDv1 leaves of a UnixFS DAG; a chunk
 // already in the tier is stored once however many checkpoints use it. A save writes the key file,
@@ -80,6 +83,7 @@ import {
   featureResemblance,
   superFeatures,
 } from "./similarity.ts";
+import { acquireGcLock, acquireWriterLease, writerLeases } from "./tier-lock.ts";
 
 export interface TierInit {
   readonly name: TierName;
@@ -163,6 +167,8 @@ export interface GcReport {
   /** Whether the sweep was skipped because a copy into this tier was running (its blocks are not
    * listed by any manifest yet). */
   readonly sweepSkipped: boolean;
+  /** What was running when the sweep was skipped: a copy, a save or a gc (and its process). */
+  readonly sweepSkippedBy?: string;
   /** Markers of failed or interrupted copies into this tier, removed (their blocks are swept). */
   readonly staleCopies: string[];
 }
@@ -436,8 +442,27 @@ export class CheckpointStore {
     }
   }
 
-  /** Writes the key file (sealed tiers), the blocks, then the manifest. */
+  /**
+   * Writes the key file (sealed tiers), the blocks, then the manifest, under a writer's lease on
+   * the tier (tier-lock.ts): a GC of the tier from another process skips its sweep meanwhile, and
+   * a running one is waited for.
+   */
   #commit(
+    name: TierName,
+    id: string,
+    dags: readonly { shard: Shard; dag: FileDag }[],
+    givenRoot: DagBlock | undefined,
+    options: SaveOptions,
+  ): SaveReport {
+    const lease = acquireWriterLease(this.tier(name).init.dir, name);
+    try {
+      return this.#commitLeased(name, id, dags, givenRoot, options);
+    } finally {
+      lease.release();
+    }
+  }
+
+  #commitLeased(
     name: TierName,
     id: string,
     dags: readonly { shard: Shard; dag: FileDag }[],
@@ -882,7 +907,28 @@ export class CheckpointStore {
     return (name === undefined ? this.tierNames : [name]).map((n) => this.#gcTier(this.tier(n)));
   }
 
+  /**
+   * GC of one tier under its gc.lock (tier-lock.ts). Another live GC of the tier, or a live
+   * writer of it in any process, makes this one expire manifests but skip the sweep.
+   */
   #gcTier(tier: Tier): GcReport {
+    const lock = acquireGcLock(tier.init.dir);
+    try {
+      let busy: string | undefined;
+      if (lock.heldBy !== undefined) busy = `a gc in process ${lock.heldBy.pid}`;
+      else {
+        const leases = writerLeases(tier.init.dir);
+        for (const path of leases.stale) rmSync(path, { force: true });
+        const w = leases.live[0];
+        if (w !== undefined) busy = `a save into this tier in process ${w.pid}`;
+      }
+      return this.#gcTierLocked(tier, busy);
+    } finally {
+      if (lock.heldBy === undefined) lock.release();
+    }
+  }
+
+  #gcTierLocked(tier: Tier, busy: string | undefined): GcReport {
     const now = this.#clock();
     const manifests = tier.manifests();
     const expired: string[] = [];
@@ -895,7 +941,8 @@ export class CheckpointStore {
         .map((p) => p.id),
     );
     const inbound = this.pendingCopies(tier.init.name);
-    const copying = inbound.some((p) => p.state === "copying");
+    const copyRunning = inbound.some((p) => p.state === "copying");
+    const copying = copyRunning || busy !== undefined;
     manifests.forEach((m, i) => {
       const protectedLatest = i >= manifests.length - keepLatestMin;
       if (protectedLatest || m.createdAtMs + retentionMs >= now) return;
@@ -990,6 +1037,7 @@ export class CheckpointStore {
       sweptStrays: copying ? 0 : strays.filter((s) => s.endsWith(tempSuffix)).length,
       keptForCopies,
       sweepSkipped: copying,
+      ...(copying ? { sweepSkippedBy: busy ?? "a copy into this tier" } : {}),
       staleCopies,
     };
   }

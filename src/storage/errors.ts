@@ -10,7 +10,8 @@ export type StorageErrorCode =
   | "not-found"
   | "bad-input"
   | "exists"
-  | "background";
+  | "background"
+  | "busy";
 
 export class StorageError extends Error {
   readonly code: StorageErrorCode;

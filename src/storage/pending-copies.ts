@@ -3,14 +3,16 @@
 // pending copy still needs. A marker is a small JSON file in the destination tier,
 // `<tier>/pending/<id>.json`, written atomically before the copy is queued and removed only after
 // the copy's manifest is written; the copy itself writes its manifest last, so a crash mid-copy
-// leaves a marker (reported as interrupted once its process is gone) and unlisted blocks that GC
-// sweeps, never a half-written checkpoint in the list.
+// leaves a marker (reported as interrupted once its process is gone — by pid and start time, so a
+// reused pid does not keep it "running") and unlisted blocks that GC sweeps, never a half-written
+// checkpoint in the list.
 
 import { existsSync, readdirSync, readFileSync, rmSync } from "node:fs";
 import { join } from "node:path";
 import { z } from "zod";
 import { writeFileAtomic } from "./atomic.ts";
 import { checkCheckpointId, type TierName, tierNames } from "./manifest.ts";
+import { holderAlive } from "./tier-lock.ts";
 
 /** A marker file larger than this is not a marker. */
 const markerBytesMax = 4096;
@@ -20,6 +22,8 @@ const markerSchema = z.strictObject({
   from: z.enum(tierNames),
   to: z.enum(tierNames),
   pid: z.number().int().positive(),
+  /** The owner's boot id and start time (tier-lock.ts): a reused pid is not the owner. */
+  identity: z.string().max(200).optional(),
   queuedAtMs: z.number().finite(),
   state: z.enum(["queued", "copying", "failed"]),
   error: z.string().max(1000).optional(),
@@ -52,16 +56,6 @@ export function removeMarker(tierDir: string, id: string): void {
   rmSync(markerPath(tierDir, id), { force: true });
 }
 
-/** Whether process `pid` exists (EPERM: it exists but is not ours). */
-export function processAlive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (err) {
-    return (err as NodeJS.ErrnoException).code === "EPERM";
-  }
-}
-
 /** The markers of a tier, oldest first; an unreadable marker file is skipped (it holds no data). */
 export function listMarkers(tierDir: string, to: TierName): PendingCopy[] {
   const dir = pendingDir(tierDir);
@@ -78,7 +72,7 @@ export function listMarkers(tierDir: string, to: TierName): PendingCopy[] {
       continue;
     }
     if (parsed.to !== to || `${parsed.id}.json` !== name) continue;
-    const live = parsed.state === "failed" || processAlive(parsed.pid);
+    const live = parsed.state === "failed" || holderAlive(parsed);
     out.push({ ...parsed, state: live ? parsed.state : "interrupted" });
   }
   return out.sort((a, b) => a.queuedAtMs - b.queuedAtMs || a.id.localeCompare(b.id));

@@ -15,8 +15,8 @@
 //   while the training thread writes into it could sweep a block the new checkpoint deduplicates
 //   against, so writes and GC exclude each other through a lock word in shared memory (Atomics):
 //   the training thread waits only while a GC is actually running, never for a copy. This lock
-//   covers one process; a `checkpoint gc` from another process while training writes is guarded
-//   only by the markers (a tier with a running copy is not swept).
+//   covers one process; across processes (`checkpoint gc` while training writes) the writers'
+//   leases and the tier's gc.lock exclude them (tier-lock.ts).
 
 import { Worker } from "node:worker_threads";
 import { invariant } from "../common/assert.ts";
@@ -24,6 +24,7 @@ import type { CheckpointStoreSpec, GcReport } from "./checkpoint-store.ts";
 import { StorageError } from "./errors.ts";
 import type { TierName } from "./manifest.ts";
 import { type PendingMarker, writeMarker } from "./pending-copies.ts";
+import { selfHolder } from "./tier-lock.ts";
 
 /** Lock word states (Int32 in a SharedArrayBuffer). */
 export const lockFree = 0;
@@ -175,11 +176,13 @@ export class TierCopier {
     const tierDir = this.#spec.tiers.find((t) => t.name === to)?.dir;
     if (tierDir === undefined)
       throw new StorageError("bad-input", `tier ${to} is not configured: cannot copy into it`);
+    const self = selfHolder();
     const marker: PendingMarker = {
       id,
       from,
       to,
       pid: process.pid,
+      ...(self.identity !== undefined ? { identity: self.identity } : {}),
       queuedAtMs: Date.now(),
       state: "queued",
     };

@@ -338,7 +338,9 @@ export function registerCheckpoint(program: Command, io: CliIO): void {
           (r.keptForCopies.length > 0
             ? `; kept ${r.keptForCopies.join(", ")} past retention for pending copies`
             : "") +
-          (r.sweepSkipped ? "; sweep skipped: a copy into this tier is running" : "") +
+          (r.sweepSkipped
+            ? `; sweep skipped: ${r.sweepSkippedBy ?? "a copy into this tier"} is running`
+            : "") +
           (r.staleCopies.length > 0
             ? `; cleared failed/interrupted copies ${r.staleCopies.join(", ")}`
             : ""),
