@@ -292,6 +292,15 @@ export class Replica {
   readonly #selfQueue: ReplicaMsg[] = [];
   #draining = false;
   #pendingWal: WalRecord[] = [];
+  /**
+   * Group commit: messages and replies produced while handling one input wait here; at the end of
+   * the handler the WAL records it produced are made durable with one append (one fsync) and then
+   * they leave, in order. So every message still leaves after the records it depends on are on
+   * disk (each flush point below only marks one), but one input costs one fsync, not up to three
+   * (commit vote, next proposal and own vote when a QC forms at the leader).
+   */
+  #outbox: ({ to: ReplicaId; msg: ReplicaMsg } | { reply: ReplyMsg })[] = [];
+  #handlerDepth = 0;
   // Counters.
   #roundsTotal = 0;
   #viewChangesTotal = 0;
@@ -343,7 +352,7 @@ export class Replica {
         chainId: init.chainId,
         signer: init.signer,
         verifier: init.verifier,
-        send: (to, msg) => this.#net.send(to, msg),
+        send: (to, msg) => this.#send(to, msg),
         committed: () => this.#committed,
         committedBlock: (height) => {
           const id = this.#committedIds.get(height);
@@ -430,19 +439,56 @@ export class Replica {
   // ---- Entry points -----------------------------------------------------------------------------
 
   onMessage(from: ReplicaId, msg: ReplicaMsg, nowMs: number): void {
-    this.#now = Math.max(this.#now, nowMs);
-    this.#dispatch(from, msg);
-    this.#drain();
+    this.#handle(() => {
+      this.#now = Math.max(this.#now, nowMs);
+      this.#dispatch(from, msg);
+      this.#drain();
+    });
   }
 
   /** A client's request (from the client edge, not yet validated). */
   submit(req: ClientRequest, nowMs: number): void {
-    this.#now = Math.max(this.#now, nowMs);
-    this.#onRequest(req);
-    this.#drain();
+    this.#handle(() => {
+      this.#now = Math.max(this.#now, nowMs);
+      this.#onRequest(req);
+      this.#drain();
+    });
   }
 
   tick(nowMs: number): void {
+    this.#handle(() => this.#tick(nowMs));
+  }
+
+  /** Runs one input's handling, then one WAL append and the messages it produced (group commit). */
+  #handle(work: () => void): void {
+    this.#handlerDepth += 1;
+    try {
+      work();
+    } catch (err) {
+      this.#outbox = []; // a broken invariant: nothing it produced may leave
+      throw err;
+    } finally {
+      this.#handlerDepth -= 1;
+    }
+    if (this.#handlerDepth > 0) return;
+    this.#flushWalNow();
+    const out = this.#outbox;
+    this.#outbox = [];
+    for (const o of out) {
+      if ("reply" in o) this.#net.reply(o.reply);
+      else this.#net.send(o.to, o.msg);
+    }
+  }
+
+  #send(to: ReplicaId, msg: ReplicaMsg): void {
+    if (this.#handlerDepth > 0) this.#outbox.push({ to, msg });
+    else {
+      this.#flushWalNow();
+      this.#net.send(to, msg);
+    }
+  }
+
+  #tick(nowMs: number): void {
     this.#now = Math.max(this.#now, nowMs);
     const timeout = this.#currentTimeoutMs();
     if (this.#now >= this.#roundDeadlineMs) {
@@ -591,10 +637,19 @@ export class Replica {
   }
 
   #broadcast(msg: ReplicaMsg): void {
-    for (let to = 0; to < replicaCount; to++) if (to !== this.id) this.#net.send(to, msg);
+    for (let to = 0; to < replicaCount; to++) if (to !== this.id) this.#send(to, msg);
   }
 
+  /**
+   * A point after which what was recorded must be durable before anything that follows leaves:
+   * inside a handler, the group commit at its end does it (messages wait in the outbox).
+   */
   #flushWal(): void {
+    if (this.#handlerDepth > 0) return;
+    this.#flushWalNow();
+  }
+
+  #flushWalNow(): void {
     if (this.#pendingWal.length === 0) return;
     const records = this.#pendingWal;
     this.#pendingWal = [];
@@ -647,14 +702,19 @@ export class Replica {
   }
 
   #sendReply(s: SessionEntry, height: number): void {
-    this.#net.reply({
+    const reply: ReplyMsg = {
       type: "reply",
       clientId: s.clientId,
       seq: s.seq,
       replica: this.id,
       height,
       result: s.result,
-    });
+    };
+    if (this.#handlerDepth > 0) this.#outbox.push({ reply });
+    else {
+      this.#flushWalNow();
+      this.#net.reply(reply);
+    }
   }
 
   // ---- Proposals and votes ----------------------------------------------------------------------
@@ -806,7 +866,7 @@ export class Replica {
   #park(from: ReplicaId, p: ProposalMsg): void {
     if (this.#parked.length >= parkedProposalsMax) this.#parked.shift();
     this.#parked.push({ from, msg: p });
-    this.#net.send(from, { type: "fetch", blockId: p.block.parentId });
+    this.#send(from, { type: "fetch", blockId: p.block.parentId });
   }
 
   #retryParked(): void {
@@ -857,7 +917,7 @@ export class Replica {
       !this.#votes.has(v.blockId) &&
       !this.#blocks.has(v.blockId)
     )
-      this.#net.send(from, { type: "fetch", blockId: v.blockId }); // another block in our round: look
+      this.#send(from, { type: "fetch", blockId: v.blockId }); // another block in our round: look
     let set = this.#votes.get(v.blockId);
     if (!set) {
       set = { round: v.round, height: v.height, sigs: new Map(), certified: false };
@@ -888,7 +948,7 @@ export class Replica {
     if (qc.height > this.#committed.height && !this.#qcSeenMs.has(qc.blockId))
       this.#qcSeenMs.set(qc.blockId, this.#now);
     if (qc.votes.length > 0 && !this.#blocks.has(qc.blockId) && qc.height > this.#committed.height)
-      this.#net.send(from === this.id ? leaderOf(viewOf(qc.round)) : from, {
+      this.#send(from === this.id ? leaderOf(viewOf(qc.round)) : from, {
         type: "fetch",
         blockId: qc.blockId,
       });
@@ -1005,7 +1065,7 @@ export class Replica {
       // Waits for the blocks (fetched here once, or arriving by proposals, fetches or state sync).
       this.#commitReady.add(blockId);
       if (fetchFrom !== undefined)
-        this.#net.send(fetchFrom === this.id ? leaderOf(viewOf(set.round)) : fetchFrom, {
+        this.#send(fetchFrom === this.id ? leaderOf(viewOf(set.round)) : fetchFrom, {
           type: "fetch",
           blockId: missing,
         });
@@ -1208,7 +1268,7 @@ export class Replica {
       lastVotedRound: this.#lastVotedRound,
       highQc: this.#highQc,
     };
-    this.#flushWal();
+    this.#flushWalNow(); // the snapshot replaces the log: nothing may be left pending
     this.#storage.saveSnapshot(snapshot, keep);
     this.#snapshotHeight = this.#committed.height;
   }
@@ -1224,7 +1284,7 @@ export class Replica {
       s.block.height > this.#committed.height,
       () => `snapshot at ${s.block.height} is above committed height ${this.#committed.height}`,
     );
-    this.#flushWal();
+    this.#flushWalNow();
     const snapshot: Snapshot = {
       block: s.block,
       registry: s.registry,
@@ -1374,7 +1434,7 @@ export class Replica {
     }
     // A lagging replica (older view or lower high QC): hand it the certificates that moved us on.
     if (from !== this.id && (t.view < this.#view || t.highQc.round < this.#highQc.round))
-      this.#net.send(from, {
+      this.#send(from, {
         type: "sync",
         highQc: this.#highQc,
         ...(this.#lastTc ? { tc: this.#lastTc } : {}),
@@ -1383,7 +1443,7 @@ export class Replica {
     // missed that commit: hand it the certificate.
     const cert = this.#lastCommitCert;
     if (from !== this.id && t.view === this.#view && cert && t.highQc.height <= cert.height)
-      this.#net.send(from, cert);
+      this.#send(from, cert);
     if (t.view < this.#view) return;
     if (t.view > this.#view + futureViewsMax) {
       this.#reject(from, `timeout for future view ${t.view}`);
@@ -1485,8 +1545,8 @@ export class Replica {
       sig: this.#signer.sign(proposalDigest(this.#chainId, block.id)),
     };
     // The block is durable before it leaves, so a restarted leader knows it proposed in this round
-    // and never proposes a second block in it; our own vote (a second signature) follows the
-    // broadcast, off the critical path.
+    // and never proposes a second block in it. Our own vote is recorded in the same group commit
+    // (one append at the end of this handler), so the proposal waits for one fsync, not two.
     this.#insertBlock(block);
     this.#flushWal();
     this.#broadcast(msg);
@@ -1524,7 +1584,7 @@ export class Replica {
     if (chain.length === 0) return;
     chain.reverse();
     const msg: BlocksMsg = { type: "blocks", blocks: chain };
-    this.#net.send(from, msg);
+    this.#send(from, msg);
   }
 
   #onBlocks(from: ReplicaId, m: BlocksMsg): void {
@@ -1562,7 +1622,7 @@ export class Replica {
     this.#flushWal();
     const lowest = [...this.#orphans.values()].sort((a, b) => a.height - b.height)[0];
     if (lowest && !this.#blocks.has(lowest.parentId) && lowest.height - 1 > this.#committed.height)
-      this.#net.send(from, { type: "fetch", blockId: lowest.parentId });
+      this.#send(from, { type: "fetch", blockId: lowest.parentId });
     this.#retryParked();
     // Blocks we now hold may complete a 2-chain whose QC we saw before the blocks.
     this.#tryCommit(this.#highQc);
