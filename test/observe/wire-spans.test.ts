@@ -6,15 +6,19 @@
 //   - an unsampled call, or one without a traceparent, costs the node no span at all;
 //   - a client that does not collect spans leaves the node on its own OTLP-side span;
 //   - the gateway's SwarmTracing turns the records into spans of the node's service in its ring
-//     buffer, through the DispatchObserver's nodeSpans;
+//     buffer, through the DispatchObserver's nodeSpans, and in its OTLP export;
 //   - a request frame with a malformed span section gets an error reply; the node keeps serving.
 import assert from "node:assert/strict";
+import { createServer } from "node:http";
+import type { AddressInfo } from "node:net";
 import { after, before, describe, it } from "node:test";
 import { loadConfig } from "../../src/config/load.ts";
 import type { ExpertId } from "../../src/model/expert.ts";
 import { metricsDispatchObserver } from "../../src/observe/dispatch-observer.ts";
 import { expertNodeRequestHook } from "../../src/observe/expert-node-hook.ts";
+import { routeAll } from "../../src/observe/http-route.ts";
 import { SwarmMetrics } from "../../src/observe/metrics.ts";
+import { otlpTraceRoute } from "../../src/observe/otlp-receiver.ts";
 import { TraceRingBuffer } from "../../src/observe/trace-buffer.ts";
 import { SwarmTracing } from "../../src/observe/tracing.ts";
 import { spanSinkOf } from "../../src/swarm/dispatch-observer.ts";
@@ -179,6 +183,33 @@ describe("node spans in reply frames", () => {
     clients.push(throwing);
     assert.equal((await forward(throwing, sampled)).tensors.length, 2);
     await tracing.shutdown();
+  });
+
+  it("recorded node spans also reach the OTLP exporter, as spans of the node's service", async () => {
+    const received = new TraceRingBuffer(64);
+    const collector = createServer(routeAll([otlpTraceRoute(received)]));
+    await new Promise<void>((resolve) => collector.listen(0, "127.0.0.1", resolve));
+    const tracing = new SwarmTracing({
+      serviceName: "gateway",
+      otlpEndpoint: `http://127.0.0.1:${(collector.address() as AddressInfo).port}/v1/traces`,
+      activeContext: false,
+    });
+    try {
+      const c = new NodeClient(address, "ORD", directLinks, (spans, node) =>
+        tracing.recordRemoteSpans(node.nodeId, spans, { resource: { "moe.region": node.region } }),
+      );
+      clients.push(c);
+      await forward(c, sampled);
+      await tracing.flush();
+      const [span] = received.spansOf(traceId);
+      assert.equal(span?.service, "AMS-0");
+      assert.equal(span?.name, "expert.node.forward");
+      assert.equal(span?.parentSpanId, parent);
+      assert.equal(span?.attributes["moe.tokens"], 6);
+    } finally {
+      await tracing.shutdown();
+      collector.close();
+    }
   });
 
   it("a request with a malformed span section gets an error reply; the node keeps serving", async () => {
