@@ -3,19 +3,29 @@
 // its ML-DSA-65 checkpoint signature, the snapshot's size on the wire, and what a lagging replica
 // spends to accept one (decode + schema check at the edge, digest recomputation, f + 1 = 2 ML-DSA
 // verifications). No peer figure: CometBFT's state sync serves an application's own chunks.
+// States above one frame (e.g. the session table at its cap, sessions.ts) go in 1 MiB pieces: the
+// last table times serving them and accepting them (decode each piece, assemble, hash, parse,
+// schema, certificate, install).
 //
 // Run: npx tsx bench/state-sync.ts [--reps 5]
 
 import { execSync } from "node:child_process";
 import { decodeReplicaMsg, encodeMessage } from "../src/consensus/codec.ts";
 import { RegistryStateMachine } from "../src/consensus/registry.ts";
-import { checkpointDigest, StateSync, stateDigestOf } from "../src/consensus/state-sync.ts";
+import { sessionsMax } from "../src/consensus/sessions.ts";
+import {
+  canonicalSessions,
+  checkpointDigest,
+  StateSync,
+  stateDigestOf,
+} from "../src/consensus/state-sync.ts";
 import type { SessionEntry } from "../src/consensus/storage.ts";
 import {
   type Block,
   blockIdOf,
   genesisBlock,
   genesisQc,
+  type ReplicaMsg,
   type SnapshotMsg,
 } from "../src/consensus/types.ts";
 import { MlDsa65Signer, MlDsa65Verifier, mlDsa65Keygen } from "../src/crypto/signature.ts";
@@ -71,6 +81,7 @@ function registryOf(nodes: number, experts: number, clients: number) {
     clientId: `client-${c.toString(16).padStart(16, "0")}`,
     seq: 1 + c,
     result: { ok: true },
+    atMs: 1_000 + c,
   }));
   return { registry: sm.snapshot(), sessions };
 }
@@ -149,5 +160,98 @@ for (const [nodes, experts, clients] of [
   });
   console.log(
     `${nodes} | ${experts} | ${clients} | ${(bytes.length / 1024).toFixed(0)} | ${digestMs.toFixed(2)} | ${signMs.toFixed(2)} | ${encodeMs.toFixed(2)} | ${acceptMs.toFixed(2)}`,
+  );
+}
+
+console.log(
+  "\nlarge states in 1 MiB pieces: nodes | experts | sessions | state MiB | pieces | serve ms | accept ms (decode pieces + assemble + SHA-256 + parse + schema + 2 verify + install)",
+);
+for (const [nodes, experts, clients] of [
+  [500, 8_192, sessionsMax],
+  [1_000, 16_384, sessionsMax],
+] as const) {
+  const { registry, sessions } = registryOf(nodes, experts, clients);
+  const ordered = canonicalSessions(sessions);
+  const { digest } = stateDigestOf(registry, ordered);
+  const sent: ReplicaMsg[] = [];
+  const server = new StateSync({
+    host: {
+      id: 0,
+      chainId,
+      signer: signers[0] as MlDsa65Signer,
+      verifier,
+      send: (_to, m) => sent.push(m),
+      committed: () => block,
+      committedBlock: () => undefined,
+      state: () => ({ registry, sessions: ordered }),
+      install: () => {},
+      commitCertified: () => false,
+      reject: (_f, r) => {
+        throw new Error(r);
+      },
+      evidence: () => {},
+      info: () => {},
+    },
+    everyBlocks: 512,
+    lagBlocks: 64,
+    retryMs: 1_000,
+  });
+  server.onCommitted(block, false);
+  server.onMessage(
+    1,
+    {
+      type: "checkpoint",
+      height: block.height,
+      blockId: block.id,
+      stateDigest: digest,
+      author: 1,
+      sig: (signers[1] as MlDsa65Signer).sign(
+        checkpointDigest(chainId, block.height, block.id, digest),
+      ),
+    },
+    0,
+  );
+  let frames: Uint8Array[] = [];
+  const serveMs = timeMs(() => {
+    sent.length = 0;
+    server.onMessage(4, { type: "catchup", height: 0 }, 0);
+    frames = sent.map((m) => encodeMessage(m));
+  });
+  let installed = 0;
+  const acceptMs = timeMs(() => {
+    const receiver = new StateSync({
+      host: {
+        id: 4,
+        chainId,
+        signer: signers[4] as MlDsa65Signer,
+        verifier: new MlDsa65Verifier(keys.map((k) => k.publicKey)), // no cache hits
+        send: () => {},
+        committed: () => genesisBlock(chainId),
+        committedBlock: () => undefined,
+        state: () => ({ registry: new RegistryStateMachine().snapshot(), sessions: [] }),
+        install: () => {
+          installed += 1;
+        },
+        commitCertified: () => false,
+        reject: (_f, r) => {
+          throw new Error(r);
+        },
+        evidence: () => {},
+        info: () => {},
+      },
+      everyBlocks: 512,
+      lagBlocks: 64,
+      retryMs: 1_000,
+    });
+    for (const f of frames) {
+      const d = decodeReplicaMsg(f);
+      if (!d.ok || d.value.type !== "snapshot-chunk") throw new Error(d.ok ? "type" : d.reason);
+      receiver.onMessage(0, d.value, 0);
+    }
+  });
+  if (installed !== reps) throw new Error(`installed ${installed} of ${reps}`);
+  const total = frames.reduce((a, f) => a + f.length, 0);
+  console.log(
+    `${nodes} | ${experts} | ${clients} | ${(total / 1024 / 1024).toFixed(1)} | ${frames.length} | ${serveMs.toFixed(0)} | ${acceptMs.toFixed(0)}`,
   );
 }
