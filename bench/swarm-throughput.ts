@@ -2,10 +2,13 @@
 // process and (b) with its trunk here and its experts on expert nodes (child processes on
 // loopback, 3 replicas per expert), for batch 1 and 32 without injected latency; then, with the
 // emulated inter-region latency on, p99 with and without hedging; then the recovery time after
-// kill -9 of a node (from the kill to the first request on its experts answered by a replica).
+// kill -9 of a node (from the kill to the first request on its experts answered by a replica),
+// with the time the kernel took to close the killed process's connections (it tears down the
+// process's memory first: tens of ms for an expert node under load), hedges and failovers.
 //   npx tsx bench/swarm-throughput.ts [iterations]
 
 import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { connect } from "node:net";
 import { loadavg, tmpdir } from "node:os";
 import { join } from "node:path";
 import { Prng } from "../src/common/prng.ts";
@@ -161,14 +164,24 @@ try {
     const load = Promise.all([1, 2, 3, 4].map(worker));
     await new Promise((r) => setTimeout(r, 800));
     const failoversBefore = s.host.counters.failovers;
+    const hedgesBefore = s.host.counters.hedges;
+    // A connection of our own to the victim: when does the kernel close it after the kill?
+    const probe = connect({ host: victim.host, port: victim.port });
+    probe.on("error", () => {});
+    await new Promise((r) => probe.once("connect", r));
+    let closedAt = Number.NaN;
+    probe.once("close", () => {
+      closedAt = performance.now();
+    });
     killedAt = performance.now();
     victim.child.kill("SIGKILL");
     await new Promise((r) => setTimeout(r, 800));
+    probe.destroy();
     stop = true;
     await load;
     recoveries.push(firstAfter - killedAt);
     console.log(
-      `round ${round + 1}: first answer from a replica ${(firstAfter - killedAt).toFixed(2)} ms after kill -9 of ${victimId}; failovers ${s.host.counters.failovers - failoversBefore}; failed requests ${failed}`,
+      `round ${round + 1}: first answer from a replica ${(firstAfter - killedAt).toFixed(2)} ms after kill -9 of ${victimId} (its connections closed by the kernel after ${(closedAt - killedAt).toFixed(2)} ms); hedges ${s.host.counters.hedges - hedgesBefore}, failovers ${s.host.counters.failovers - failoversBefore}; failed requests ${failed}`,
     );
     // bring it back on the same port; the dispatcher's probe marks it healthy again
     victim = await spawnNode("ORD", 0, { configPath: withLatency, port: victim.port });
