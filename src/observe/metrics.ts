@@ -120,6 +120,11 @@ export interface SwarmMetricsInit {
   readonly defaultMetrics?: boolean;
   /** Clock for the dashboard state (epoch ms); injectable for tests. */
   readonly now?: () => number;
+  /**
+   * Feed the dashboard's per-request and per-token windows (default true). An expert node serves
+   * no dashboard, only /metrics, so it passes false and its per-frame recorders skip them.
+   */
+  readonly feedDashboard?: boolean;
 }
 
 export type ExpertCallOutcome = "ok" | "error" | "timeout" | "cancelled";
@@ -130,6 +135,7 @@ export type CommitLatencySince = "proposal" | "request";
 export class SwarmMetrics {
   readonly registry: client.Registry;
   readonly dashboard: DashboardState;
+  readonly #feedDashboard: boolean;
   readonly #custom = new Map<string, { metric: AnyMetric; config: CustomMetricConfig }>();
   readonly #eventListeners = new Set<(event: SwarmEvent) => void>();
   readonly #process: string;
@@ -179,6 +185,7 @@ export class SwarmMetrics {
     this.registry.setDefaultLabels(defaults);
     if (init.defaultMetrics ?? true) client.collectDefaultMetrics({ register: this.registry });
     this.dashboard = new DashboardState(config, init.process, init.now);
+    this.#feedDashboard = init.feedDashboard ?? true;
     const registers = [this.registry];
 
     // --- the spec's custom metrics, from config -----------------------------------------------
@@ -521,7 +528,7 @@ export class SwarmMetrics {
       bound = (status, seconds) => {
         byClass[status >= 500 ? 3 : status >= 400 ? 2 : status >= 300 ? 1 : 0].inc();
         duration.observe(seconds);
-        this.dashboard.recordRequest(seconds, status < 500);
+        if (this.#feedDashboard) this.dashboard.recordRequest(seconds, status < 500);
       };
       this.#routes.set(route, bound);
     }
@@ -530,7 +537,7 @@ export class SwarmMetrics {
 
   recordTokens(kind: TokenKind, count: number): void {
     this.#tokenChildren[kind].inc(count);
-    this.dashboard.recordTokens(count);
+    if (this.#feedDashboard) this.dashboard.recordTokens(count);
   }
 
   // --- experts ----------------------------------------------------------------------------------

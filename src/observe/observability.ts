@@ -212,7 +212,13 @@ export function nodeObservability(
   config: SwarmConfig,
   init: NodeObservabilityInit,
 ): NodeObservability {
-  const metrics = new SwarmMetrics({ config, process: init.nodeId, region: init.region });
+  // A node serves /metrics only (no dashboard): its per-frame recorders skip the dashboard windows.
+  const metrics = new SwarmMetrics({
+    config,
+    process: init.nodeId,
+    region: init.region,
+    feedDashboard: false,
+  });
   const tracing = new SwarmTracing({
     serviceName: init.nodeId,
     resource: { "moe.region": init.region },

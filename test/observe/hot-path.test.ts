@@ -127,6 +127,22 @@ describe("bound metrics", () => {
     ]);
     assert.equal((f.moe_swarm_tokens_total?.data[0] as { value: number } | undefined)?.value, 17);
     assert.equal(m.snapshot().tokens.total, 17);
+
+    // An expert node (no dashboard): the same /metrics series, the dashboard windows left alone.
+    const node = new SwarmMetrics({
+      config,
+      process: "AMS-0",
+      defaultMetrics: false,
+      feedDashboard: false,
+    });
+    node.bindRequest("wire:forward")(200, 0.002);
+    node.recordTokens("prompt", 12);
+    const g = await parseExposition(await node.exposition());
+    assert.equal((g.moe_swarm_tokens_total?.data[0] as { value: number } | undefined)?.value, 12);
+    const served = g.moe_swarm_request_duration_seconds?.data[0] as PromHistogramData | undefined;
+    assert.equal(served?.count, 1);
+    assert.equal(node.snapshot().tokens.total, 0);
+    assert.equal(node.snapshot().requests.total, 0);
   });
 });
 
