@@ -549,7 +549,8 @@ export class RemoteExpertHost implements ExpertHost {
                 c.resolve(y);
               },
               reject: (err: unknown) => {
-                end("error");
+                // Cancelled because the call was answered first: the hedge lost, as in #read.
+                end(settled[i] ? "lost" : "error");
                 c.reject(err);
               },
             };

@@ -446,6 +446,42 @@ describe("grouped hedges", () => {
     );
     swarm.get(slow).host.delayMs = 0;
   });
+
+  it("each call of a grouped hedge is reported to the observer and ended once, won or lost", async () => {
+    swarm = new LocalSwarm(d, h, 5, directLinks);
+    const placement = await swarm.start(planPlacement(experts, regions, 1, 3));
+    const ended: string[] = [];
+    let started = 0;
+    dispatcher = new RemoteExpertHost({
+      registry: placement,
+      region: "ORD",
+      dModel: d,
+      observer: {
+        hedgeStarted: () => {
+          started++;
+          return { traceparent: undefined, end: (outcome) => ended.push(outcome) };
+        },
+      },
+    });
+    const reference = new TinyFfnHost(d, h, experts, 5);
+    for (let i = 0; i < 12; i++) await round(dispatcher, 1); // learn latencies
+    const sizes = new Map<string, number>();
+    swarm.onFrame = (nodeId, f) => {
+      if (f.op === 1) sizes.set(nodeId, f.ids.length);
+    };
+    await round(dispatcher, 1);
+    const [slow] = [...sizes].sort((a, b) => b[1] - a[1])[0] as [string, number];
+    swarm.get(slow).host.delayMs = 300;
+    started = 0;
+    ended.length = 0;
+    assert.deepEqual(await round(dispatcher, 4), await want(reference, 4));
+    swarm.get(slow).host.delayMs = 0;
+    assert.ok(started >= 2, `hedges started ${started}`);
+    // The slow group's own answers come later; by then every hedge has ended.
+    await new Promise((r) => setTimeout(r, 400));
+    assert.equal(ended.length, started, `ended ${ended}`);
+    assert.ok(ended.includes("won"), `outcomes ${ended}`);
+  });
 });
 
 describe("coalescing", () => {
