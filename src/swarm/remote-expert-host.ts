@@ -2,8 +2,8 @@
 // unchanged with its experts in the swarm (hivemind's RemoteExpert idea, one level up).
 //
 // Reads (forward) go to one replica: the healthy one with the lowest recent median latency (before
-// any sample: the lowest emulated RTT). If it has not answered after its node's recent p95, the
-// same request is hedged to the next replica and the first answer wins ("The Tail at Scale", Dean
+// any sample: the lowest emulated RTT). If it has not answered after its node's recent p95 (over
+// forward frames of its own size class: experts and rows by powers of 2), the same request is hedged to the next replica and the first answer wins ("The Tail at Scale", Dean
 // & Barroso 2013) — whatever that replica's distance: a call stuck on a node that just died is
 // answered one round trip to the replica after the p95, not after the kernel has closed the dead
 // process's sockets (10–40 ms for an expert node here, bench/swarm-throughput.ts).
@@ -108,6 +108,8 @@ interface ReadRoute {
   readonly exclude?: NodeState;
   /** The read is a hedge of a group frame sent to this node. */
   readonly hedgeOf?: NodeState;
+  /** Size class of the forward frame (#frameClass): its hedge delay comes from frames like it. */
+  readonly frameClass?: number;
 }
 
 /**
@@ -191,6 +193,11 @@ interface NodeState {
    * a grouped update costs more than a forward, so a deadline derived from forward latency would
    * abandon healthy writes under load and leave their replicas stale. */
   readonly opLatency: Map<Op, LatencyWindow>;
+  /** Forward latencies per frame size class (#frameClass), for the hedge delay only: a round's
+   * frames to one node differ several-fold in size (10 experts of a layer, then 2 of the next),
+   * and against the p95 of them all the largest frames were hedged many times more often than the
+   * intended 5%, the smallest far later. */
+  readonly forwardByClass: Map<number, LatencyWindow>;
   healthy: boolean;
   failures: number;
   lastError: string | undefined;
@@ -430,6 +437,10 @@ export class RemoteExpertHost implements ExpertHost {
    */
   #forwardGroup(n: NodeState, calls: readonly ForwardCall[], hedgeOf?: NodeState): void {
     const d = this.#init.dModel;
+    const frameClass = this.#frameClass(
+      calls.length,
+      calls.reduce((s, c) => s + c.tokens, 0),
+    );
     if (hedgeOf === undefined) this.counters.calls += calls.length;
     this.counters.groupedCalls += calls.length;
     this.counters.groupFrames++;
@@ -599,7 +610,7 @@ export class RemoteExpertHost implements ExpertHost {
       .then(
         (frame) => {
           if (left === 0) return;
-          this.#window(n, Op.forward).record(this.#now() - t0);
+          this.#recordForward(n, frameClass, this.#now() - t0);
           this.#markHealthy(n);
           if (frame.tensors.length !== calls.length) {
             failAll(
@@ -639,7 +650,7 @@ export class RemoteExpertHost implements ExpertHost {
           if (left > 0) failAll(err);
         },
       );
-    const p95Ms = this.#hedgeDelayMs(n, timeoutMs, Op.forward);
+    const p95Ms = this.#forwardHedgeDelayMs(n, frameClass, timeoutMs);
     if ((this.#init.hedging ?? true) && hedgeOf === undefined && p95Ms < timeoutMs) {
       // As #read: once the group is slower than n's recent p95, its unanswered calls that have
       // another healthy replica are hedged, together.
@@ -675,7 +686,7 @@ export class RemoteExpertHost implements ExpertHost {
           ctx: { ...ctx, signal, traceparent: traceparent ?? ctx?.traceparent },
         }),
       true,
-      route,
+      { ...route, frameClass: this.#frameClass(1, tokens) },
     );
     return this.#rows(frame, tokens);
   }
@@ -983,6 +994,7 @@ export class RemoteExpertHost implements ExpertHost {
         ),
         latency: new LatencyWindow(),
         opLatency: new Map(),
+        forwardByClass: new Map(),
         healthy: true,
         failures: 0,
         lastError: undefined,
@@ -1040,6 +1052,32 @@ export class RemoteExpertHost implements ExpertHost {
     let t = Math.min(attemptDeadlineMsMax, Math.max(floor, adaptive));
     if (ctx?.deadlineMs !== undefined) t = Math.min(t, Math.max(1, ctx.deadlineMs - Date.now()));
     return t;
+  }
+
+  /** Size class of a forward frame: experts and rows, each by powers of 2. */
+  #frameClass(experts: number, rows: number): number {
+    return (
+      64 * Math.ceil(Math.log2(Math.max(1, experts))) + Math.ceil(Math.log2(Math.max(1, rows)))
+    );
+  }
+
+  /** A forward frame's latency: the node's window (replica choice, deadlines) and its class's. */
+  #recordForward(n: NodeState, frameClass: number, ms: number): void {
+    n.latency.record(ms);
+    let w = n.forwardByClass.get(frameClass);
+    if (!w) {
+      w = new LatencyWindow();
+      n.forwardByClass.set(frameClass, w);
+    }
+    w.record(ms);
+  }
+
+  /** Hedge delay of a forward frame: the p95 of the node's frames of its size class, once that
+   * class has enough samples; the node's p95 over all frames before. */
+  #forwardHedgeDelayMs(n: NodeState, frameClass: number, timeoutMs: number): number {
+    const w = n.forwardByClass.get(frameClass);
+    if (w?.trusted) return Math.max(hedgeDelayMsMin, w.quantile(0.95) as number);
+    return this.#hedgeDelayMs(n, timeoutMs, Op.forward);
   }
 
   #hedgeDelayMs(n: NodeState, timeoutMs: number, op: Op): number {
@@ -1197,7 +1235,9 @@ export class RemoteExpertHost implements ExpertHost {
               endHedge("lost");
               return;
             }
-            this.#window(n, op).record(this.#now() - t0);
+            if (op === Op.forward && route.frameClass !== undefined)
+              this.#recordForward(n, route.frameClass, this.#now() - t0);
+            else this.#window(n, op).record(this.#now() - t0);
             this.#markHealthy(n);
             if (versioned && !this.#acceptVersion(n, id, frame.scalars[0])) {
               endHedge("error");
@@ -1235,7 +1275,11 @@ export class RemoteExpertHost implements ExpertHost {
         // next replica however far: waiting also for that replica's whole expected latency (the
         // rule before) only delays the answer when this attempt is stuck (a node killed but not
         // yet closed), and a straggler beyond it is beaten either way.
-        const hedgeAtMs = next ? this.#hedgeDelayMs(n, timeoutMs, op) : timeoutMs;
+        const hedgeDelayMs =
+          op === Op.forward && route.frameClass !== undefined
+            ? this.#forwardHedgeDelayMs(n, route.frameClass, timeoutMs)
+            : this.#hedgeDelayMs(n, timeoutMs, op);
+        const hedgeAtMs = next ? hedgeDelayMs : timeoutMs;
         if (kind !== "hedge" && hedging && hedgeAtMs < timeoutMs) {
           if (hedgeTimer) clearTimeout(hedgeTimer);
           hedgeTimer = setTimeout(() => {

@@ -263,6 +263,34 @@ describe("hedging across regions", () => {
   });
 });
 
+describe("hedge delay by frame size", () => {
+  it("a small frame is hedged after the p95 of small frames, not of the node's larger ones", async () => {
+    const { dispatcher, swarm, reference } = await setup();
+    const id = { layer: 0, expert: 0 };
+    const small = randn(31, d);
+    const large = randn(32, 150 * d);
+    for (let i = 0; i < 4; i++) await dispatcher.forward(id, small, 1);
+    const primary = swarm.nodes.filter((n) => n.host.forwardCalls > 0);
+    assert.equal(primary.length, 1, "without slowness one replica serves everything");
+    const node = primary[0] as (typeof primary)[0];
+    // Learn: 150-row frames take 150 ms (1 ms per row) on every replica, so the primary's answer
+    // is the one recorded; they are 10 of the window's 64 samples, more than 5%: the primary's
+    // p95 over all its frames is ~150 ms, that of its 1-row frames ~1 ms.
+    for (const n of swarm.nodes) n.host.delayMsPerToken = 1;
+    for (let i = 0; i < 10; i++) await dispatcher.forward(id, large, 150);
+    for (const n of swarm.nodes) n.host.delayMsPerToken = 0;
+    for (let i = 0; i < 50; i++) await dispatcher.forward(id, small, 1);
+    // A 1-row frame that straggles for 100 ms: past the p95 of 1-row frames, within the node's
+    // p95 over all frames; it is hedged only when judged against frames of its size.
+    node.host.delayMs = 100;
+    const { hedges, hedgeWins } = dispatcher.counters;
+    assert.deepEqual(await dispatcher.forward(id, small, 1), await reference.forward(id, small, 1));
+    node.host.delayMs = 0;
+    assert.equal(dispatcher.counters.hedges - hedges, 1);
+    assert.equal(dispatcher.counters.hedgeWins - hedgeWins, 1);
+  });
+});
+
 describe("write deadlines", () => {
   it("an update slower than every forward keeps its replicas: writes have their own latency statistics", async () => {
     const { dispatcher, swarm, reference } = await setup(directLinks, false);
