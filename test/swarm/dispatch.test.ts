@@ -226,7 +226,7 @@ describe("adaptive deadlines", () => {
 });
 
 describe("hedging across regions", () => {
-  it("a straggler is hedged to a farther replica once it is slower than that replica's whole expected latency", async () => {
+  it("a straggler near replica is hedged to one in another region, and the hedge wins", async () => {
     // ORD-0 is in the gateway's region; the other replicas of L0.E0 are 5 ms away one way.
     const links: RegionLinks = { oneWayMs: (a, b) => (a === b ? 0 : 5), bitsPerSecond: undefined };
     const { dispatcher, swarm, reference } = await setup(links);
@@ -238,7 +238,8 @@ describe("hedging across regions", () => {
     ord.host.delayMs = 400; // a straggler, far slower than a round trip to another region
     const { hedges, hedgeWins } = dispatcher.counters;
     assert.deepEqual(await dispatcher.forward(id, x, 1), await reference.forward(id, x, 1));
-    // A hedge only at the near replica's p95 (~1 ms) would never go to a replica 10 ms away.
+    // The first rule hedged only to a replica expected within the near one's p95 (~1 ms): never
+    // to one 10 ms away.
     assert.equal(dispatcher.counters.hedges - hedges, 1);
     assert.equal(dispatcher.counters.hedgeWins - hedgeWins, 1);
     ord.host.delayMs = 0;
