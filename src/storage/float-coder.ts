@@ -45,6 +45,7 @@ const classBits = 5;
 const classMax = 24;
 /** Top mantissa bits modelled when the exponent moved; the rest go raw. */
 const topBits = 3;
+const lowBits = mantissaBits - topBits;
 /** Bits just below the leading one of a mantissa class that are modelled (their density falls). */
 const belowBits = 2;
 const belowCount = belowBits + 1;
@@ -254,8 +255,8 @@ export function encodeFloats(x: Uint32Array, base: Uint32Array | undefined): Uin
       if ((xse & 0xff) === 0) encodeTiny(rc, raw, m, xi & 0x7f_ffff);
       else {
         const r = relation(xse, bse);
-        rc.encodeTree(m.top, r << topBits, topBits, (xi >>> 20) & 7);
-        raw.write(xi & 0xf_ffff, mantissaBits - topBits);
+        if (topBits > 0) rc.encodeTree(m.top, r << topBits, topBits, (xi & 0x7f_ffff) >>> lowBits);
+        raw.write(xi & ((1 << lowBits) - 1), lowBits);
       }
       bucket = 0;
     }
@@ -324,8 +325,8 @@ export function decodeFloats(
       if ((xse & 0xff) === 0) out[i] = ((xse << 23) | decodeTiny(rc, raw, m)) >>> 0;
       else {
         const r = relation(xse, bse);
-        const top = rc.decodeTree(m.top, r << topBits, topBits);
-        out[i] = ((xse << 23) | (top << 20) | raw.read(mantissaBits - topBits)) >>> 0;
+        const top = topBits > 0 ? rc.decodeTree(m.top, r << topBits, topBits) : 0;
+        out[i] = ((xse << 23) | (top << lowBits) | raw.read(lowBits)) >>> 0;
       }
       bucket = 0;
     }

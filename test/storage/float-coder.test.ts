@@ -133,21 +133,25 @@ describe("float coder (sign + exponent given the base, mantissa class, raw noise
   });
 
   it("records choose the float coder for a moved tensor and round-trip in every compressed tier", () => {
+    const dataKey = new Uint8Array(32).fill(7);
     for (const phase of [0, 1, 2, 3]) {
       const base = floatBytes(46, 3000);
-      const next = perturbed(base, 47, 0.003);
+      const next = perturbed(base, 47, 0.0003);
       const plain = next.subarray(phase, 10_000 + phase);
       const baseBytes = base.subarray(phase, 10_000 + phase);
       const cid = cidFor(rawCode, plain);
       const ref = { bases: [cidFor(rawCode, base)], offset: phase, baseDepth: 0 };
       for (const compression of ["zstd", "brotli"] as const) {
         for (const how of ["delta", "context", "none"] as const) {
+          // The cold tier seals the float-coded payload like any other.
+          const seal = compression === "brotli" ? { keyId: "k1", dataKey } : undefined;
           const rec = encodeRecord({
             cid,
             plaintext: plain,
             phase,
             compression,
             ...(how === "none" ? {} : { [how]: { ref, baseBytes } }),
+            ...(seal !== undefined ? { seal } : {}),
           });
           const h = parseRecordHeader(rec.bytes);
           // Without a base these i.i.d. floats have no neighbour context to use: any layout wins.
@@ -155,8 +159,10 @@ describe("float coder (sign + exponent given the base, mantissa class, raw noise
             assert.ok(h.floats, `${compression} ${how} phase ${phase}: float-coded`);
             assert.equal(h.delta?.kind, "context");
           }
+          assert.equal(h.keyId, seal?.keyId);
           const back = decodeRecord(cid, rec.bytes, {
             ...noBase,
+            dataKey: () => dataKey,
             baseRange: (_b, offset, length) => base.subarray(offset, offset + length),
           });
           assert.ok(Buffer.from(back).equals(Buffer.from(plain)), `${compression} ${how} ${phase}`);
