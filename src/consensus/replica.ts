@@ -301,6 +301,8 @@ export class Replica {
    */
   #outbox: ({ to: ReplicaId; msg: ReplicaMsg } | { reply: ReplyMsg })[] = [];
   #handlerDepth = 0;
+  /** Work handled as a next input once this one's messages left (the leader's own proposal). */
+  #afterRelease: (() => void)[] = [];
   // Counters.
   #roundsTotal = 0;
   #viewChangesTotal = 0;
@@ -466,6 +468,7 @@ export class Replica {
       work();
     } catch (err) {
       this.#outbox = []; // a broken invariant: nothing it produced may leave
+      this.#afterRelease = [];
       throw err;
     } finally {
       this.#handlerDepth -= 1;
@@ -478,6 +481,13 @@ export class Replica {
       if ("reply" in o) this.#net.reply(o.reply);
       else this.#net.send(o.to, o.msg);
     }
+    const next = this.#afterRelease;
+    this.#afterRelease = [];
+    if (next.length > 0)
+      this.#handle(() => {
+        for (const work of next) work();
+        this.#drain();
+      });
   }
 
   #send(to: ReplicaId, msg: ReplicaMsg): void {
@@ -1545,12 +1555,13 @@ export class Replica {
       sig: this.#signer.sign(proposalDigest(this.#chainId, block.id)),
     };
     // The block is durable before it leaves, so a restarted leader knows it proposed in this round
-    // and never proposes a second block in it. Our own vote is recorded in the same group commit
-    // (one append at the end of this handler), so the proposal waits for one fsync, not two.
+    // and never proposes a second block in it. Our own vote (a signature and its own durable
+    // record) is handled as the next input, once the proposal has left: off the critical path.
     this.#insertBlock(block);
     this.#flushWal();
     this.#broadcast(msg);
-    this.#onProposal(this.id, msg);
+    if (this.#handlerDepth > 0) this.#afterRelease.push(() => this.#onProposal(this.id, msg));
+    else this.#onProposal(this.id, msg);
   }
 
   #onSync(from: ReplicaId, m: SyncMsg): void {
