@@ -127,7 +127,8 @@ class Models {
   readonly up = new Uint32Array(seCount).fill(stateInit);
   readonly step = new Uint32Array(seCount * 2 * (1 << stepBits)).fill(stateInit);
   readonly far = new Uint32Array(1 << 8).fill(stateInit);
-  readonly flipped = new Uint32Array(seCount << 8).fill(stateInit);
+  /** 8-bit exponent trees after a sign flip, context: the base's sign + exponent (made lazily). */
+  readonly flipped: (Uint32Array | undefined)[] = new Array(seCount);
   /** Mantissa class of zero and subnormal floats. */
   readonly tiny = new Uint32Array(1 << classBits).fill(stateInit);
   /** The bits just below a class's leading one, context: the class. */
@@ -137,6 +138,14 @@ class Models {
     this.cls.fill(stateInit);
     this.top.fill(stateInit);
     this.below.fill(stateInit);
+  }
+  flippedTree(c: number): Uint32Array {
+    let t = this.flipped[c];
+    if (t === undefined) {
+      t = new Uint32Array(1 << 8).fill(stateInit);
+      this.flipped[c] = t;
+    }
+    return t;
   }
   seTree(c: number): Uint32Array {
     let t = this.se[c];
@@ -183,7 +192,7 @@ function encodeMoved(rc: BinaryEncoder, m: Models, xse: number, bse: number): vo
   const xe = xse & 0xff;
   const be = bse & 0xff;
   if (flip === 1) {
-    rc.encodeTree(m.flipped, bse << 8, 8, xe);
+    rc.encodeTree(m.flippedTree(bse), 0, 8, xe);
     return;
   }
   const up = xe > be ? 1 : 0;
@@ -196,7 +205,7 @@ function encodeMoved(rc: BinaryEncoder, m: Models, xse: number, bse: number): vo
 function decodeMoved(rc: BinaryDecoder, m: Models, bse: number): number {
   const flip = rc.decode(m.flip, bse);
   const be = bse & 0xff;
-  if (flip === 1) return ((bse ^ 0x100) & 0x100) | rc.decodeTree(m.flipped, bse << 8, 8);
+  if (flip === 1) return ((bse ^ 0x100) & 0x100) | rc.decodeTree(m.flippedTree(bse), 0, 8);
   const up = rc.decode(m.up, bse);
   const step = rc.decodeTree(m.step, ((bse << 1) | up) << stepBits, stepBits);
   const xe =
@@ -337,8 +346,11 @@ export function decodeFloats(
   return out;
 }
 
-/** Blocks shorter than this are stored by the byte-plane coders (the models' tables dominate). */
-export const floatBlockBytesMin = 256;
+/**
+ * Blocks shorter than this are stored by the byte-plane coders: the models' tables (~0.6 MB to
+ * set up) and their learning cost dominate a small block.
+ */
+export const floatBlockBytesMin = 4096;
 /** Floats coded both ways (with and without the base) to choose before the real pass. */
 const modeProbeFloats = 8192;
 
