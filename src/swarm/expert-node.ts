@@ -65,7 +65,7 @@ export interface ExpertNodeInit {
    */
   readonly onRequest?: (
     frame: Frame,
-  ) => ((failed: boolean) => WireSpan | undefined | void) | undefined;
+  ) => ((failed: boolean) => WireSpan | undefined) | undefined;
 }
 
 /** The weights of one expert FFN: w1 [d, h], b1 [h], w2 [h, d], b2 [d], row-major. */
