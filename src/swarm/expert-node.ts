@@ -63,9 +63,7 @@ export interface ExpertNodeInit {
    * Called as a request frame is handled; the returned function when its reply is ready (issue
    * #8's tracing). A span it returns rides back in the reply when the request asked for spans.
    */
-  readonly onRequest?: (
-    frame: Frame,
-  ) => ((failed: boolean) => WireSpan | undefined) | undefined;
+  readonly onRequest?: (frame: Frame) => ((failed: boolean) => WireSpan | undefined) | undefined;
 }
 
 /** The weights of one expert FFN: w1 [d, h], b1 [h], w2 [h, d], b2 [d], row-major. */
