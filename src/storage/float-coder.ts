@@ -22,9 +22,10 @@
 // about its own size changes its exponent, and XOR or integer deltas then spill noise into every
 // byte; coding the exponent given the base's keeps the cost at what the move really carries.
 // Measured on the lr 3e-3 series of bench/checkpoint-model-series.ts (bench/checkpoint-
-// encodings.ts prints it beside the older encodings): checkpoints 2..5 at 0.781× of raw for
-// weights, 0.823× for Adam's m, 0.777× for v, where byte planes with a per-byte context coder
-// reached 0.796×, 0.825× and 0.780×.
+// encodings.ts prints it beside the older encodings), per tensor, checkpoints 2..5: 0.788× of raw
+// for weights, 0.826× for Adam's m, 0.778× for v, where the best byte-plane coders reached 0.796×,
+// 0.825× and 0.780× (and a per-byte model given the base's byte is bounded at 0.792× on weights).
+// In the warm tier (256 KiB chunks): weights 0.811× → 0.788×, weights + moments 0.809× → 0.796×.
 // References: P. Lindstrom, M. Isenburg, "Fast and Efficient Compression of Floating-Point Data",
 // IEEE TVCG 2006 (fpzip); M. Burtscher, P. Ratanaworabhan, "FPC", IEEE TC 2009; T. Pelkonen et
 // al., "Gorilla", VLDB 2015; the binary range coder is LZMA's (range-coder.ts).
