@@ -7,7 +7,6 @@ import assert from "node:assert/strict";
 import { describe, it } from "node:test";
 import { decodeReplicaMsg, encodeMessage } from "../../src/consensus/codec.ts";
 import { messageBytesMax } from "../../src/consensus/constants.ts";
-import { RegistryStateMachine } from "../../src/consensus/registry.ts";
 import {
   canonicalSessions,
   checkpointDigest,
@@ -18,45 +17,28 @@ import {
 import type { SessionEntry } from "../../src/consensus/storage.ts";
 import {
   type Block,
-  blockIdOf,
   genesisBlock,
-  genesisQc,
   type ReplicaMsg,
   type SnapshotChunkMsg,
 } from "../../src/consensus/types.ts";
 import { SimulationMacKeys } from "../../src/crypto/signature.ts";
+import { blockAt as blockAtHeight, registryWithOneNode } from "./fixtures/state-sync.ts";
 
 const chainId = "snapshot-chunks-test";
 const keys = new SimulationMacKeys(5, new Uint8Array([11]));
 const every = 4;
 const height = 8;
 
-function blockAt(h: number): Block {
-  const fields = {
-    parentId: genesisBlock(chainId).id,
-    round: h + 1,
-    height: h,
-    author: 0,
-    timestampMs: 1_000,
-    payload: [],
-    qc: { ...genesisQc(chainId), height: h - 1 },
-  };
-  return { id: blockIdOf(chainId, fields), ...fields };
-}
+const blockAt = (h: number): Block => blockAtHeight(chainId, h);
 
 function bigState(sessionsN: number) {
-  const sm = new RegistryStateMachine();
-  sm.apply(
-    { kind: "register_node", nodeId: "ORD-0", region: "ORD", gpuType: "a10", address: "h:1" },
-    1_000,
-  );
   const sessions: SessionEntry[] = Array.from({ length: sessionsN }, (_, i) => ({
     clientId: `client-${i.toString(16).padStart(16, "0")}`,
     seq: 1 + (i % 97),
     result: { ok: true },
     atMs: 1_000 + i,
   }));
-  return { registry: sm.snapshot(), sessions };
+  return { registry: registryWithOneNode(), sessions };
 }
 
 interface Side {

@@ -6,7 +6,6 @@
 import assert from "node:assert/strict";
 import { describe, it } from "node:test";
 import { decodeReplicaMsg, encodeMessage } from "../../src/consensus/codec.ts";
-import { RegistryStateMachine } from "../../src/consensus/registry.ts";
 import { runSimulation } from "../../src/consensus/sim/simulation.ts";
 import {
   checkpointDigest,
@@ -17,38 +16,21 @@ import {
 import type { SessionEntry } from "../../src/consensus/storage.ts";
 import {
   type Block,
-  blockIdOf,
   genesisBlock,
-  genesisQc,
   type ReplicaMsg,
   type SnapshotMsg,
 } from "../../src/consensus/types.ts";
 import { SimulationMacKeys } from "../../src/crypto/signature.ts";
+import { blockAt as blockAtHeight, registryWithOneNode } from "./fixtures/state-sync.ts";
 
 const chainId = "state-sync-test";
 const keys = new SimulationMacKeys(5, new Uint8Array([7]));
 const every = 4;
 
-function blockAt(height: number): Block {
-  const fields = {
-    parentId: genesisBlock(chainId).id,
-    round: height + 1,
-    height,
-    author: 0,
-    timestampMs: 1_000,
-    payload: [],
-    qc: { ...genesisQc(chainId), height: height - 1 },
-  };
-  return { id: blockIdOf(chainId, fields), ...fields };
-}
+const blockAt = (h: number): Block => blockAtHeight(chainId, h);
 
-function stateWithNode(): { registry: ReturnType<RegistryStateMachine["snapshot"]> } {
-  const sm = new RegistryStateMachine();
-  sm.apply(
-    { kind: "register_node", nodeId: "ORD-0", region: "ORD", gpuType: "a10", address: "h:1" },
-    1_000,
-  );
-  return { registry: sm.snapshot() };
+function stateWithNode(): { registry: ReturnType<typeof registryWithOneNode> } {
+  return { registry: registryWithOneNode() };
 }
 
 function snapshotMsg(signers: readonly number[], height = 8): SnapshotMsg {
