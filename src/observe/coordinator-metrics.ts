@@ -14,7 +14,9 @@
 //       moe_swarm_consensus_timeouts_total (this replica timed out of a view);
 //       moe_swarm_consensus_rejected_messages_total{reason} (a bounded set of reasons,
 //         rejectReasonLabel; the full text stays in the log);
-//       moe_swarm_consensus_wal_fsyncs_total (fsync calls of the write-ahead log).
+//       moe_swarm_consensus_wal_fsyncs_total (fsync calls of the write-ahead log);
+//       moe_swarm_consensus_signature_backend_info{backend} = 1 (who signs and verifies ML-DSA-65:
+//         pqclean-native, pqclean-wasm or noble; src/crypto/ml-dsa-backend.ts).
 //   - pushed, like the gateway's and the nodes', to the Pushgateway the config names
 //     (pushgateway.ts: by default only in the production profile; a failed push is logged and
 //     retried with backoff, never fatal): the push loop runs from `serve` to `close`.
@@ -66,6 +68,8 @@ export interface CoordinatorStatusSource {
   status(): ConsensusStatusLike;
   /** Cumulative fsync calls of the WAL. */
   walFsyncs(): number;
+  /** The ML-DSA-65 backend's name, once the coordinator has chosen it. */
+  signatureBackend?(): string | undefined;
 }
 
 export interface CoordinatorMetricsInit {
@@ -90,6 +94,7 @@ export class CoordinatorMetrics {
   readonly #rejected: client.Counter<"reason">;
   readonly #fsyncs: client.Counter<string>;
   readonly #evidence: client.Counter<"against">;
+  readonly #backend: client.Gauge<"backend">;
   #fsyncsSeen = 0;
   #server: Server | undefined;
 
@@ -124,6 +129,12 @@ export class CoordinatorMetrics {
       help: "fsync calls of this coordinator's write-ahead log (one before each vote and reply batch)",
       registers,
     });
+    this.#backend = new client.Gauge({
+      name: `${metricPrefix}consensus_signature_backend_info`,
+      help: "1 for the backend that signs and verifies this coordinator's ML-DSA-65 signatures (pqclean-native, pqclean-wasm or noble)",
+      labelNames: ["backend"],
+      registers,
+    });
     this.metrics.addCollector(() => this.refresh());
     const target =
       (init.push ?? init.config.profile === "production")
@@ -156,6 +167,11 @@ export class CoordinatorMetrics {
     const fsyncs = this.#init.source.walFsyncs();
     if (fsyncs > this.#fsyncsSeen) this.#fsyncs.inc(fsyncs - this.#fsyncsSeen);
     this.#fsyncsSeen = fsyncs;
+    const backend = this.#init.source.signatureBackend?.();
+    if (backend !== undefined) {
+      this.#backend.reset();
+      this.#backend.set({ backend }, 1);
+    }
   }
 
   // ---- CoordinatorObserver (src/consensus/node.ts) -----------------------------------------------

@@ -53,7 +53,11 @@ describe("coordinator metrics", () => {
     const m = new CoordinatorMetrics({
       config,
       region: "SJC",
-      source: { status: () => status, walFsyncs: () => fsyncs },
+      source: {
+        status: () => status,
+        walFsyncs: () => fsyncs,
+        signatureBackend: () => "pqclean-native",
+      },
     });
     for (const [text, label] of [
       ["proposal 1a2b3c4d has an invalid signature", "bad_signature"],
@@ -86,6 +90,10 @@ describe("coordinator metrics", () => {
     assert.equal(value(f, "moe_swarm_consensus_view"), 2);
     assert.equal(value(f, "moe_swarm_consensus_height"), 5);
     assert.equal(value(f, "moe_swarm_consensus_wal_fsyncs_total"), 3);
+    assert.equal(
+      value(f, "moe_swarm_consensus_signature_backend_info", { backend: "pqclean-native" }),
+      1,
+    );
     const rounds = { region: "SJC", gpu_type: "none", algorithm: config.consensus.algorithm };
     assert.equal(value(f, "moe_swarm_consensus_rounds_total", rounds), 7);
     assert.equal(value(f, "moe_swarm_consensus_view_changes_total"), 0);
@@ -341,6 +349,12 @@ describe("five coordinator processes serve /metrics", { timeout: 120_000 }, () =
       assert.ok(value(f, "moe_swarm_consensus_height") >= 1, `${region}: height`);
       assert.ok(value(f, "moe_swarm_consensus_view") >= 0);
       assert.ok(value(f, "moe_swarm_consensus_wal_fsyncs_total") > 0, `${region}: fsyncs`);
+      const backends = f.moe_swarm_consensus_signature_backend_info?.data ?? [];
+      assert.equal(backends.length, 1, `${region}: one signature backend`);
+      assert.ok(
+        ["pqclean-native", "pqclean-wasm", "noble"].includes(backends[0]?.labels.backend ?? ""),
+        `${region}: backend ${backends[0]?.labels.backend}`,
+      );
       assert.equal(f.moe_swarm_consensus_height?.data[0]?.labels.process, `coordinator-${region}`);
     }
     // The client sent its 4 requests to some coordinator(s); each was timed from its arrival there.

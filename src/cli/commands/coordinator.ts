@@ -126,6 +126,7 @@ export function registerCoordinator(program: Command, io: CliIO): void {
               return node.replica.status();
             },
             walFsyncs: () => node?.walFsyncs ?? 0,
+            signatureBackend: () => node?.signatureBackend,
           },
         });
         node = new CoordinatorNode({
