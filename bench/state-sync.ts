@@ -17,6 +17,7 @@ import {
   canonicalSessions,
   checkpointDigest,
   StateSync,
+  type StateSyncHost,
   stateDigestOf,
 } from "../src/consensus/state-sync.ts";
 import type { SessionEntry } from "../src/consensus/storage.ts";
@@ -99,28 +100,34 @@ const block = (() => {
   return { id: blockIdOf(chainId, fields), ...fields } as Block;
 })();
 
-const lagging = new StateSync({
-  host: {
-    id: 4,
-    chainId,
-    signer: signers[4] as MlDsa65Signer,
-    verifier,
-    send: () => {},
-    committed: () => genesisBlock(chainId),
-    committedBlock: () => undefined,
-    state: () => ({ registry: new RegistryStateMachine().snapshot(), sessions: [] }),
-    install: () => {},
-    commitCertified: () => false,
-    reject: (_f, r) => {
-      throw new Error(r);
+/** A StateSync of replica `id` with the bench's keys and cadence; what a case needs is overridden. */
+function syncOf(id: number, host: Partial<StateSyncHost> = {}): StateSync {
+  return new StateSync({
+    host: {
+      id,
+      chainId,
+      signer: signers[id] as MlDsa65Signer,
+      verifier,
+      send: () => {},
+      committed: () => genesisBlock(chainId),
+      committedBlock: () => undefined,
+      state: () => ({ registry: new RegistryStateMachine().snapshot(), sessions: [] }),
+      install: () => {},
+      commitCertified: () => false,
+      reject: (_f, r) => {
+        throw new Error(r);
+      },
+      evidence: () => {},
+      info: () => {},
+      ...host,
     },
-    evidence: () => {},
-    info: () => {},
-  },
-  everyBlocks: 512,
-  lagBlocks: 64,
-  retryMs: 1_000,
-});
+    everyBlocks: 512,
+    lagBlocks: 64,
+    retryMs: 1_000,
+  });
+}
+
+const lagging = syncOf(4);
 
 let load = "";
 try {
@@ -174,27 +181,10 @@ for (const [nodes, experts, clients] of [
   const ordered = canonicalSessions(sessions);
   const { digest } = stateDigestOf(registry, ordered);
   const sent: ReplicaMsg[] = [];
-  const server = new StateSync({
-    host: {
-      id: 0,
-      chainId,
-      signer: signers[0] as MlDsa65Signer,
-      verifier,
-      send: (_to, m) => sent.push(m),
-      committed: () => block,
-      committedBlock: () => undefined,
-      state: () => ({ registry, sessions: ordered }),
-      install: () => {},
-      commitCertified: () => false,
-      reject: (_f, r) => {
-        throw new Error(r);
-      },
-      evidence: () => {},
-      info: () => {},
-    },
-    everyBlocks: 512,
-    lagBlocks: 64,
-    retryMs: 1_000,
+  const server = syncOf(0, {
+    send: (_to, m) => sent.push(m),
+    committed: () => block,
+    state: () => ({ registry, sessions: ordered }),
   });
   server.onCommitted(block, false);
   server.onMessage(
@@ -219,29 +209,11 @@ for (const [nodes, experts, clients] of [
   });
   let installed = 0;
   const acceptMs = timeMs(() => {
-    const receiver = new StateSync({
-      host: {
-        id: 4,
-        chainId,
-        signer: signers[4] as MlDsa65Signer,
-        verifier: new MlDsa65Verifier(keys.map((k) => k.publicKey)), // no cache hits
-        send: () => {},
-        committed: () => genesisBlock(chainId),
-        committedBlock: () => undefined,
-        state: () => ({ registry: new RegistryStateMachine().snapshot(), sessions: [] }),
-        install: () => {
-          installed += 1;
-        },
-        commitCertified: () => false,
-        reject: (_f, r) => {
-          throw new Error(r);
-        },
-        evidence: () => {},
-        info: () => {},
+    const receiver = syncOf(4, {
+      verifier: new MlDsa65Verifier(keys.map((k) => k.publicKey)), // no cache hits
+      install: () => {
+        installed += 1;
       },
-      everyBlocks: 512,
-      lagBlocks: 64,
-      retryMs: 1_000,
     });
     for (const f of frames) {
       const d = decodeReplicaMsg(f);
