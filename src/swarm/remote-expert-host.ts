@@ -516,6 +516,7 @@ export class RemoteExpertHost implements ExpertHost {
         };
         return sub;
       });
+      const dueOf = new Map(subs.map((sub, k) => [sub, due[k] as number]));
       for (const { node, calls: group } of this.#planRound(subs, n)) {
         if (node === undefined || group.length === 1) {
           // #read counts the hedge and reports it to the observer.
@@ -549,7 +550,7 @@ export class RemoteExpertHost implements ExpertHost {
               const h = handles[j];
               if (h) observe(() => h.end(outcome));
             };
-            const i = due[subs.indexOf(c)] as number;
+            const i = dueOf.get(c) as number;
             return {
               ...c,
               ctx: traced ? { ...c.ctx, traceparent: traced } : c.ctx,
@@ -610,7 +611,7 @@ export class RemoteExpertHost implements ExpertHost {
       .then(
         (frame) => {
           if (left === 0) return;
-          this.#recordForward(n, frameClass, this.#now() - t0);
+          this.#recordLatency(n, Op.forward, this.#now() - t0, frameClass);
           this.#markHealthy(n);
           if (frame.tensors.length !== calls.length) {
             failAll(
@@ -650,7 +651,7 @@ export class RemoteExpertHost implements ExpertHost {
           if (left > 0) failAll(err);
         },
       );
-    const p95Ms = this.#forwardHedgeDelayMs(n, frameClass, timeoutMs);
+    const p95Ms = this.#hedgeDelayMs(n, timeoutMs, Op.forward, frameClass);
     if ((this.#init.hedging ?? true) && hedgeOf === undefined && p95Ms < timeoutMs) {
       // As #read: once the group is slower than n's recent p95, its unanswered calls that have
       // another healthy replica are hedged, together.
@@ -1061,9 +1062,11 @@ export class RemoteExpertHost implements ExpertHost {
     );
   }
 
-  /** A forward frame's latency: the node's window (replica choice, deadlines) and its class's. */
-  #recordForward(n: NodeState, frameClass: number, ms: number): void {
-    n.latency.record(ms);
+  /** A reply's latency: the node's window of `op` (replica choice, deadlines) and, for a forward
+   * frame of a known size class, that class's (hedge delay). */
+  #recordLatency(n: NodeState, op: Op, ms: number, frameClass?: number): void {
+    this.#window(n, op).record(ms);
+    if (op !== Op.forward || frameClass === undefined) return;
     let w = n.forwardByClass.get(frameClass);
     if (!w) {
       w = new LatencyWindow();
@@ -1072,15 +1075,12 @@ export class RemoteExpertHost implements ExpertHost {
     w.record(ms);
   }
 
-  /** Hedge delay of a forward frame: the p95 of the node's frames of its size class, once that
-   * class has enough samples; the node's p95 over all frames before. */
-  #forwardHedgeDelayMs(n: NodeState, frameClass: number, timeoutMs: number): number {
-    const w = n.forwardByClass.get(frameClass);
-    if (w?.trusted) return Math.max(hedgeDelayMsMin, w.quantile(0.95) as number);
-    return this.#hedgeDelayMs(n, timeoutMs, Op.forward);
-  }
-
-  #hedgeDelayMs(n: NodeState, timeoutMs: number, op: Op): number {
+  /** Hedge delay: the p95 of the node's window of `op`; for a forward frame of a known size class,
+   * of that class's frames once it has enough samples. */
+  #hedgeDelayMs(n: NodeState, timeoutMs: number, op: Op, frameClass?: number): number {
+    const c =
+      op === Op.forward && frameClass !== undefined ? n.forwardByClass.get(frameClass) : undefined;
+    if (c?.trusted) return Math.max(hedgeDelayMsMin, c.quantile(0.95) as number);
     const w = this.#window(n, op);
     if (!w.trusted) return timeoutMs / 2;
     return Math.max(hedgeDelayMsMin, w.quantile(0.95) as number);
@@ -1112,7 +1112,7 @@ export class RemoteExpertHost implements ExpertHost {
   ): Promise<Frame> {
     const t0 = this.#now();
     const f = await call(this.#attemptTimeoutMs(n, ctx, op));
-    this.#window(n, op).record(this.#now() - t0);
+    this.#recordLatency(n, op, this.#now() - t0);
     return f;
   }
 
@@ -1235,9 +1235,7 @@ export class RemoteExpertHost implements ExpertHost {
               endHedge("lost");
               return;
             }
-            if (op === Op.forward && route.frameClass !== undefined)
-              this.#recordForward(n, route.frameClass, this.#now() - t0);
-            else this.#window(n, op).record(this.#now() - t0);
+            this.#recordLatency(n, op, this.#now() - t0, route.frameClass);
             this.#markHealthy(n);
             if (versioned && !this.#acceptVersion(n, id, frame.scalars[0])) {
               endHedge("error");
@@ -1275,11 +1273,7 @@ export class RemoteExpertHost implements ExpertHost {
         // next replica however far: waiting also for that replica's whole expected latency (the
         // rule before) only delays the answer when this attempt is stuck (a node killed but not
         // yet closed), and a straggler beyond it is beaten either way.
-        const hedgeDelayMs =
-          op === Op.forward && route.frameClass !== undefined
-            ? this.#forwardHedgeDelayMs(n, route.frameClass, timeoutMs)
-            : this.#hedgeDelayMs(n, timeoutMs, op);
-        const hedgeAtMs = next ? hedgeDelayMs : timeoutMs;
+        const hedgeAtMs = next ? this.#hedgeDelayMs(n, timeoutMs, op, route.frameClass) : timeoutMs;
         if (kind !== "hedge" && hedging && hedgeAtMs < timeoutMs) {
           if (hedgeTimer) clearTimeout(hedgeTimer);
           hedgeTimer = setTimeout(() => {
