@@ -230,6 +230,9 @@ interface VoteSet {
   certified: boolean;
 }
 
+/** A message to a replica or a reply to a client, as the group commit holds it. */
+type Outgoing = { to: ReplicaId; msg: ReplicaMsg } | { reply: ReplyMsg };
+
 export class Replica {
   readonly id: ReplicaId;
   readonly #chainId: string;
@@ -299,7 +302,7 @@ export class Replica {
    * disk (each flush point below only marks one), but one input costs one fsync, not up to three
    * (commit vote, next proposal and own vote when a QC forms at the leader).
    */
-  #outbox: ({ to: ReplicaId; msg: ReplicaMsg } | { reply: ReplyMsg })[] = [];
+  #outbox: Outgoing[] = [];
   #handlerDepth = 0;
   /** Work handled as a next input once this one's messages left (the leader's own proposal). */
   #afterRelease: (() => void)[] = [];
@@ -477,10 +480,7 @@ export class Replica {
     this.#flushWalNow();
     const out = this.#outbox;
     this.#outbox = [];
-    for (const o of out) {
-      if ("reply" in o) this.#net.reply(o.reply);
-      else this.#net.send(o.to, o.msg);
-    }
+    for (const o of out) this.#deliver(o);
     const next = this.#afterRelease;
     this.#afterRelease = [];
     if (next.length > 0)
@@ -491,11 +491,21 @@ export class Replica {
   }
 
   #send(to: ReplicaId, msg: ReplicaMsg): void {
-    if (this.#handlerDepth > 0) this.#outbox.push({ to, msg });
+    this.#emit({ to, msg });
+  }
+
+  /** Inside a handler a message waits for the group commit; outside, the WAL is flushed first. */
+  #emit(o: Outgoing): void {
+    if (this.#handlerDepth > 0) this.#outbox.push(o);
     else {
       this.#flushWalNow();
-      this.#net.send(to, msg);
+      this.#deliver(o);
     }
+  }
+
+  #deliver(o: Outgoing): void {
+    if ("reply" in o) this.#net.reply(o.reply);
+    else this.#net.send(o.to, o.msg);
   }
 
   #tick(nowMs: number): void {
@@ -720,11 +730,7 @@ export class Replica {
       height,
       result: s.result,
     };
-    if (this.#handlerDepth > 0) this.#outbox.push({ reply });
-    else {
-      this.#flushWalNow();
-      this.#net.reply(reply);
-    }
+    this.#emit({ reply });
   }
 
   // ---- Proposals and votes ----------------------------------------------------------------------
